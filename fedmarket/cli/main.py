@@ -1,0 +1,48 @@
+"""The ``fedmarket`` command. Errors are translated here, once, into one line and an exit code."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from fedmarket.cli.demo import demo
+from fedmarket.exceptions import FedmarketError
+
+app = typer.Typer(
+    name="fedmarket",
+    help="Federated learning with differential privacy and an encrypted data market.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold keys and passphrases
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Federated learning with differential privacy and an encrypted data market."""
+
+
+app.command(name="demo")(demo)
+
+
+def run() -> None:
+    """Console entry point: run the app, turning fedmarket errors into one clear line."""
+    try:
+        app(standalone_mode=False)
+    except FedmarketError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,80 @@
+"""The in-memory data set every loader returns."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fedmarket.exceptions import DataError
+from fedmarket.types import DatasetId
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features and integer labels.
+
+    Attributes
+    ----------
+    features : float32 array, shape ``(n, ...)``
+    labels : int64 array, shape ``(n,)``, values in ``[0, len(classes))``
+    classes : original label names, indexed by label
+    name : short description for reports
+    """
+
+    features: NDArray[np.float32]
+    labels: NDArray[np.int64]
+    classes: tuple[str, ...]
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.features.shape[0] != self.labels.shape[0]:
+            raise DataError(
+                f"{self.name}: {self.features.shape[0]} feature rows but "
+                f"{self.labels.shape[0]} labels; they must match"
+            )
+        if self.labels.ndim != 1:
+            raise DataError(f"{self.name}: labels must be one-dimensional")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            raise DataError(f"{self.name}: labels must lie in [0, {len(self.classes)})")
+        if not np.isfinite(self.features).all():
+            raise DataError(f"{self.name}: features contain NaN or infinity")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.features.shape[1:])
+
+    def subset(self, indices: NDArray[np.int64], name: str | None = None) -> Dataset:
+        """Rows ``indices`` as a new data set with the same classes."""
+        return Dataset(
+            features=self.features[indices],
+            labels=self.labels[indices],
+            classes=self.classes,
+            name=name or self.name,
+        )
+
+    def fingerprint(self) -> DatasetId:
+        """sha256 over shapes, features and labels: names a device's data in its ledger."""
+        digest = hashlib.sha256()
+        digest.update(repr((self.features.shape, self.classes)).encode())
+        digest.update(np.ascontiguousarray(self.features).tobytes())
+        digest.update(np.ascontiguousarray(self.labels).tobytes())
+        return DatasetId(digest.hexdigest())
+
+
+def encode_labels(raw: NDArray[np.generic], name: str) -> tuple[NDArray[np.int64], tuple[str, ...]]:
+    """Map arbitrary label values to ``0..k-1`` in sorted order of their text."""
+    if raw.size == 0:
+        raise DataError(f"{name}: no samples")
+    text = np.asarray([str(v) for v in raw.tolist()])
+    classes, labels = np.unique(text, return_inverse=True)
+    return labels.astype(np.int64), tuple(str(c) for c in classes)

@@ -1,0 +1,102 @@
+"""The device's Flower ClientApp: check the privacy cap, train with DP-SGD, return the delta."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedmarket.device.profile import DeviceProfile, DeviceResolver
+from fedmarket.exceptions import PrivacyBudgetExceeded
+from fedmarket.models.registry import build_model
+from fedmarket.models.weights import Weights, set_weights
+from fedmarket.privacy.config import dp_from_record, train_from_record
+from fedmarket.privacy.training import LocalTrainResult, plan_spend, train_plain, train_private
+from fedmarket.protocol import CONFIG, GLOBAL, TrainReply, weights_from_record
+
+log = logging.getLogger(__name__)
+
+
+def make_client_app(resolve: DeviceResolver) -> ClientApp:
+    """A ClientApp whose train handler runs on the device ``resolve`` finds for the node."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return Message(handle_train(msg, resolve(context)).to_content(), reply_to=msg)
+
+    return app
+
+
+def handle_train(msg: Message, profile: DeviceProfile) -> TrainReply:
+    """One round on one device. The ledger records the spend only once the reply exists."""
+    config = dict(msg.content.config_records[CONFIG])
+    server_round = int(config.pop("round"))  # type: ignore[call-overload]  # int by protocol
+    model_name = str(config.pop("model"))
+    train_cfg, dp = train_from_record(config), dp_from_record(config)
+    global_weights = weights_from_record(msg.content.array_records[GLOBAL])
+    model = build_model(
+        model_name,
+        profile.data.feature_shape,
+        profile.data.num_classes,  # type: ignore[arg-type]
+        seed=0,
+    )
+    set_weights(model, global_weights)
+    seed = _round_seed(profile.device, server_round)
+
+    if not profile.private:
+        result = train_plain(model, profile.data, train_cfg, seed=seed)
+        return _trained(profile, result, global_weights, epsilon=float("inf"))
+
+    ledger = profile.ledger()
+    spend = plan_spend(
+        len(profile.data), train_cfg, dp, delta=ledger.delta, accountant=ledger.accountant
+    )
+    try:
+        reservation = ledger.reserve(
+            spend, round_label=f"run{msg.metadata.run_id}/round{server_round}"
+        )
+    except PrivacyBudgetExceeded as exc:
+        log.info("device %s declines round %d: %s", profile.device, server_round, exc)
+        return TrainReply(
+            device=profile.device,
+            outcome="declined",
+            reason=str(exc),
+            weight=0.0,
+            epsilon=exc.spent,
+            delta=ledger.delta,
+            steps=0,
+            train_loss=float("nan"),
+            update=None,
+        )
+    try:
+        result = train_private(model, profile.data, train_cfg, dp, spend, seed=seed)
+        reply = _trained(profile, result, global_weights, epsilon=reservation.epsilon_after)
+    except BaseException:
+        reservation.release()  # nothing left the device
+        raise
+    reservation.commit()
+    return reply
+
+
+def _trained(
+    profile: DeviceProfile, result: LocalTrainResult, global_weights: Weights, *, epsilon: float
+) -> TrainReply:
+    delta_weights = {name: result.weights[name] - w for name, w in global_weights.items()}
+    return TrainReply(
+        device=profile.device,
+        outcome="trained",
+        reason="",
+        weight=float(result.num_examples),
+        epsilon=epsilon,
+        delta=profile.delta,
+        steps=result.steps,
+        train_loss=result.mean_loss,
+        update=delta_weights,
+    )
+
+
+def _round_seed(device: str, server_round: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{device}/{server_round}".encode()).digest()[:4], "big")

@@ -1,0 +1,88 @@
+"""Epsilon from a DP-SGD history, computed with Opacus's accountants."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from fedmarket.exceptions import InvalidInput
+from fedmarket.privacy.config import AccountantKind
+
+
+@dataclass(frozen=True)
+class Spend:
+    """One round of DP-SGD: ``steps`` Poisson-sampled steps at ``sample_rate`` and ``sigma``."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
+            raise InvalidInput(
+                f"noise_multiplier must be > 0 for accounting, got {self.noise_multiplier}"
+            )
+        if not 0 < self.sample_rate <= 1:
+            raise InvalidInput(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+        if self.steps < 1:
+            raise InvalidInput(f"steps must be >= 1, got {self.steps}")
+
+
+def check_delta(delta: float) -> None:
+    if not 0 < delta < 1:
+        raise InvalidInput(f"delta must lie strictly between 0 and 1, got {delta}")
+
+
+def compact(history: Sequence[Spend]) -> tuple[tuple[float, float, int], ...]:
+    """Merge consecutive rounds with equal (sigma, q), as Opacus's ``step`` does."""
+    merged: list[tuple[float, float, int]] = []
+    for spend in history:
+        if merged and merged[-1][:2] == (spend.noise_multiplier, spend.sample_rate):
+            sigma, q, steps = merged[-1]
+            merged[-1] = (sigma, q, steps + spend.steps)
+        else:
+            merged.append((spend.noise_multiplier, spend.sample_rate, spend.steps))
+    return tuple(merged)
+
+
+def epsilon(history: Sequence[Spend], *, delta: float, accountant: AccountantKind) -> float:
+    """epsilon(delta) of the composition of ``history``; 0 for an empty history."""
+    check_delta(delta)
+    return _epsilon(compact(history), delta, accountant)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon(
+    history: tuple[tuple[float, float, int], ...], delta: float, accountant: AccountantKind
+) -> float:
+    if not history:
+        return 0.0
+    acct = create_accountant(mechanism=accountant)
+    acct.history = list(history)
+    return float(acct.get_epsilon(delta=delta))
+
+
+def calibrate_noise(
+    target_epsilon: float,
+    *,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: AccountantKind,
+) -> float:
+    """The sigma at which ``steps`` steps at ``sample_rate`` cost at most ``target_epsilon``."""
+    check_delta(delta)
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+        )
+    )

@@ -1,0 +1,169 @@
+"""Local DP-SGD with Opacus: Poisson sampling, per-sample clipping, Gaussian noise."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedmarket.data.dataset import Dataset
+from fedmarket.models.weights import Weights, get_weights
+from fedmarket.privacy.accounting import Spend, calibrate_noise
+from fedmarket.privacy.config import AccountantKind, DpConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class LocalTrainResult:
+    """What one round of local training produced."""
+
+    weights: Weights
+    num_examples: int
+    steps: int
+    mean_loss: float
+
+
+def plan_spend(
+    num_examples: int,
+    train: TrainConfig,
+    dp: DpConfig,
+    *,
+    delta: float,
+    accountant: AccountantKind,
+) -> Spend:
+    """The privacy cost of one round, known before training.
+
+    Opacus samples each example with probability ``q = 1 / ceil(n / batch_size)`` and takes
+    ``ceil(n / batch_size)`` steps per epoch; we use the same numbers so plan and run agree.
+    """
+    steps_per_epoch = math.ceil(num_examples / train.batch_size)
+    sample_rate = 1.0 / steps_per_epoch
+    steps = steps_per_epoch * train.local_epochs
+    sigma = dp.noise_multiplier
+    if sigma is None:
+        assert dp.target_epsilon_per_round is not None  # DpConfig guarantees one is set
+        sigma = calibrate_noise(
+            dp.target_epsilon_per_round,
+            delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+        )
+    return Spend(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+
+
+def train_private(
+    model: nn.Module,
+    data: Dataset,
+    train: TrainConfig,
+    dp: DpConfig,
+    spend: Spend,
+    *,
+    seed: int,
+) -> LocalTrainResult:
+    """Run ``spend.steps`` DP-SGD steps on ``model`` (in place) and return its new weights.
+
+    The noise and the Poisson sampling draw from the OS's randomness, not from ``seed``
+    (predictable noise would void the guarantee); ``seed`` fixes only the torch state that
+    the model's layers may use.
+    """
+    torch.manual_seed(seed)
+    start = [p.detach().clone() for p in model.parameters()]
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(data.features), torch.from_numpy(data.labels)),
+        batch_size=train.batch_size,
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=train.learning_rate, momentum=train.momentum)
+    criterion = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(secrets.randbits(63))
+    with warnings.catch_warnings():
+        # Opacus warns that secure_mode is off: torchcsprng has no build for this torch.
+        warnings.simplefilter("ignore", UserWarning)
+        engine = PrivacyEngine(accountant="prv")
+        wrapped = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            criterion=criterion,
+            noise_multiplier=spend.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=generator,
+            grad_sample_mode=dp.grad_sample_mode,
+        )
+    if dp.grad_sample_mode == "ghost":
+        private_model, private_opt, private_loss, private_loader = wrapped
+    else:
+        private_model, private_opt, private_loader = wrapped
+        private_loss = criterion
+    steps, losses = 0, []
+    private_model.train()
+    for _ in range(train.local_epochs):
+        for features, labels in private_loader:
+            # An empty Poisson batch still runs: the step must add noise all the same.
+            private_opt.zero_grad()
+            loss = private_loss(private_model(features), labels)
+            with warnings.catch_warnings():
+                # Opacus's hooks on the first layer fire on outputs only: harmless.
+                warnings.filterwarnings("ignore", "Full backward hook is firing")
+                loss.backward()
+            if len(labels):
+                losses.append(float(loss.detach()))
+            private_opt.step()
+            if train.proximal_mu > 0:
+                _proximal_step(model, start, train.learning_rate * train.proximal_mu)
+            steps += 1
+    if steps != spend.steps:
+        raise RuntimeError(f"took {steps} DP-SGD steps, the ledger reserved {spend.steps}")
+    plain = private_model._module if hasattr(private_model, "_module") else private_model
+    return LocalTrainResult(
+        weights=get_weights(plain),
+        num_examples=len(data),
+        steps=steps,
+        mean_loss=float(np.mean(losses)) if losses else float("nan"),
+    )
+
+
+@torch.no_grad()
+def _proximal_step(model: nn.Module, start: list[torch.Tensor], rate: float) -> None:
+    """FedProx's proximal gradient mu * (w - w_global), applied after the private step.
+
+    It depends only on the weights, not on data, so applying it outside Opacus is
+    post-processing and costs no privacy.
+    """
+    for param, anchor in zip(model.parameters(), start, strict=True):
+        param.sub_(rate * (param - anchor))
+
+
+def train_plain(
+    model: nn.Module, data: Dataset, train: TrainConfig, *, seed: int
+) -> LocalTrainResult:
+    """Non-private SGD with shuffled mini-batches: the baseline DP is compared against."""
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(data.features), torch.from_numpy(data.labels)),
+        batch_size=train.batch_size,
+        shuffle=True,
+        generator=generator,
+    )
+    start = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=train.learning_rate, momentum=train.momentum)
+    steps, losses = 0, []
+    model.train()
+    for _ in range(train.local_epochs):
+        for features, labels in loader:
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(features), labels)
+            loss.backward()
+            optimizer.step()
+            if train.proximal_mu > 0:
+                _proximal_step(model, start, train.learning_rate * train.proximal_mu)
+            losses.append(float(loss.detach()))
+            steps += 1
+    return LocalTrainResult(get_weights(model), len(data), steps, float(np.mean(losses)))

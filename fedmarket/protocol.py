@@ -1,0 +1,109 @@
+"""What travels between the ServerApp and the ClientApps in a training round.
+
+Server -> device: ``global`` (ArrayRecord, the model) and ``config`` (ConfigRecord: ``round``,
+``train.*``, ``dp.*``). Device -> server: ``status`` (ConfigRecord: ``device``, ``outcome``
+``trained`` or ``declined``, ``reason``), ``metrics`` (MetricRecord: ``weight``, ``epsilon``,
+``delta``, ``steps``, ``train_loss``) and, when trained, ``delta`` (ArrayRecord,
+local - global).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedmarket.exceptions import InvalidInput
+from fedmarket.models.weights import Weights
+
+GLOBAL, CONFIG, STATUS, METRICS, DELTA = "global", "config", "status", "metrics", "delta"
+Outcome = Literal["trained", "declined"]
+
+
+def weights_to_record(weights: Weights) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in weights.items()})
+
+
+def weights_from_record(record: ArrayRecord) -> Weights:
+    return {name: np.asarray(array.numpy(), dtype=np.float32) for name, array in record.items()}
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """A device's answer to a training round, as the server reads it."""
+
+    device: str
+    outcome: Outcome
+    reason: str
+    weight: float
+    epsilon: float
+    delta: float
+    steps: int
+    train_loss: float
+    update: Weights | None
+
+    def to_content(self) -> RecordDict:
+        content = RecordDict(
+            {
+                STATUS: ConfigRecord(
+                    {"device": self.device, "outcome": self.outcome, "reason": self.reason}
+                ),
+                METRICS: MetricRecord(
+                    {
+                        "weight": self.weight,
+                        "epsilon": self.epsilon,
+                        "delta": self.delta,
+                        "steps": self.steps,
+                        "train_loss": self.train_loss,
+                    }
+                ),
+            }
+        )
+        if self.update is not None:
+            content[DELTA] = weights_to_record(self.update)
+        return content
+
+    @classmethod
+    def from_content(cls, content: RecordDict, expected: Weights) -> TrainReply:
+        """Parse and validate a reply; ``expected`` gives the tensor names and shapes."""
+        try:
+            status, metrics = content.config_records[STATUS], content.metric_records[METRICS]
+            outcome = str(status["outcome"])
+            if outcome not in ("trained", "declined"):
+                raise InvalidInput(f"unknown outcome {outcome!r}")
+            reply = cls(
+                device=str(status["device"]),
+                outcome="trained" if outcome == "trained" else "declined",
+                reason=str(status["reason"]),
+                weight=float(metrics["weight"]),  # type: ignore[arg-type]  # scalar by contract
+                epsilon=float(metrics["epsilon"]),  # type: ignore[arg-type]
+                delta=float(metrics["delta"]),  # type: ignore[arg-type]
+                steps=int(metrics["steps"]),  # type: ignore[call-overload]
+                train_loss=float(metrics["train_loss"]),  # type: ignore[arg-type]
+                update=(
+                    weights_from_record(content.array_records[DELTA])
+                    if DELTA in content.array_records
+                    else None
+                ),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(f"malformed train reply: {exc}") from None
+        if reply.outcome == "trained":
+            reply._check_update(expected)
+        return reply
+
+    def _check_update(self, expected: Weights) -> None:
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise InvalidInput(f"device {self.device}: weight must be > 0, got {self.weight}")
+        if self.update is None:
+            raise InvalidInput(f"device {self.device}: trained but sent no update")
+        if set(self.update) != set(expected):
+            raise InvalidInput(f"device {self.device}: update tensors do not match the model")
+        for name, tensor in self.update.items():
+            if tensor.shape != expected[name].shape:
+                raise InvalidInput(f"device {self.device}: {name} has shape {tensor.shape}")
+            if not np.isfinite(tensor).all():
+                raise InvalidInput(f"device {self.device}: {name} contains NaN or infinity")

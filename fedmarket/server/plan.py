@@ -1,0 +1,48 @@
+"""The server's plan for a federation: rounds, model, and what devices are told to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from fedmarket.exceptions import InvalidInput
+from fedmarket.models.registry import ModelName
+from fedmarket.privacy.config import DpConfig, TrainConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class FederationPlan:
+    """Server-side settings.
+
+    ``fraction`` of connected devices is sampled each round, at least ``min_devices``.
+    ``round_timeout`` bounds how long a round waits for replies; late devices are skipped.
+    Round ``r`` trains with learning rate ``train.learning_rate * lr_decay ** (r - 1)``:
+    decaying it shrinks the DP noise that the last rounds add to the final model.
+    """
+
+    rounds: int = 5
+    model: ModelName = "mlp"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dp: DpConfig = field(default_factory=DpConfig)
+    lr_decay: float = 1.0
+    fraction: float = 1.0
+    min_devices: int = 1
+    round_timeout: float = 600.0
+    connect_timeout: float = 120.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise InvalidInput(f"rounds must be >= 1, got {self.rounds}")
+        if not 0 < self.lr_decay <= 1:
+            raise InvalidInput(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        if not 0 < self.fraction <= 1:
+            raise InvalidInput(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.min_devices < 1:
+            raise InvalidInput(f"min_devices must be >= 1, got {self.min_devices}")
+        if self.round_timeout <= 0 or self.connect_timeout <= 0:
+            raise InvalidInput("round_timeout and connect_timeout must be > 0 seconds")
+
+    def train_for(self, server_round: int) -> TrainConfig:
+        """The training config of round ``server_round`` (1-based), learning rate decayed."""
+        rate = self.train.learning_rate * self.lr_decay ** (server_round - 1)
+        return replace(self.train, learning_rate=rate)

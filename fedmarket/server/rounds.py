@@ -1,0 +1,162 @@
+"""The round loop: sample, send the global model, sum the weighted deltas, apply the strategy."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedmarket.exceptions import InvalidInput, RoundFailed
+from fedmarket.models.evaluation import Evaluation
+from fedmarket.models.weights import Weights
+from fedmarket.privacy.config import to_record
+from fedmarket.protocol import CONFIG, GLOBAL, TrainReply, weights_to_record
+from fedmarket.server.plan import FederationPlan
+from fedmarket.server.results import FederationResult, RoundResult
+from strategies import AggregatedUpdate, Strategy
+
+log = logging.getLogger(__name__)
+
+Evaluator = Callable[[Weights], Evaluation]
+RoundObserver = Callable[[RoundResult], None]
+
+
+def run_rounds(
+    grid: Grid,
+    plan: FederationPlan,
+    strategy: Strategy,
+    initial: Weights,
+    evaluate: Evaluator,
+    on_round: RoundObserver | None = None,
+) -> FederationResult:
+    """Run ``plan.rounds`` rounds; the global model moves only when some device trained."""
+    rng = random.Random(plan.seed)
+    weights = initial
+    start = evaluate(weights)
+    result = FederationResult(initial_accuracy=start.accuracy, initial_loss=start.loss)
+    for server_round in range(1, plan.rounds + 1):
+        began = time.monotonic()
+        cohort = _sample(grid, plan, rng)
+        replies = list(
+            grid.send_and_receive(
+                _messages(plan, strategy, weights, cohort, server_round),
+                timeout=plan.round_timeout,
+            )
+        )
+        updates, declined, failed = _read_replies(replies, weights)
+        failed += [f"node {n}: no reply in time" for n in _missing(cohort, replies)]
+        epsilon = {r.device: r.epsilon for r in [*updates, *declined]}
+        total_weight = sum(r.weight for r in updates)
+        if updates:
+            weights = strategy.apply(weights, _sum(updates, weights, total_weight))
+        evaluation = evaluate(weights)
+        round_result = RoundResult(
+            round=server_round,
+            accuracy=evaluation.accuracy,
+            loss=evaluation.loss,
+            trained=tuple(r.device for r in updates),
+            declined={r.device: r.reason for r in declined},
+            failed=tuple(failed),
+            epsilon=epsilon,
+            total_weight=total_weight,
+            seconds=time.monotonic() - began,
+        )
+        result.rounds.append(round_result)
+        log.info(
+            "round %d: accuracy %.4f, %d trained, %d declined, %d failed",
+            server_round,
+            evaluation.accuracy,
+            len(updates),
+            len(declined),
+            len(failed),
+        )
+        if on_round is not None:
+            on_round(round_result)
+    return result
+
+
+def _sample(grid: Grid, plan: FederationPlan, rng: random.Random) -> list[int]:
+    deadline = time.monotonic() + plan.connect_timeout
+    while len(nodes := sorted(grid.get_node_ids())) < plan.min_devices:
+        if time.monotonic() > deadline:
+            raise RoundFailed(
+                f"only {len(nodes)} device(s) connected within {plan.connect_timeout:.0f} s; "
+                f"the plan needs at least {plan.min_devices}"
+            )
+        time.sleep(0.5)
+    size = max(plan.min_devices, round(plan.fraction * len(nodes)))
+    return sorted(rng.sample(nodes, size))
+
+
+def _messages(
+    plan: FederationPlan,
+    strategy: Strategy,
+    weights: Weights,
+    cohort: list[int],
+    server_round: int,
+) -> list[Message]:
+    config = {
+        "round": server_round,
+        "model": plan.model,
+        **to_record("train", plan.train_for(server_round)),
+        **to_record("dp", plan.dp),
+        **strategy.train_config(server_round),
+    }
+    content = RecordDict({GLOBAL: weights_to_record(weights), CONFIG: ConfigRecord(config)})
+    return [
+        Message(
+            content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round)
+        )
+        for node in cohort
+    ]
+
+
+def _read_replies(
+    replies: Iterable[Message], expected: Weights
+) -> tuple[list[TrainReply], list[TrainReply], list[str]]:
+    updates: list[TrainReply] = []
+    declined: list[TrainReply] = []
+    failed: list[str] = []
+    seen: set[str] = set()
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            failed.append(f"node {node}: {msg.error.reason}")
+            continue
+        try:
+            reply = TrainReply.from_content(msg.content, expected)
+        except InvalidInput as exc:
+            failed.append(f"node {node}: {exc}")
+            continue
+        if reply.device in seen:
+            failed.append(f"node {node}: second reply for device {reply.device}")
+            continue
+        seen.add(reply.device)
+        (updates if reply.outcome == "trained" else declined).append(reply)
+    for line in failed:
+        log.warning("rejected reply: %s", line)
+    return updates, declined, failed
+
+
+def _missing(cohort: list[int], replies: Iterable[Message]) -> list[int]:
+    answered = {m.metadata.src_node_id for m in replies}
+    return [n for n in cohort if n not in answered]
+
+
+def _sum(updates: list[TrainReply], like: Weights, total_weight: float) -> AggregatedUpdate:
+    """The plain weighted sum; secure aggregation replaces exactly this step."""
+    total = {name: np.zeros_like(tensor, dtype=np.float64) for name, tensor in like.items()}
+    for reply in updates:
+        assert reply.update is not None  # checked by TrainReply.from_content
+        for name, tensor in reply.update.items():
+            total[name] += reply.weight * tensor
+    return AggregatedUpdate(
+        weighted_delta_sum={k: v.astype(np.float32) for k, v in total.items()},
+        total_weight=total_weight,
+        num_updates=len(updates),
+    )

@@ -1,0 +1,156 @@
+"""Run a federation of simulated devices on one machine through Flower's simulation engine."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from flwr.app import Context
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+from fedmarket.data.dataset import Dataset
+from fedmarket.data.partition import dirichlet_partition, iid_partition
+from fedmarket.data.source import DataSource
+from fedmarket.device.app import make_client_app
+from fedmarket.device.profile import DeviceProfile
+from fedmarket.exceptions import InvalidInput, RoundFailed
+from fedmarket.models.evaluation import Evaluation, evaluate
+from fedmarket.models.registry import build_model
+from fedmarket.models.weights import Weights, get_weights, set_weights
+from fedmarket.privacy.accounting import check_delta
+from fedmarket.privacy.config import AccountantKind
+from fedmarket.server.app import make_server_app
+from fedmarket.server.plan import FederationPlan
+from fedmarket.server.results import FederationResult
+from fedmarket.server.rounds import RoundObserver
+from fedmarket.types import DeviceId
+from strategies import Strategy
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulatedFleet:
+    """How simulated devices get their data and their owners' settings.
+
+    The data set is split into a held-out part (the server's evaluation set) and one part
+    per device, IID or Dirichlet(alpha) label skew. Everything is a function of ``seed``, so
+    the server and every simulated device compute the same split independently.
+    """
+
+    source: DataSource = DataSource()
+    num_devices: int = 10
+    alpha: float | None = 0.5
+    holdout: float = 0.2
+    seed: int = 0
+    home: Path
+    epsilon_cap: float = 8.0
+    delta: float = 1e-5
+    accountant: AccountantKind = "prv"
+    private: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_devices < 1:
+            raise InvalidInput(f"devices must be >= 1, got {self.num_devices}")
+        if not 0 < self.holdout < 1:
+            raise InvalidInput(f"holdout fraction must be in (0, 1), got {self.holdout}")
+        if not self.epsilon_cap > 0:
+            raise InvalidInput(f"epsilon cap must be > 0, got {self.epsilon_cap}")
+        check_delta(self.delta)
+
+    def split(self) -> tuple[list[Dataset], Dataset]:
+        """(one training set per device, the held-out evaluation set)."""
+        return _split(self)
+
+    def profile(self, index: int) -> DeviceProfile:
+        parts, _ = self.split()
+        return DeviceProfile(
+            device=DeviceId(f"device-{index}"),
+            data=parts[index],
+            home=self.home,
+            epsilon_cap=self.epsilon_cap,
+            delta=self.delta,
+            accountant=self.accountant,
+            private=self.private,
+        )
+
+    def resolve(self, context: Context) -> DeviceProfile:
+        """The device behind a simulated SuperNode (its ``partition-id``)."""
+        torch.set_num_threads(1)  # several simulated devices share the machine's cores
+        return self.profile(int(context.node_config["partition-id"]))
+
+
+@functools.lru_cache(maxsize=8)
+def _split(fleet: SimulatedFleet) -> tuple[list[Dataset], Dataset]:
+    import numpy as np
+
+    data = fleet.source.load()
+    order = np.random.default_rng(fleet.seed).permutation(len(data)).astype(np.int64)
+    cut = int(round(len(data) * fleet.holdout))
+    held_out = data.subset(np.sort(order[:cut]), name=f"{data.name} (held out)")
+    pool = data.subset(np.sort(order[cut:]))
+    if fleet.alpha is None:
+        parts = iid_partition(len(pool), fleet.num_devices, seed=fleet.seed)
+    else:
+        parts = dirichlet_partition(
+            pool.labels, fleet.num_devices, alpha=fleet.alpha, seed=fleet.seed
+        )
+    return [pool.subset(p, name=f"{data.name}/device-{i}") for i, p in enumerate(parts)], held_out
+
+
+def run_federation(
+    fleet: SimulatedFleet,
+    plan: FederationPlan,
+    strategy: Strategy,
+    *,
+    on_round: RoundObserver | None = None,
+    verbose: bool = False,
+) -> FederationResult:
+    """Simulate the federation with Flower's Ray-backed engine and return every round."""
+    _, held_out = fleet.split()
+    model = build_model(plan.model, held_out.feature_shape, held_out.num_classes, seed=plan.seed)
+    initial = get_weights(model)
+
+    def evaluator(weights: Weights) -> Evaluation:
+        set_weights(model, weights)
+        return evaluate(model, held_out)
+
+    outcome: list[FederationResult] = []
+    server_app = make_server_app(
+        plan, strategy, initial, evaluator, on_round=on_round, on_done=outcome.append
+    )
+    client_app = make_client_app(fleet.resolve)
+    _run_flower(server_app, client_app, fleet.num_devices, verbose=verbose)
+    if not outcome:
+        raise RoundFailed("the federation stopped before finishing; see the log above")
+    return outcome[0]
+
+
+def _run_flower(
+    server_app: ServerApp, client_app: ClientApp, num_devices: int, *, verbose: bool
+) -> None:
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.simulation import run_simulation
+
+    flwr_logger = logging.getLogger("flwr")
+    previous = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.ERROR)
+    cpus = os.cpu_count() or 1
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_devices,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": cpus, "log_to_driver": verbose},
+            },
+            verbose_logging=verbose,
+        )
+    finally:
+        flwr_logger.setLevel(previous)

@@ -1,0 +1,11 @@
+"""Identifier types shared across fedmarket."""
+
+from __future__ import annotations
+
+from typing import NewType
+
+DeviceId = NewType("DeviceId", str)
+"""Stable name of a device (e.g. ``device-3``); keys its privacy ledger."""
+
+DatasetId = NewType("DatasetId", str)
+"""Content fingerprint of a device's local data set (hex sha256)."""
