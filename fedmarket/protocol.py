@@ -78,11 +78,11 @@ class TrainReply:
                 device=str(status["device"]),
                 outcome="trained" if outcome == "trained" else "declined",
                 reason=str(status["reason"]),
-                weight=float(metrics["weight"]),  # type: ignore[arg-type]  # scalar by contract
-                epsilon=float(metrics["epsilon"]),  # type: ignore[arg-type]
-                delta=float(metrics["delta"]),  # type: ignore[arg-type]
-                steps=int(metrics["steps"]),  # type: ignore[call-overload]
-                train_loss=float(metrics["train_loss"]),  # type: ignore[arg-type]
+                weight=_scalar(metrics, "weight"),
+                epsilon=_scalar(metrics, "epsilon"),
+                delta=_scalar(metrics, "delta"),
+                steps=int(_scalar(metrics, "steps")),
+                train_loss=_scalar(metrics, "train_loss"),
                 update=(
                     weights_from_record(content.array_records[DELTA])
                     if DELTA in content.array_records
@@ -107,3 +107,10 @@ class TrainReply:
                 raise InvalidInput(f"device {self.device}: {name} has shape {tensor.shape}")
             if not np.isfinite(tensor).all():
                 raise InvalidInput(f"device {self.device}: {name} contains NaN or infinity")
+
+
+def _scalar(metrics: MetricRecord, key: str) -> float:
+    value = metrics[key]
+    if not isinstance(value, int | float):
+        raise InvalidInput(f"metric {key!r} must be a number, got {type(value).__name__}")
+    return float(value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,7 +41,7 @@ class SimulatedFleet:
     the server and every simulated device compute the same split independently.
     """
 
-    source: DataSource = DataSource()
+    source: DataSource = field(default_factory=DataSource)
     num_devices: int = 10
     alpha: float | None = 0.5
     holdout: float = 0.2
@@ -89,7 +89,7 @@ def _split(fleet: SimulatedFleet) -> tuple[list[Dataset], Dataset]:
 
     data = fleet.source.load()
     order = np.random.default_rng(fleet.seed).permutation(len(data)).astype(np.int64)
-    cut = int(round(len(data) * fleet.holdout))
+    cut = round(len(data) * fleet.holdout)
     held_out = data.subset(np.sort(order[:cut]), name=f"{data.name} (held out)")
     pool = data.subset(np.sort(order[cut:]))
     if fleet.alpha is None:

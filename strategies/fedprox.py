@@ -9,7 +9,7 @@ from strategies.fedavg import FedAvg
 
 
 class FedProx(FedAvg):
-    """Devices minimise ``loss + mu/2 * ||w - w_global||^2``; ``mu`` goes out in the train config."""
+    """Devices minimise ``loss + mu/2 * ||w - w_global||^2``; ``mu`` travels in the config."""
 
     name = "fedprox"
 

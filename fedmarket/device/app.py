@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmarket.device.profile import DeviceProfile, DeviceResolver
-from fedmarket.exceptions import PrivacyBudgetExceeded
-from fedmarket.models.registry import build_model
+from fedmarket.exceptions import InvalidInput, PrivacyBudgetExceeded
+from fedmarket.models.registry import build_model, parse_model_name
 from fedmarket.models.weights import Weights, set_weights
 from fedmarket.privacy.config import dp_from_record, train_from_record
 from fedmarket.privacy.training import LocalTrainResult, plan_spend, train_plain, train_private
@@ -25,24 +25,22 @@ def make_client_app(resolve: DeviceResolver) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return Message(handle_train(msg, resolve(context)).to_content(), reply_to=msg)
+        reply = handle_train(msg.content, resolve(context), run=str(msg.metadata.run_id))
+        return Message(reply.to_content(), reply_to=msg)
 
     return app
 
 
-def handle_train(msg: Message, profile: DeviceProfile) -> TrainReply:
+def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> TrainReply:
     """One round on one device. The ledger records the spend only once the reply exists."""
-    config = dict(msg.content.config_records[CONFIG])
-    server_round = int(config.pop("round"))  # type: ignore[call-overload]  # int by protocol
-    model_name = str(config.pop("model"))
+    config: dict[str, object] = dict(content.config_records[CONFIG])
+    server_round = config.pop("round")
+    if not isinstance(server_round, int):
+        raise InvalidInput(f"round config: 'round' must be an integer, got {server_round!r}")
+    model_name = parse_model_name(config.pop("model"))
     train_cfg, dp = train_from_record(config), dp_from_record(config)
-    global_weights = weights_from_record(msg.content.array_records[GLOBAL])
-    model = build_model(
-        model_name,
-        profile.data.feature_shape,
-        profile.data.num_classes,  # type: ignore[arg-type]
-        seed=0,
-    )
+    global_weights = weights_from_record(content.array_records[GLOBAL])
+    model = build_model(model_name, profile.data.feature_shape, profile.data.num_classes, seed=0)
     set_weights(model, global_weights)
     seed = _round_seed(profile.device, server_round)
 
@@ -55,9 +53,7 @@ def handle_train(msg: Message, profile: DeviceProfile) -> TrainReply:
         len(profile.data), train_cfg, dp, delta=ledger.delta, accountant=ledger.accountant
     )
     try:
-        reservation = ledger.reserve(
-            spend, round_label=f"run{msg.metadata.run_id}/round{server_round}"
-        )
+        reservation = ledger.reserve(spend, round_label=f"run{run}/round{server_round}")
     except PrivacyBudgetExceeded as exc:
         log.info("device %s declines round %d: %s", profile.device, server_round, exc)
         return TrainReply(

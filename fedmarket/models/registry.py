@@ -14,6 +14,14 @@ from fedmarket.models.mlp import MLP
 ModelName = Literal["mlp", "cnn"]
 
 
+def parse_model_name(name: object) -> ModelName:
+    """Check that ``name`` names a known model."""
+    for known in get_args(ModelName):
+        if name == known:
+            return known  # type: ignore[no-any-return]  # a member of the Literal
+    raise InvalidInput(f"unknown model {name!r}; choose one of {', '.join(get_args(ModelName))}")
+
+
 def build_model(
     name: ModelName, input_shape: tuple[int, ...], num_classes: int, *, seed: int
 ) -> nn.Module:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Literal, get_args
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Literal, get_args, get_origin, get_type_hints
 
 from fedmarket.exceptions import InvalidInput
 
@@ -74,27 +75,44 @@ def to_record(prefix: str, config: DpConfig | TrainConfig) -> dict[str, ConfigVa
     return {f"{prefix}.{k}": v for k, v in asdict(config).items() if v is not None}
 
 
-def dp_from_record(record: dict[str, object]) -> DpConfig:
-    return DpConfig(**_fields_from(record, "dp", DpConfig, nullable={"noise_multiplier"}))
+def dp_from_record(record: Mapping[str, object]) -> DpConfig:
+    """Parse ``dp.*`` keys of an (untrusted) round config, checking every value's type."""
+    return DpConfig(**_typed_fields(record, "dp", DpConfig))  # type: ignore[arg-type]  # checked
 
 
-def train_from_record(record: dict[str, object]) -> TrainConfig:
-    return TrainConfig(**_fields_from(record, "train", TrainConfig, nullable=set()))
+def train_from_record(record: Mapping[str, object]) -> TrainConfig:
+    """Parse ``train.*`` keys of an (untrusted) round config, checking every value's type."""
+    return TrainConfig(**_typed_fields(record, "train", TrainConfig))  # type: ignore[arg-type]
 
 
-def _fields_from(
-    record: dict[str, object],
-    prefix: str,
-    cls: type[DpConfig] | type[TrainConfig],
-    nullable: set[str],
+def _typed_fields(
+    record: Mapping[str, object], prefix: str, cls: type[DpConfig] | type[TrainConfig]
 ) -> dict[str, object]:
-    known = {f.name for f in fields(cls)}
-    unknown = [
-        k for k in record if k.startswith(prefix + ".") and k[len(prefix) + 1 :] not in known
-    ]
-    if unknown:
-        raise InvalidInput(f"round config has unknown key(s) {', '.join(sorted(unknown))}")
-    values = {k[len(prefix) + 1 :]: v for k, v in record.items() if k.startswith(prefix + ".")}
-    for name in nullable:
-        values.setdefault(name, None)
+    hints = get_type_hints(cls)
+    values: dict[str, object] = {}
+    for key, value in record.items():
+        if not key.startswith(prefix + "."):
+            continue
+        name = key[len(prefix) + 1 :]
+        if name not in hints:
+            raise InvalidInput(f"round config has unknown key {key!r}")
+        values[name] = _coerce(key, value, hints[name])
+    for name, hint in hints.items():
+        if name not in values and type(None) in get_args(hint):
+            values[name] = None  # an omitted optional field means None, not its default
     return values
+
+
+def _coerce(key: str, value: object, hint: object) -> object:
+    # ``float | None`` -> (float, NoneType); a plain ``float`` or a Literal stands alone.
+    allowed = get_args(hint) if get_origin(hint) not in (None, Literal) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if float in allowed and is_number:
+        return float(value)  # type: ignore[arg-type]  # is_number checked the type
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if get_origin(hint) is Literal and isinstance(value, str):
+        return value  # the dataclass checks membership and names the choices
+    raise InvalidInput(f"round config key {key!r} has a value of the wrong type: {value!r}")

@@ -160,7 +160,7 @@ def train_plain(
         for features, labels in loader:
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(model(features), labels)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves backward untyped
             optimizer.step()
             if train.proximal_mu > 0:
                 _proximal_step(model, start, train.learning_rate * train.proximal_mu)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, ConfigRecordValues, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedmarket.exceptions import InvalidInput, RoundFailed
@@ -100,7 +100,7 @@ def _messages(
     cohort: list[int],
     server_round: int,
 ) -> list[Message]:
-    config = {
+    config: dict[str, ConfigRecordValues] = {
         "round": server_round,
         "model": plan.model,
         **to_record("train", plan.train_for(server_round)),

@@ -1,0 +1,83 @@
+"""Final accuracy after R rounds at epsilon caps 1, 3, 8 and without DP, same seeds.
+
+Run: ``python -m benchmarks.dp_utility``. Each capped run uses the demo's settings with the
+noise multiplier calibrated so that the device spending the most (the smallest data set) ends
+the R rounds at or under the cap; the ledger enforces the cap either way.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import write_results
+from fedmarket.cli.demo import DEFAULT_LR_DECAY, DEFAULT_MAX_GRAD_NORM, DEFAULT_TRAIN
+from fedmarket.privacy import DpConfig, calibrate_noise
+from fedmarket.server.plan import FederationPlan
+from fedmarket.simulation import SimulatedFleet, run_federation
+from strategies import FedAvg
+
+CAPS = (1.0, 3.0, 8.0)
+ROUNDS = 5
+DEVICES = 10
+SEED = 0
+DELTA = 1e-5
+
+
+def noise_for_cap(fleet: SimulatedFleet, cap: float) -> float:
+    """The smallest sigma that keeps every device within ``cap`` after ROUNDS rounds."""
+    parts, _ = fleet.split()
+    sigmas = []
+    for part in parts:
+        steps_per_epoch = math.ceil(len(part) / DEFAULT_TRAIN.batch_size)
+        sigmas.append(
+            calibrate_noise(
+                cap * 0.99,
+                delta=DELTA,
+                sample_rate=1 / steps_per_epoch,
+                steps=steps_per_epoch * DEFAULT_TRAIN.local_epochs * ROUNDS,
+                accountant="prv",
+            )
+        )
+    return max(sigmas)
+
+
+def run(cap: float | None) -> dict[str, object]:
+    home = Path(tempfile.mkdtemp(prefix="dp-utility-"))
+    fleet = SimulatedFleet(
+        num_devices=DEVICES,
+        seed=SEED,
+        home=home,
+        epsilon_cap=cap or 1e9,
+        delta=DELTA,
+        private=cap is not None,
+    )
+    sigma = noise_for_cap(fleet, cap) if cap is not None else 1.0  # sigma unused without DP
+    plan = FederationPlan(
+        rounds=ROUNDS,
+        train=DEFAULT_TRAIN,
+        lr_decay=DEFAULT_LR_DECAY,
+        seed=SEED,
+        dp=DpConfig(noise_multiplier=sigma, max_grad_norm=DEFAULT_MAX_GRAD_NORM),
+    )
+    result = run_federation(fleet, plan, FedAvg())
+    spent = [fleet.profile(i).ledger().epsilon() for i in range(DEVICES)] if cap else []
+    row = {
+        "epsilon_cap": cap if cap is not None else "none (no DP)",
+        "noise_multiplier": sigma if cap is not None else 0.0,
+        "final_accuracy": result.rounds[-1].accuracy,
+        "epsilon_max": max(spent) if spent else math.inf,
+        "declined": sum(len(r.declined) for r in result.rounds),
+    }
+    print(row)
+    return row
+
+
+def main() -> None:
+    rows = [run(cap) for cap in CAPS] + [run(None)]
+    write_results("dp_utility", rows, rounds=ROUNDS, devices=DEVICES, delta=DELTA, seed=SEED)
+
+
+if __name__ == "__main__":
+    main()

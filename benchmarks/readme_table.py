@@ -1,0 +1,70 @@
+"""Regenerate the README's benchmark tables from benchmarks/results/*.json.
+
+Run: ``python -m benchmarks.readme_table``. Replaces the text between
+``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` markers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from benchmarks.common import RESULTS
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def dp_overhead(doc: dict) -> str:
+    lines = [
+        "| model | Opacus mode | DP step / plain step | plain ms | DP ms "
+        "| per-sample grads | clip+noise+step |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['mode']} | {r['ratio']:.2f}x | {r['nonprivate_ms']:.3f} | "
+            f"{r['private_ms']:.3f} | {r['per_sample_grad_share']:.0%} | "
+            f"{r['clip_noise_step_share']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def dp_utility(doc: dict) -> str:
+    lines = [
+        "| epsilon cap | noise multiplier | final accuracy | max epsilon spent | declined |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        eps = r["epsilon_max"]
+        lines.append(
+            f"| {r['epsilon_cap']} | {r['noise_multiplier']:.2f} | {r['final_accuracy']:.3f} | "
+            f"{'-' if eps in (None, float('inf')) else f'{eps:.2f}'} | {r['declined']} |"
+        )
+    return "\n".join(lines)
+
+
+def _escape(table: str) -> str:
+    return table.replace("\\", "\\\\")
+
+
+TABLES = {"dp_overhead": dp_overhead, "dp_utility": dp_utility}
+
+
+def main() -> None:
+    text = README.read_text()
+    for name, render in TABLES.items():
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        table = render(json.loads(path.read_text()))
+        pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
+        text, count = pattern.subn(rf"\g<1>{_escape(table)}\n\g<2>", text)
+        if count != 1:
+            raise SystemExit(f"README.md has no <!-- bench:{name} --> block")
+    README.write_text(text)
+    print(f"updated {README}")
+
+
+if __name__ == "__main__":
+    main()

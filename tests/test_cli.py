@@ -1,0 +1,84 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedmarket.cli.main import run
+
+
+def invoke(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    """Run the console entry point in-process and return its exit code."""
+    monkeypatch.setattr(sys, "argv", ["fedmarket", *args])
+    try:
+        run()
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--epsilon-cap", "0"], 2, "epsilon cap must be > 0"),
+        (["--delta", "1.5"], 2, "delta must lie strictly between 0 and 1"),
+        (["--delta", "0"], 2, "delta must lie strictly between 0 and 1"),
+        (["--rounds", "0"], 2, "rounds must be >= 1"),
+        (["--strategy", "fedsgdx"], 2, "fedsgdx"),
+        (["--devices", "2000"], 4, "cannot give 2000 devices"),
+        (["--noise-multiplier", "-1"], 2, "noise_multiplier must be > 0"),
+    ],
+)
+def test_bad_demo_input_fails_clearly_and_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    args: list[str],
+    code: int,
+    message: str,
+) -> None:
+    out = tmp_path / "run"
+    assert invoke(monkeypatch, "demo", "--out", str(out), *args) == code
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_demo_small_run_writes_report_and_plots(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    assert (
+        invoke(monkeypatch, "demo", "--devices", "3", "--rounds", "2", "--out", str(out), "--json")
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((out / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    for key in ("accuracy", "loss", "trained", "declined", "epsilon_max", "epsilon_median"):
+        assert key in report["rounds"][0]
+    assert report["delta"] == 1e-5
+    assert {d["device"] for d in report["devices"]} == {
+        "device-0",
+        "device-1",
+        "device-2",
+    }
+    assert all(0 < d["epsilon"] <= d["epsilon_cap"] for d in report["devices"])
+    assert (out / "accuracy.png").stat().st_size > 1000
+    assert (out / "epsilon.png").exists()
+    assert invoke(monkeypatch, "demo", "--out", str(out)) == 2  # never overwrites a report
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_demo_defaults_reach_080_with_every_device_under_its_cap(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert invoke(monkeypatch, "demo", "--out", str(tmp_path / "run"), "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["final_accuracy"] >= 0.80
+    assert report["config"]["epsilon_cap"] <= 10
+    assert report["delta"] == 1e-5
+    assert all(d["epsilon"] <= d["epsilon_cap"] for d in report["devices"])
+    assert all(d["rounds_trained"] == 5 for d in report["devices"])

@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, RecordDict
+
+import fedmarket.device.app as device_app
+from fedmarket.data import Dataset
+from fedmarket.device import DeviceProfile, handle_train
+from fedmarket.exceptions import InvalidInput
+from fedmarket.models import build_model, get_weights
+from fedmarket.privacy import DpConfig, TrainConfig
+from fedmarket.privacy.config import to_record
+from fedmarket.protocol import CONFIG, GLOBAL, weights_to_record
+from fedmarket.types import DeviceId
+
+
+def profile(home: Path, cap: float) -> DeviceProfile:
+    rng = np.random.default_rng(0)
+    data = Dataset(
+        rng.random((40, 1, 8, 8), dtype=np.float32), np.arange(40) % 4, ("a", "b", "c", "d"), "t"
+    )
+    return DeviceProfile(device=DeviceId("dev-1"), data=data, home=home, epsilon_cap=cap)
+
+
+def round_content(**overrides: object) -> RecordDict:
+    weights = get_weights(build_model("mlp", (1, 8, 8), 4, seed=0))
+    config = {
+        "round": 1,
+        "model": "mlp",
+        **to_record("train", TrainConfig(batch_size=10)),
+        **to_record("dp", DpConfig(noise_multiplier=1.0)),
+        **overrides,
+    }
+    return RecordDict({GLOBAL: weights_to_record(weights), CONFIG: ConfigRecord(config)})
+
+
+def test_device_trains_returns_delta_and_records_spend(tmp_path: Path) -> None:
+    device = profile(tmp_path, cap=50.0)
+    reply = handle_train(round_content(), device, run="1")
+    assert reply.outcome == "trained"
+    assert reply.weight == 40
+    assert reply.update is not None
+    assert any(np.abs(d).sum() > 0 for d in reply.update.values())
+    ledger = device.ledger()
+    assert [e.status for e in ledger.entries] == ["spent"]
+    assert reply.epsilon == pytest.approx(ledger.epsilon())
+
+
+def test_device_declines_a_round_past_its_cap_and_records_nothing(tmp_path: Path) -> None:
+    device = profile(tmp_path, cap=0.05)
+    reply = handle_train(round_content(), device, run="1")
+    assert reply.outcome == "declined"
+    assert reply.update is None
+    assert "cap 0.050" in reply.reason
+    assert device.ledger().entries == ()
+
+
+def test_failed_training_releases_the_reservation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(device_app, "train_private", broken)
+    device = profile(tmp_path, cap=50.0)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        handle_train(round_content(), device, run="1")
+    assert device.ledger().entries == ()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"round": "one"}, "'round' must be an integer"),
+        ({"model": "resnet"}, "unknown model"),
+        ({"dp.max_grad_norm": "big"}, "wrong type"),
+        ({"dp.noise_multiplier": -1.0}, "noise_multiplier must be > 0"),
+        ({"dp.sneaky": 1.0}, "unknown key"),
+    ],
+)
+def test_malformed_round_config_is_refused(tmp_path: Path, override: dict, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        handle_train(round_content(**override), profile(tmp_path, cap=50.0), run="1")
