@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import Context
 from flwr.clientapp import ClientApp
@@ -85,8 +86,6 @@ class SimulatedFleet:
 
 @functools.lru_cache(maxsize=8)
 def _split(fleet: SimulatedFleet) -> tuple[list[Dataset], Dataset]:
-    import numpy as np
-
     data = fleet.source.load()
     order = np.random.default_rng(fleet.seed).permutation(len(data)).astype(np.int64)
     cut = round(len(data) * fleet.holdout)
