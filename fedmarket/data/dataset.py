@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -62,13 +63,18 @@ class Dataset:
             name=name or self.name,
         )
 
-    def fingerprint(self) -> DatasetId:
-        """sha256 over shapes, features and labels: names a device's data in its ledger."""
+    @functools.cached_property
+    def _digest(self) -> str:
+        # Cached: the ledger asks every round, and hashing a large data set is not free.
         digest = hashlib.sha256()
         digest.update(repr((self.features.shape, self.classes)).encode())
         digest.update(np.ascontiguousarray(self.features).tobytes())
         digest.update(np.ascontiguousarray(self.labels).tobytes())
-        return DatasetId(digest.hexdigest())
+        return digest.hexdigest()
+
+    def fingerprint(self) -> DatasetId:
+        """sha256 over shapes, features and labels: names a device's data in its ledger."""
+        return DatasetId(self._digest)
 
 
 def encode_labels(raw: NDArray[np.generic], name: str) -> tuple[NDArray[np.int64], tuple[str, ...]]:
