@@ -17,6 +17,8 @@ EXIT_CODES: dict[int, str] = {
     10: "The privacy budget does not allow this: the device's epsilon cap would be exceeded.",
     11: "The privacy ledger file is corrupt or belongs to another device or dataset.",
     20: "A federated round failed: too few devices trained or replies were invalid.",
+    21: "Secure aggregation aborted: too few devices survived a stage to unmask the sum.",
+    22: "A secure-aggregation message broke the protocol and was rejected.",
 }
 
 
@@ -76,3 +78,15 @@ class RoundFailed(FedmarketError):
     """A federated round could not produce a new global model."""
 
     exit_code: ClassVar[int] = 20
+
+
+class SecAggAborted(RoundFailed):
+    """Too few devices survived a secure-aggregation stage; the sum stays masked."""
+
+    exit_code: ClassVar[int] = 21
+
+
+class ProtocolViolation(FedmarketError):
+    """A secure-aggregation message was malformed, out of order or inconsistent."""
+
+    exit_code: ClassVar[int] = 22

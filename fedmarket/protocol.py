@@ -18,6 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedmarket.exceptions import InvalidInput
 from fedmarket.models.weights import Weights
+from strategies import AggregatedUpdate
 
 GLOBAL, CONFIG, STATUS, METRICS, DELTA = "global", "config", "status", "metrics", "delta"
 Outcome = Literal["trained", "declined"]
@@ -67,8 +68,14 @@ class TrainReply:
         return content
 
     @classmethod
-    def from_content(cls, content: RecordDict, expected: Weights) -> TrainReply:
-        """Parse and validate a reply; ``expected`` gives the tensor names and shapes."""
+    def from_content(
+        cls, content: RecordDict, expected: Weights, *, masked: bool = False
+    ) -> TrainReply:
+        """Parse and validate a reply; ``expected`` gives the tensor names and shapes.
+
+        Under secure aggregation (``masked``) the delta and weight travel masked elsewhere, so
+        a trained reply must carry neither in the clear.
+        """
         try:
             status, metrics = content.config_records[STATUS], content.metric_records[METRICS]
             outcome = str(status["outcome"])
@@ -91,7 +98,9 @@ class TrainReply:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"malformed train reply: {exc}") from None
-        if reply.outcome == "trained":
+        if masked and (reply.update is not None or reply.weight != 0):
+            raise InvalidInput(f"device {reply.device}: sent its update or weight unmasked")
+        if reply.outcome == "trained" and not masked:
             reply._check_update(expected)
         return reply
 
@@ -107,6 +116,18 @@ class TrainReply:
                 raise InvalidInput(f"device {self.device}: {name} has shape {tensor.shape}")
             if not np.isfinite(tensor).all():
                 raise InvalidInput(f"device {self.device}: {name} contains NaN or infinity")
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What one round's exchange produced, with or without secure aggregation."""
+
+    update: AggregatedUpdate | None  # None: no new model, see ``error``
+    trained: tuple[TrainReply, ...]  # devices whose updates are in ``update``
+    declined: tuple[TrainReply, ...]
+    dropped: dict[int, str]  # sampled node -> why it is in neither list
+    clip_fraction: float | None  # secure aggregation: mean share of clipped coordinates
+    error: str | None
 
 
 def _scalar(metrics: MetricRecord, key: str) -> float:

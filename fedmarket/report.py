@@ -38,6 +38,11 @@ def build_report(
                 "epsilon_median": statistics.median(values),
                 "epsilon_per_device": dict(latest),
                 "declined_reasons": r.declined,
+                "secure_aggregation": r.secure,
+                "survivors": list(r.trained),
+                "dropped": {str(node): why for node, why in r.dropped.items()},
+                "clip_fraction": r.clip_fraction,
+                "error": r.error,
                 "seconds": r.seconds,
             }
         )

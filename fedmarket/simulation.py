@@ -52,6 +52,7 @@ class SimulatedFleet:
     delta: float = 1e-5
     accountant: AccountantKind = "prv"
     private: bool = True
+    require_secagg: bool = True
 
     def __post_init__(self) -> None:
         if self.num_devices < 1:
@@ -121,7 +122,7 @@ def run_federation(
     server_app = make_server_app(
         plan, strategy, initial, evaluator, on_round=on_round, on_done=outcome.append
     )
-    client_app = make_client_app(fleet.resolve)
+    client_app = make_client_app(fleet.resolve, require_secagg=fleet.require_secagg)
     _run_flower(server_app, client_app, fleet.num_devices, verbose=verbose)
     if not outcome:
         raise RoundFailed("the federation stopped before finishing; see the log above")

@@ -19,6 +19,7 @@ from fedmarket.exceptions import InvalidInput
 from fedmarket.plots import plot_report
 from fedmarket.privacy.config import DpConfig, TrainConfig
 from fedmarket.report import build_report, write_json
+from fedmarket.secagg.config import MIN_COHORT, SecAggConfig
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import RoundResult
 from fedmarket.simulation import SimulatedFleet, run_federation
@@ -57,6 +58,16 @@ def demo(
         float, typer.Option(help="Dirichlet label-skew alpha (smaller is more skewed).")
     ] = 0.5,
     delta: Annotated[float, typer.Option(help="DP delta.")] = 1e-5,
+    secagg: Annotated[
+        bool,
+        typer.Option(
+            help="Sum updates under SecAgg+ so the server sees only the sum "
+            "(--no-secagg: plain sum, for comparison)."
+        ),
+    ] = True,
+    clip_range: Annotated[
+        float, typer.Option(help="SecAgg+: each delta coordinate is clipped to +-this.")
+    ] = SecAggConfig().clip_range,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default runs/<timestamp>).")
     ] = None,
@@ -75,13 +86,21 @@ def demo(
         home=out / "home",
         epsilon_cap=epsilon_cap,
         delta=delta,
+        require_secagg=secagg,
     )
+    if secagg and devices < MIN_COHORT:
+        raise InvalidInput(
+            f"secure aggregation needs at least {MIN_COHORT} devices, got --devices {devices}; "
+            "add devices or pass --no-secagg"
+        )
     plan = FederationPlan(
         rounds=rounds,
         train=DEFAULT_TRAIN,
         lr_decay=DEFAULT_LR_DECAY,
         dp=DpConfig(noise_multiplier=noise_multiplier, max_grad_norm=DEFAULT_MAX_GRAD_NORM),
         seed=seed,
+        min_devices=MIN_COHORT if secagg else 1,
+        secagg=SecAggConfig(clip_range=clip_range) if secagg else None,
     )
     chosen = make_strategy(strategy.value)
     fleet.split()  # fails here, not mid-run, if the data cannot be partitioned
@@ -104,8 +123,9 @@ def demo(
             progress.update(
                 task,
                 advance=1,
-                status=f"accuracy {r.accuracy:.3f}, {len(r.trained)} trained, "
-                f"{len(r.declined)} declined",
+                status=r.error
+                or f"accuracy {r.accuracy:.3f}, {len(r.trained)} trained, "
+                f"{len(r.declined)} declined, {len(r.dropped)} dropped",
             )
 
         result = run_federation(fleet, plan, chosen, on_round=on_round, verbose=verbose)
@@ -122,6 +142,7 @@ def demo(
         "train": asdict(plan.train),
         "max_grad_norm": plan.dp.max_grad_norm,
         "lr_decay": plan.lr_decay,
+        "secagg": asdict(plan.secagg) if plan.secagg else None,
     }
     report = build_report(result, fleet, config=config, seconds=time.monotonic() - started)
     write_json(out / "report.json", report)
@@ -141,15 +162,19 @@ def demo(
 
 def _rounds_table(report: dict[str, object]) -> Table:
     table = Table(title="Rounds")
-    for column in ("round", "accuracy", "loss", "trained", "declined", "eps max", "eps median"):
+    columns = ("round", "accuracy", "loss", "trained", "declined", "dropped", "clipped")
+    for column in (*columns, "eps max", "eps median"):
         table.add_column(column, justify="right")
     for r in report["rounds"]:  # type: ignore[attr-defined]  # list of dicts by construction
+        clipped = r["clip_fraction"]
         table.add_row(
             str(r["round"]),
             f"{r['accuracy']:.3f}",
             f"{r['loss']:.3f}",
             str(r["trained"]),
             str(r["declined"]),
+            str(len(r["dropped"])),
+            "-" if clipped is None else f"{clipped:.2%}",
             f"{r['epsilon_max']:.2f}",
             f"{r['epsilon_median']:.2f}",
         )

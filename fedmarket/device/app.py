@@ -15,13 +15,18 @@ from fedmarket.models.weights import Weights, set_weights
 from fedmarket.privacy.config import dp_from_record, train_from_record
 from fedmarket.privacy.training import LocalTrainResult, plan_spend, train_plain, train_private
 from fedmarket.protocol import CONFIG, GLOBAL, TrainReply, weights_from_record
+from fedmarket.secagg.mod import make_secagg_mod
 
 log = logging.getLogger(__name__)
 
 
-def make_client_app(resolve: DeviceResolver) -> ClientApp:
-    """A ClientApp whose train handler runs on the device ``resolve`` finds for the node."""
-    app = ClientApp()
+def make_client_app(resolve: DeviceResolver, *, require_secagg: bool = True) -> ClientApp:
+    """A ClientApp whose train handler runs on the device ``resolve`` finds for the node.
+
+    Updates leave the device masked under SecAgg+ when the server runs it; with
+    ``require_secagg`` (the default) the device refuses rounds that do not.
+    """
+    app = ClientApp(mods=[make_secagg_mod(required=require_secagg)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from fedmarket.exceptions import InvalidInput
 from fedmarket.models.registry import ModelName
 from fedmarket.privacy.config import DpConfig, TrainConfig
+from fedmarket.secagg.config import MIN_COHORT, SecAggConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -15,6 +16,8 @@ class FederationPlan:
 
     ``fraction`` of connected devices is sampled each round, at least ``min_devices``.
     ``round_timeout`` bounds how long a round waits for replies; late devices are skipped.
+    Updates are summed under SecAgg+ (``secagg``), so the server sees only their sum;
+    ``secagg=None`` sums them in the clear.
     Round ``r`` trains with learning rate ``train.learning_rate * lr_decay ** (r - 1)``:
     decaying it shrinks the DP noise that the last rounds add to the final model.
     """
@@ -25,10 +28,11 @@ class FederationPlan:
     dp: DpConfig = field(default_factory=DpConfig)
     lr_decay: float = 1.0
     fraction: float = 1.0
-    min_devices: int = 1
+    min_devices: int = MIN_COHORT
     round_timeout: float = 600.0
     connect_timeout: float = 120.0
     seed: int = 0
+    secagg: SecAggConfig | None = field(default_factory=SecAggConfig)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -41,6 +45,10 @@ class FederationPlan:
             raise InvalidInput(f"min_devices must be >= 1, got {self.min_devices}")
         if self.round_timeout <= 0 or self.connect_timeout <= 0:
             raise InvalidInput("round_timeout and connect_timeout must be > 0 seconds")
+        if self.secagg is not None and self.min_devices < MIN_COHORT:
+            raise InvalidInput(
+                f"secure aggregation needs min_devices >= {MIN_COHORT}, got {self.min_devices}"
+            )
 
     def train_for(self, server_round: int) -> TrainConfig:
         """The training config of round ``server_round`` (1-based), learning rate decayed."""

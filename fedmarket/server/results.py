@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class RoundResult:
-    """One round. ``epsilon`` maps each replying device to its ledger epsilon after the round."""
+    """One round. ``epsilon`` maps each replying device to its ledger epsilon after the round.
+
+    ``trained`` are the devices whose updates are in the new model (under secure aggregation:
+    the survivors). ``dropped`` maps nodes that were sampled but are not in the sum, nor
+    declined, to the reason. ``error`` is set when the round produced no new model.
+    """
 
     round: int
     accuracy: float
@@ -18,6 +23,10 @@ class RoundResult:
     epsilon: dict[str, float]
     total_weight: float
     seconds: float
+    secure: bool = False
+    dropped: dict[int, str] = field(default_factory=dict)
+    clip_fraction: float | None = None
+    error: str | None = None
 
 
 @dataclass

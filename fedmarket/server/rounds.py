@@ -15,7 +15,8 @@ from fedmarket.exceptions import InvalidInput, RoundFailed
 from fedmarket.models.evaluation import Evaluation
 from fedmarket.models.weights import Weights
 from fedmarket.privacy.config import to_record
-from fedmarket.protocol import CONFIG, GLOBAL, TrainReply, weights_to_record
+from fedmarket.protocol import CONFIG, GLOBAL, RoundOutcome, TrainReply, weights_to_record
+from fedmarket.secagg.workflow import secure_round
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import FederationResult, RoundResult
 from strategies import AggregatedUpdate, Strategy
@@ -42,42 +43,80 @@ def run_rounds(
     for server_round in range(1, plan.rounds + 1):
         began = time.monotonic()
         cohort = _sample(grid, plan, rng)
-        replies = list(
-            grid.send_and_receive(
-                _messages(plan, strategy, weights, cohort, server_round),
-                timeout=plan.round_timeout,
+        content = _train_content(plan, strategy, weights, server_round)
+        if plan.secagg is None:
+            outcome = _plain_round(grid, plan, cohort, content, weights, server_round)
+        else:
+            outcome = secure_round(
+                grid,
+                cohort,
+                content,
+                weights,
+                plan.secagg,
+                train_timeout=plan.round_timeout,
+                group_id=str(server_round),
+                rng=rng,
             )
-        )
-        updates, declined, failed = _read_replies(replies, weights)
-        failed += [f"node {n}: no reply in time" for n in _missing(cohort, replies)]
-        epsilon = {r.device: r.epsilon for r in [*updates, *declined]}
-        total_weight = sum(r.weight for r in updates)
-        if updates:
-            weights = strategy.apply(weights, _sum(updates, weights, total_weight))
+        if outcome.update is not None:
+            weights = strategy.apply(weights, outcome.update)
         evaluation = evaluate(weights)
         round_result = RoundResult(
             round=server_round,
             accuracy=evaluation.accuracy,
             loss=evaluation.loss,
-            trained=tuple(r.device for r in updates),
-            declined={r.device: r.reason for r in declined},
-            failed=tuple(failed),
-            epsilon=epsilon,
-            total_weight=total_weight,
+            trained=tuple(r.device for r in outcome.trained),
+            declined={r.device: r.reason for r in outcome.declined},
+            failed=tuple(f"node {n}: {why}" for n, why in outcome.dropped.items()),
+            epsilon={r.device: r.epsilon for r in [*outcome.trained, *outcome.declined]},
+            total_weight=outcome.update.total_weight if outcome.update else 0.0,
             seconds=time.monotonic() - began,
+            secure=plan.secagg is not None,
+            dropped=dict(outcome.dropped),
+            clip_fraction=outcome.clip_fraction,
+            error=outcome.error,
         )
         result.rounds.append(round_result)
         log.info(
-            "round %d: accuracy %.4f, %d trained, %d declined, %d failed",
+            "round %d: accuracy %.4f, %d trained, %d declined, %d dropped%s",
             server_round,
             evaluation.accuracy,
-            len(updates),
-            len(declined),
-            len(failed),
+            len(round_result.trained),
+            len(round_result.declined),
+            len(round_result.dropped),
+            f"; {outcome.error}" if outcome.error else "",
         )
         if on_round is not None:
             on_round(round_result)
     return result
+
+
+def _plain_round(
+    grid: Grid,
+    plan: FederationPlan,
+    cohort: list[int],
+    content: RecordDict,
+    weights: Weights,
+    server_round: int,
+) -> RoundOutcome:
+    """The round without secure aggregation: the server sees every device's delta."""
+    messages = [
+        Message(
+            content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round)
+        )
+        for node in cohort
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout))
+    updates, declined, dropped = _read_replies(replies, weights)
+    dropped.update(dict.fromkeys(_missing(cohort, replies), "no reply in time"))
+    total_weight = sum(r.weight for r in updates)
+    return RoundOutcome(
+        update=_sum(updates, weights, total_weight) if updates else None,
+        trained=tuple(updates),
+        declined=tuple(declined),
+        dropped=dropped,
+        clip_fraction=None,
+        error=None if updates else "no device trained",
+    )
 
 
 def _sample(grid: Grid, plan: FederationPlan, rng: random.Random) -> list[int]:
@@ -93,13 +132,9 @@ def _sample(grid: Grid, plan: FederationPlan, rng: random.Random) -> list[int]:
     return sorted(rng.sample(nodes, size))
 
 
-def _messages(
-    plan: FederationPlan,
-    strategy: Strategy,
-    weights: Weights,
-    cohort: list[int],
-    server_round: int,
-) -> list[Message]:
+def _train_content(
+    plan: FederationPlan, strategy: Strategy, weights: Weights, server_round: int
+) -> RecordDict:
     config: dict[str, ConfigRecordValues] = {
         "round": server_round,
         "model": plan.model,
@@ -107,39 +142,33 @@ def _messages(
         **to_record("dp", plan.dp),
         **strategy.train_config(server_round),
     }
-    content = RecordDict({GLOBAL: weights_to_record(weights), CONFIG: ConfigRecord(config)})
-    return [
-        Message(
-            content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round)
-        )
-        for node in cohort
-    ]
+    return RecordDict({GLOBAL: weights_to_record(weights), CONFIG: ConfigRecord(config)})
 
 
 def _read_replies(
     replies: Iterable[Message], expected: Weights
-) -> tuple[list[TrainReply], list[TrainReply], list[str]]:
+) -> tuple[list[TrainReply], list[TrainReply], dict[int, str]]:
     updates: list[TrainReply] = []
     declined: list[TrainReply] = []
-    failed: list[str] = []
+    failed: dict[int, str] = {}
     seen: set[str] = set()
     for msg in replies:
         node = msg.metadata.src_node_id
         if msg.has_error():
-            failed.append(f"node {node}: {msg.error.reason}")
+            failed[node] = str(msg.error.reason)
             continue
         try:
             reply = TrainReply.from_content(msg.content, expected)
         except InvalidInput as exc:
-            failed.append(f"node {node}: {exc}")
+            failed[node] = str(exc)
             continue
         if reply.device in seen:
-            failed.append(f"node {node}: second reply for device {reply.device}")
+            failed[node] = f"second reply for device {reply.device}"
             continue
         seen.add(reply.device)
         (updates if reply.outcome == "trained" else declined).append(reply)
-    for line in failed:
-        log.warning("rejected reply: %s", line)
+    for node, reason in failed.items():
+        log.warning("rejected reply from node %d: %s", node, reason)
     return updates, declined, failed
 
 
@@ -149,7 +178,7 @@ def _missing(cohort: list[int], replies: Iterable[Message]) -> list[int]:
 
 
 def _sum(updates: list[TrainReply], like: Weights, total_weight: float) -> AggregatedUpdate:
-    """The plain weighted sum; secure aggregation replaces exactly this step."""
+    """The plain weighted sum, which secure aggregation computes without seeing the terms."""
     total = {name: np.zeros_like(tensor, dtype=np.float64) for name, tensor in like.items()}
     for reply in updates:
         assert reply.update is not None  # checked by TrainReply.from_content

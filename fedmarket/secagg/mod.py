@@ -1,0 +1,171 @@
+"""The device's SecAgg+ as a Flower ClientApp mod on the Message API.
+
+The mod answers the four stage messages itself, keeping the round's session in
+``Context.state``; on the mask stage it lets the app train, then replaces the plain delta and
+weight by the masked vector, so the update never leaves the device unmasked.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.clientapp.typing import ClientAppCallable, Mod
+
+from fedmarket.exceptions import FedmarketError, ProtocolViolation
+from fedmarket.protocol import DELTA, METRICS, weights_from_record
+from fedmarket.secagg import messages as m
+from fedmarket.secagg.codec import encode, flatten
+from fedmarket.secagg.config import RoundParams
+from fedmarket.secagg.device import DeviceSession, Stage
+from fedmarket.secagg.keys import PublicKeys
+
+log = logging.getLogger(__name__)
+_STATE = "secagg.session"
+
+
+def make_secagg_mod(*, required: bool = True) -> Mod:
+    """The mod; with ``required`` the device refuses to train in rounds without SecAgg+."""
+
+    def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)
+        config = msg.content.config_records.get(m.SECAGG)
+        if config is None:
+            if required:
+                raise ProtocolViolation(
+                    "this device only trains under secure aggregation; the round has none"
+                )
+            return call_next(msg, context)
+        stage, session = config.get("stage"), config.get("session")
+        try:
+            if not isinstance(session, bytes):
+                raise ProtocolViolation("secagg message without a session")
+            content = _handle(msg, context, call_next, config)
+        except FedmarketError as exc:
+            log.warning("secagg %s refused: %s", stage, exc)
+            content = RecordDict(
+                {m.SECAGG: ConfigRecord({"stage": str(stage), "refused": str(exc)})}
+            )
+        return Message(content, reply_to=msg)
+
+    return secagg_mod
+
+
+def _handle(
+    msg: Message, context: Context, call_next: ClientAppCallable, config: ConfigRecord
+) -> RecordDict:
+    name = config.get("stage")
+    if name not in {s.value for s in Stage}:
+        raise ProtocolViolation(f"unknown secagg stage {name!r}")
+    stage = Stage(name)
+    if stage == Stage.SETUP:
+        return _setup(msg, context, config)
+    session = _load(context)
+    m.check_header(config, stage, session.params.session)
+    if stage == Stage.SHARE_KEYS:
+        upload = session.share_keys(_peer_keys(config))
+        reply = m.record(
+            stage,
+            session.params.session,
+            {
+                "destinations": list(upload.ciphertexts),
+                "ciphertexts": list(upload.ciphertexts.values()),
+                "commitment": upload.seed_commitment,
+            },
+        )
+        content = RecordDict({m.SECAGG: reply})
+    elif stage == Stage.MASK:
+        content = _mask(msg, context, call_next, config, session)
+    else:
+        shares = session.unmask(m.items(config, "survivors", int), m.items(config, "dropped", int))
+        reply = m.record(
+            stage,
+            session.params.session,
+            {
+                "seed_owners": list(shares.seed),
+                "seed_shares": list(shares.seed.values()),
+                "key_owners": list(shares.mask_key),
+                "key_shares": list(shares.mask_key.values()),
+            },
+        )
+        content = RecordDict({m.SECAGG: reply})
+    _store(context, session)
+    return content
+
+
+def _setup(msg: Message, context: Context, config: ConfigRecord) -> RecordDict:
+    params = RoundParams.from_record(
+        {k[6:]: v for k, v in config.items() if k.startswith("param.")}
+    )
+    stored = context.state.config_records.get(_STATE)
+    if stored is not None and stored.get("param.session") == params.session:
+        raise ProtocolViolation("setup replayed for a round already under way")
+    session, keys = DeviceSession.setup(msg.metadata.dst_node_id, params)
+    _store(context, session)
+    return RecordDict(
+        {
+            m.SECAGG: m.record(
+                Stage.SETUP, params.session, {"cipher_pk": keys.cipher, "mask_pk": keys.mask}
+            )
+        }
+    )
+
+
+def _mask(
+    msg: Message,
+    context: Context,
+    call_next: ClientAppCallable,
+    config: ConfigRecord,
+    session: DeviceSession,
+) -> RecordDict:
+    inbox = m.mapping(config, "sources", "ciphertexts", bytes)
+    trained = call_next(msg, context)
+    if trained.has_error():
+        raise ProtocolViolation(f"training failed: {trained.error.reason}")
+    content = trained.content
+    if DELTA not in content.array_records:  # declined: nothing to mask, nothing to send
+        session.stage = Stage.MASK
+        _store(context, session)
+        content[m.SECAGG] = m.record(Stage.MASK, session.params.session, {})
+        return content
+    delta = flatten(weights_from_record(content.array_records.pop(DELTA)))
+    metrics = content.metric_records[METRICS]
+    weight = metrics["weight"]
+    if not isinstance(weight, int | float):
+        raise ProtocolViolation("the training reply has no numeric weight")
+    encoded = encode(delta, max(1, round(weight)), session.params)
+    upload = session.mask(inbox, encoded)
+    metrics["weight"] = 0.0  # the weight travels masked, in the vector's last word
+    content[m.MASKED] = ArrayRecord({"vector": Array(upload.vector)})
+    content[m.SECAGG] = m.record(
+        Stage.MASK,
+        session.params.session,
+        {
+            "mask_peers": list(upload.mask_peers),
+            "clip_fraction": encoded.clip_fraction,
+            "rejected": list(upload.rejected),
+        },
+    )
+    for reason in upload.rejected:
+        log.warning("secagg: %s", reason)
+    return content
+
+
+def _peer_keys(config: ConfigRecord) -> dict[int, PublicKeys]:
+    peers = m.items(config, "peers", int)
+    ciphers, masks = m.items(config, "peer_cipher", bytes), m.items(config, "peer_mask", bytes)
+    if not len(peers) == len(ciphers) == len(masks) or len(set(peers)) != len(peers):
+        raise ProtocolViolation("share_keys: peers and keys must pair up with no repeats")
+    return {p: PublicKeys(c, k) for p, c, k in zip(peers, ciphers, masks, strict=True)}
+
+
+def _load(context: Context) -> DeviceSession:
+    stored = context.state.config_records.get(_STATE)
+    if stored is None:
+        raise ProtocolViolation("no secagg round under way on this device (setup missing)")
+    return DeviceSession.from_record(stored)
+
+
+def _store(context: Context, session: DeviceSession) -> None:
+    context.state.config_records[_STATE] = ConfigRecord(session.to_record())
