@@ -18,7 +18,13 @@ def test_flower_simulation_three_devices_two_rounds_improves_accuracy(tmp_path: 
     )
     result = run_federation(fleet, plan, FedAvg())
     assert [r.round for r in result.rounds] == [1, 2]
-    assert all(len(r.trained) == 3 and not r.failed for r in result.rounds)
+    for r in result.rounds:  # summed under SecAgg+, the default
+        assert r.secure
+        assert sorted(r.trained) == ["device-0", "device-1", "device-2"]
+        assert (r.dropped, r.failed, r.error) == ({}, (), None)
+        assert r.clip_fraction is not None
+        assert 0 <= r.clip_fraction < 0.01
+        assert r.total_weight == sum(len(fleet.profile(i).data) for i in range(3))
     assert result.rounds[-1].accuracy > result.initial_accuracy + 0.2
     for index in range(3):
         ledger = fleet.profile(index).ledger()

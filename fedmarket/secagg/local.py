@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fedmarket.exceptions import ProtocolViolation
 from fedmarket.secagg.codec import Encoded
@@ -21,6 +22,7 @@ from fedmarket.secagg.server import Aggregation, SecureSum
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Tamper = Callable[[Stage, int, Any], Any]
 """(stage, sending node, its upload) -> the upload the server receives instead."""
 
@@ -50,51 +52,36 @@ def aggregate_locally(
     sessions: dict[int, DeviceSession] = {}
     rejected: dict[int, str] = {}
 
-    def deliver(stage: Stage, node: int, upload: Any, receive: Callable[[Any], None]) -> None:
+    @contextmanager
+    def guard(node: int) -> Iterator[None]:
         try:
-            receive(tamper(stage, node, upload) if tamper else upload)
+            yield
         except ProtocolViolation as exc:
-            log.warning("secagg %s: dropping node %d: %s", stage, node, exc)
+            log.warning("secagg: dropping node %d: %s", node, exc)
             rejected[node] = str(exc)
+
+    def sent(stage: Stage, node: int, upload: T) -> T:
+        return tamper(stage, node, upload) if tamper else upload
 
     for node in encoded:
         if node not in drop_before_keys:
             sessions[node], keys = DeviceSession.setup(node, params)
-            deliver(Stage.SETUP, node, keys, lambda k, n=node: server.receive_keys(n, k))
+            with guard(node):
+                server.receive_keys(node, sent(Stage.SETUP, node, keys))
     for node, peer_keys in server.close_setup().items():
         if node not in drop_before_shares:
-            upload = sessions[node].share_keys(peer_keys)  # honest server: never refused
-            deliver(
-                Stage.SHARE_KEYS,
-                node,
-                upload,
-                lambda u, n=node: server.receive_shares(n, u.ciphertexts, u.seed_commitment),
-            )
+            share = sent(Stage.SHARE_KEYS, node, sessions[node].share_keys(peer_keys))
+            with guard(node):
+                server.receive_shares(node, share.ciphertexts, share.seed_commitment)
     for node, inbox in server.close_share_keys().items():
         if node not in drop_before_upload:
-            try:
-                masked = sessions[node].mask(inbox, encoded[node])
-            except ProtocolViolation as exc:  # too few valid shares reached it
-                rejected[node] = f"refused: {exc}"
-                continue
-            deliver(
-                Stage.MASK,
-                node,
-                masked,
-                lambda u, n=node: server.receive_masked(n, u.vector, u.mask_peers),
-            )
+            with guard(node):  # a device with too few valid shares refuses to upload
+                masked = sent(Stage.MASK, node, sessions[node].mask(inbox, encoded[node]))
+                server.receive_masked(node, masked.vector, masked.mask_peers)
     for node, request in server.close_masking().items():
-        if node in drop_before_unmask:
-            continue
-        try:
-            shares = sessions[node].unmask(request.survivors, request.dropped)
-        except ProtocolViolation as exc:  # a device that refuses looks dropped to the server
-            rejected[node] = f"refused: {exc}"
-            continue
-        deliver(
-            Stage.UNMASK,
-            node,
-            shares,
-            lambda u, n=node: server.receive_unmask(n, u.seed, u.mask_key),
-        )
+        if node not in drop_before_unmask:
+            with guard(node):  # a device asked for too much refuses
+                shares = sessions[node].unmask(request.survivors, request.dropped)
+                shares = sent(Stage.UNMASK, node, shares)
+                server.receive_unmask(node, shares.seed, shares.mask_key)
     return LocalRound(server.finish(), rejected, server)
