@@ -35,6 +35,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.dp_overhead
 	$(BIN)/python -m benchmarks.dp_utility
+	$(BIN)/python -m benchmarks.secagg
 	$(BIN)/python -m benchmarks.readme_table
 
 clean:

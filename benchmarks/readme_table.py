@@ -44,11 +44,41 @@ def dp_utility(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def secagg(doc: dict) -> str:
+    lines = [
+        "| n | params | k / t | mask ns/param (stock) | mask speedup | upload B/param (stock) "
+        "| server unmask s (stock) | round with / without |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        overhead = r.get("round_overhead")
+        lines.append(
+            f"| {r['n']} | {r['params']:,} | {r['neighbours']} / {r['threshold']} | "
+            f"{r['mask_ns_per_param']:.1f} ({r['stock_mask_ns_per_param']:.1f}) | "
+            f"{r['mask_speedup']:.1f}x | {r['upload_bytes_per_param']:.2f} "
+            f"({r['stock_upload_bytes_per_param']:.2f}) | {r['unmask_s']:.3f} "
+            f"({r['stock_unmask_s']:.3f}) | "
+            + ("-" if overhead is None else f"{overhead:.2f}x ({r['round_s']:.1f} s)")
+            + " |"
+        )
+    lines += [
+        "",
+        "| devices per round | k / t | dropped | all devices + server, one process | per device |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["scale"]:
+        lines.append(
+            f"| {r['n']:,} | {r['neighbours']} / {r['threshold']} | {r['dropped']} | "
+            f"{r['round_s_all_devices_one_process']:.1f} s | {r['per_device_ms']:.1f} ms |"
+        )
+    return "\n".join(lines)
+
+
 def _escape(table: str) -> str:
     return table.replace("\\", "\\\\")
 
 
-TABLES = {"dp_overhead": dp_overhead, "dp_utility": dp_utility}
+TABLES = {"dp_overhead": dp_overhead, "dp_utility": dp_utility, "secagg": secagg}
 
 
 def main() -> None:

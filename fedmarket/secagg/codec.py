@@ -20,6 +20,7 @@ from fedmarket.models.weights import Weights
 from fedmarket.secagg.config import RoundParams
 
 Vector = NDArray[np.uint32]
+_BLOCK = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -34,21 +35,27 @@ class Encoded:
 def encode(delta: NDArray[np.floating], num_examples: int, params: RoundParams) -> Encoded:
     if delta.ndim != 1:
         raise InvalidInput("secagg encode: delta must be a flat vector")
-    if not np.isfinite(delta).all():
-        raise InvalidInput("secagg encode: delta contains NaN or infinity")
     if num_examples < 1:
         raise InvalidInput(f"secagg encode: weight must be >= 1, got {num_examples}")
     c = params.clip_range
     weight = min(int(num_examples), params.max_weight)
-    clipped = np.clip(delta.astype(np.float64), -c, c)
-    clip_fraction = float(np.count_nonzero(np.abs(delta) > c)) / max(delta.size, 1)
     scale = params.levels / (2 * c)
-    x = clipped * (weight / params.max_weight)
+    a, b = scale * weight / params.max_weight, c * scale + 0.5  # + 0.5: the cast floors
     values = np.empty(delta.size + 1, dtype=np.uint32)
-    np.rint((x + c) * scale, out=x)
-    values[:-1] = x
+    work = np.empty(min(delta.size, _BLOCK), dtype=np.float64)
+    clipped = 0
+    for start in range(0, delta.size, _BLOCK):  # block by block, so that it stays in cache
+        block = delta[start : start + _BLOCK]
+        x = work[: block.size]
+        np.clip(block, -c, c, out=x)
+        if not np.isfinite(x).all():
+            raise InvalidInput("secagg encode: delta contains NaN or infinity")
+        clipped += block.size - int(np.count_nonzero(x == block))
+        x *= a
+        x += b
+        values[start : start + block.size] = x
     values[-1] = weight
-    return Encoded(values=values, weight=weight, clip_fraction=clip_fraction)
+    return Encoded(values=values, weight=weight, clip_fraction=clipped / max(delta.size, 1))
 
 
 def decode(total: Vector, survivors: int, params: RoundParams) -> tuple[NDArray[np.float64], int]:

@@ -17,6 +17,7 @@ from typing import TypeVar
 from flwr.app import ConfigRecordValues
 from nacl.exceptions import CryptoError
 from nacl.public import Box
+from nacl.secret import SecretBox
 
 from fedmarket.exceptions import ProtocolViolation
 from fedmarket.secagg import shamir
@@ -27,7 +28,6 @@ from fedmarket.secagg.keys import (
     NODE_ID_LIMIT,
     PublicKeys,
     agree,
-    box,
     new_private_key,
     public_key,
 )
@@ -84,6 +84,9 @@ class DeviceSession:
     peers: dict[int, PublicKeys] = field(default_factory=dict)  # neighbours and myself
     seed_shares: dict[int, bytes] = field(default_factory=dict)  # owner -> share I hold
     key_shares: dict[int, bytes] = field(default_factory=dict)
+    # agreed in share_keys, so that the mask stage (after training) only runs ChaCha20
+    box_keys: dict[int, bytes] = field(default_factory=dict)  # peer -> crypto_box key
+    pair_keys: dict[int, bytes] = field(default_factory=dict)  # peer -> pairwise mask key
     mask_peers: tuple[int, ...] = ()
 
     @classmethod
@@ -117,6 +120,11 @@ class DeviceSession:
         if any(len(k) != KEY_BYTES for k in keys) or len(set(keys)) != len(keys):
             raise ProtocolViolation("share_keys: public keys must be 32 bytes and all distinct")
         self.peers = dict(peer_keys)
+        session = self.params.session
+        for peer, public in self.peers.items():
+            if peer != self.node:
+                self.box_keys[peer] = agree(self.cipher_sk, public.cipher)
+                self.pair_keys[peer] = mask_key(agree(self.mask_sk, public.mask), session, "pair")
         self.seed = os.urandom(shamir.SECRET_BYTES)
         holders = sorted(peer_keys)
         t = self.params.threshold
@@ -128,7 +136,7 @@ class DeviceSession:
                 self.seed_shares[holder], self.key_shares[holder] = seed_share, key_share
                 continue
             plaintext = _pack(self.node, holder, self.params.session) + seed_share + key_share
-            ciphertexts[holder] = bytes(self._box(holder).encrypt(plaintext))
+            ciphertexts[holder] = bytes(SecretBox(self.box_keys[holder]).encrypt(plaintext))
         return ShareUpload(ciphertexts, seed_commitment(self.seed, self.params.session))
 
     def mask(self, ciphertexts: Mapping[int, bytes], encoded: Encoded) -> MaskedUpload:
@@ -149,7 +157,7 @@ class DeviceSession:
             )
         self.mask_peers = tuple(sorted(accepted))
         session = self.params.session
-        pair_keys = {j: mask_key(self._pair_secret(j), session, "pair") for j in self.mask_peers}
+        pair_keys = {j: self.pair_keys[j] for j in self.mask_peers}
         vector = encoded.values.copy()
         apply_masks(
             vector,
@@ -195,12 +203,6 @@ class DeviceSession:
             )
         self.stage = stage
 
-    def _box(self, peer: int) -> Box:
-        return box(self.cipher_sk, self.peers[peer].cipher)
-
-    def _pair_secret(self, peer: int) -> bytes:
-        return agree(self.mask_sk, self.peers[peer].mask)
-
     def _receive_shares(self, src: int, ciphertext: bytes) -> str:
         """Store the shares ``src`` sent me; return why they were refused, or ''."""
         if src == self.node or src not in self.peers:
@@ -210,7 +212,7 @@ class DeviceSession:
         if len(ciphertext) != CIPHERTEXT_BYTES:
             return f"ciphertext of {len(ciphertext)} bytes, expected {CIPHERTEXT_BYTES}"
         try:
-            plaintext = self._box(src).decrypt(ciphertext)
+            plaintext = SecretBox(self.box_keys[src]).decrypt(ciphertext)
         except CryptoError:
             return "ciphertext failed authentication"
         if plaintext[:32] != _pack(src, self.node, self.params.session):
@@ -233,6 +235,8 @@ class DeviceSession:
             "peers": peers,
             "peer_cipher": [self.peers[p].cipher for p in peers],
             "peer_mask": [self.peers[p].mask for p in peers],
+            "box_keys": [self.box_keys[p] for p in peers if p != self.node],
+            "pair_keys": [self.pair_keys[p] for p in peers if p != self.node],
             "owners": owners,
             "seed_shares": [self.seed_shares[o] for o in owners],
             "key_shares": [self.key_shares[o] for o in owners],
@@ -246,6 +250,9 @@ class DeviceSession:
             params = {k[6:]: v for k, v in record.items() if k.startswith("param.")}
             peers, owners = _list(record, "peers", int), _list(record, "owners", int)
             ciphers, masks = _list(record, "peer_cipher", bytes), _list(record, "peer_mask", bytes)
+            others = [p for p in peers if p != _one(record, "node", int)]
+            box_keys = dict(zip(others, _list(record, "box_keys", bytes), strict=True))
+            pair_keys = dict(zip(others, _list(record, "pair_keys", bytes), strict=True))
             seed_shares = _list(record, "seed_shares", bytes)
             key_shares = _list(record, "key_shares", bytes)
             return cls(
@@ -258,6 +265,8 @@ class DeviceSession:
                 peers={p: PublicKeys(c, m) for p, c, m in zip(peers, ciphers, masks, strict=True)},
                 seed_shares=dict(zip(owners, seed_shares, strict=True)),
                 key_shares=dict(zip(owners, key_shares, strict=True)),
+                box_keys=box_keys,
+                pair_keys=pair_keys,
                 mask_peers=tuple(_list(record, "mask_peers", int)),
             )
         except (KeyError, TypeError, ValueError) as exc:

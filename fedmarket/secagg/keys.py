@@ -25,10 +25,8 @@ def public_key(private_key: bytes) -> bytes:
 
 
 def agree(private_key: bytes, peer_public: bytes) -> bytes:
-    """The 32-byte shared secret: X25519 hashed with HSalsa20, as crypto_box does."""
+    """The 32-byte shared secret: X25519 hashed with HSalsa20 (crypto_box_beforenm).
+
+    ``SecretBox(agree(a, B))`` encrypts exactly as ``Box(a, B)`` does.
+    """
     return bytes(Box(PrivateKey(private_key), PublicKey(peer_public)).shared_key())
-
-
-def box(private_key: bytes, peer_public: bytes) -> Box:
-    """Authenticated encryption (XSalsa20-Poly1305) between two nodes."""
-    return Box(PrivateKey(private_key), PublicKey(peer_public))

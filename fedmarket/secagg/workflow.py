@@ -11,6 +11,7 @@ import logging
 import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Message, MessageType, RecordDict
@@ -49,20 +50,11 @@ def secure_round(
     length = sum(a.size for a in like.values()) + 1
     aggregation = Aggregation(params, cohort, length, rng)
     exchange = _Exchange(grid, params.session, group_id)
-    trained: dict[int, TrainReply] = {}
-    declined: dict[int, TrainReply] = {}
-    clip: dict[int, float] = {}
+    replies = _Replies()
+    trained, declined, clip = replies.trained, replies.declined, replies.clip
     try:
         result = _stages(
-            aggregation,
-            exchange,
-            config,
-            train_content,
-            like,
-            train_timeout,
-            trained,
-            declined,
-            clip,
+            aggregation, exchange, config, (train_content, like, train_timeout), replies
         )
     except SecAggAborted as exc:
         log.error("secure aggregation aborted, global model unchanged: %s", exc)
@@ -93,26 +85,29 @@ def secure_round(
     )
 
 
+@dataclass
+class _Replies:
+    """What the mask stage's replies said, kept even if a later stage aborts."""
+
+    trained: dict[int, TrainReply] = field(default_factory=dict)
+    declined: dict[int, TrainReply] = field(default_factory=dict)
+    clip: dict[int, float] = field(default_factory=dict)
+
+
 def _stages(
     aggregation: Aggregation,
     exchange: _Exchange,
     config: SecAggConfig,
-    train_content: RecordDict,
-    like: Weights,
-    train_timeout: float,
-    trained: dict[int, TrainReply],
-    declined: dict[int, TrainReply],
-    clip: dict[int, float],
+    training: tuple[RecordDict, Weights, float],
+    replies: _Replies,
 ) -> SecureSum:
-    cohort = aggregation.cohort
-    params = aggregation.params
-
-    replies = exchange.run(
-        Stage.SETUP,
-        {key: {f"param.{k}": v for k, v in params.to_record().items()} for key in cohort},
-        config.setup_timeout,
-    )
-    for node, reply in replies.items():
+    cohort, params = aggregation.cohort, aggregation.params
+    train_content, like, train_timeout = training
+    trained, declined, clip = replies.trained, replies.declined, replies.clip
+    setup = {f"param.{k}": v for k, v in params.to_record().items()}
+    for node, reply in exchange.run(
+        Stage.SETUP, dict.fromkeys(cohort, setup), config.setup_timeout
+    ).items():
         cfg = reply.content.config_records[m.SECAGG]
         with exchange.guard(node):
             keys = PublicKeys(m.field(cfg, "cipher_pk", bytes), m.field(cfg, "mask_pk", bytes))

@@ -1,0 +1,1 @@
+"""SecAgg+ on Flower's Message API: the server learns only the sum of the devices' updates."""
