@@ -322,7 +322,7 @@ def test_wrong_vector_length_is_rejected_and_the_round_continues() -> None:
     assert len(result.survivors) == 7
 
 
-def test_a_bad_ciphertext_drops_its_sender_not_the_round(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_bad_ciphertext_drops_its_sender_not_the_round() -> None:
     victim: list[int] = []
 
     def tamper(stage: Stage, node: int, upload: Any) -> Any:

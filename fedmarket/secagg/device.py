@@ -250,13 +250,14 @@ class DeviceSession:
             params = {k[6:]: v for k, v in record.items() if k.startswith("param.")}
             peers, owners = _list(record, "peers", int), _list(record, "owners", int)
             ciphers, masks = _list(record, "peer_cipher", bytes), _list(record, "peer_mask", bytes)
-            others = [p for p in peers if p != _one(record, "node", int)]
+            node = _one(record, "node", int)
+            others = [p for p in peers if p != node]
             box_keys = dict(zip(others, _list(record, "box_keys", bytes), strict=True))
             pair_keys = dict(zip(others, _list(record, "pair_keys", bytes), strict=True))
             seed_shares = _list(record, "seed_shares", bytes)
             key_shares = _list(record, "key_shares", bytes)
             return cls(
-                node=_one(record, "node", int),
+                node=node,
                 params=RoundParams.from_record(params),
                 cipher_sk=_one(record, "cipher_sk", bytes),
                 mask_sk=_one(record, "mask_sk", bytes),
