@@ -74,11 +74,34 @@ def secagg(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def store(doc: dict) -> str:
+    lines = [
+        "| measure | ours MiB/s | baseline MiB/s | ratio | goal |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        baseline = r.get("baseline_mib_s")
+        ratio = r.get("ratio")
+        goal = r.get("goal")
+        lines.append(
+            f"| {r['measure']} | {r['ours_mib_s']:.0f} | "
+            f"{'-' if baseline is None else f'{baseline:.0f}'} | "
+            f"{'-' if ratio is None else f'{ratio:.2f}'} | "
+            f"{'report' if goal is None else f'>= {goal}'} |"
+        )
+    return "\n".join(lines)
+
+
 def _escape(table: str) -> str:
     return table.replace("\\", "\\\\")
 
 
-TABLES = {"dp_overhead": dp_overhead, "dp_utility": dp_utility, "secagg": secagg}
+TABLES = {
+    "dp_overhead": dp_overhead,
+    "dp_utility": dp_utility,
+    "secagg": secagg,
+    "store": store,
+}
 
 
 def main() -> None:

@@ -19,6 +19,22 @@ EXIT_CODES: dict[int, str] = {
     20: "A federated round failed: too few devices trained or replies were invalid.",
     21: "Secure aggregation aborted: too few devices survived a stage to unmask the sum.",
     22: "A secure-aggregation message broke the protocol and was rejected.",
+    30: "Stored content failed verification: a block does not match its CID.",
+    31: "The content store has no object with this CID.",
+    32: "The content store cannot be reached (IPFS daemon down or wrong address).",
+    40: "Decryption failed.",
+    41: "Decryption failed: the key is not the one this file was encrypted with.",
+    42: "Decryption failed: the ciphertext was modified or its chunks reordered.",
+    43: "Decryption failed: the ciphertext ends before its final chunk.",
+    44: "Decryption failed: the sealed key was not sealed to this private key.",
+    45: "The delivered key does not match the listing's key commitment.",
+    46: "The file is not a fedmarket encrypted asset (bad header).",
+    50: "Unexpected ledger (blockchain) error.",
+    51: "The chain's JSON-RPC endpoint cannot be reached or timed out.",
+    52: "A transaction failed or was not mined in time; the message says whether it was sent.",
+    53: "The market contract rejected the call; the message says why and what to do.",
+    54: "A key store could not be read: wrong passphrase, missing or corrupt key file.",
+    55: "A contribution receipt's signature does not match its device.",
 }
 
 
@@ -90,3 +106,105 @@ class ProtocolViolation(FedmarketError):
     """A secure-aggregation message was malformed, out of order or inconsistent."""
 
     exit_code: ClassVar[int] = 22
+
+
+class StoreError(FedmarketError):
+    """Base for content-store errors."""
+
+    exit_code: ClassVar[int] = 30
+
+
+class IntegrityError(StoreError):
+    """A stored block does not hash to its CID: the stored copy is corrupt."""
+
+    exit_code: ClassVar[int] = 30
+
+
+class ContentNotFound(StoreError, LookupError):
+    """The store holds no object (or misses a block) for a CID."""
+
+    exit_code: ClassVar[int] = 31
+
+
+class StoreUnavailable(StoreError, ConnectionError):
+    """The store's backend (an IPFS daemon) cannot be reached or timed out."""
+
+    exit_code: ClassVar[int] = 32
+
+
+class DecryptionFailed(FedmarketError):
+    """Base for every decryption failure; the subclass and message say which check failed."""
+
+    exit_code: ClassVar[int] = 40
+
+
+class WrongKey(DecryptionFailed):
+    """The key does not match the one the asset was encrypted with."""
+
+    exit_code: ClassVar[int] = 41
+
+
+class TamperedCiphertext(DecryptionFailed):
+    """A chunk failed authentication: the ciphertext was modified or reordered."""
+
+    exit_code: ClassVar[int] = 42
+
+
+class TruncatedCiphertext(DecryptionFailed):
+    """The ciphertext stops before its final chunk."""
+
+    exit_code: ClassVar[int] = 43
+
+
+class WrongRecipient(DecryptionFailed):
+    """A sealed key cannot be opened with this private key."""
+
+    exit_code: ClassVar[int] = 44
+
+
+class KeyCommitmentMismatch(DecryptionFailed):
+    """A key does not hash to the commitment published with its listing."""
+
+    exit_code: ClassVar[int] = 45
+
+
+class NotAnAsset(DecryptionFailed):
+    """The input does not start with a fedmarket encrypted-asset header."""
+
+    exit_code: ClassVar[int] = 46
+
+
+class LedgerError(FedmarketError):
+    """Base for chain and contract errors."""
+
+    exit_code: ClassVar[int] = 50
+
+
+class ChainUnavailable(LedgerError, ConnectionError):
+    """The JSON-RPC endpoint cannot be reached, or it did not answer in time."""
+
+    exit_code: ClassVar[int] = 51
+
+
+class TransactionFailed(LedgerError):
+    """A transaction reverted without a known reason, or was not mined before the timeout."""
+
+    exit_code: ClassVar[int] = 52
+
+
+class ContractRejected(LedgerError):
+    """The contract refused the call with one of its custom errors (see ``fedmarket.ledger``)."""
+
+    exit_code: ClassVar[int] = 53
+
+
+class KeystoreError(FedmarketError):
+    """A keystore is missing, corrupt, or the passphrase is wrong."""
+
+    exit_code: ClassVar[int] = 54
+
+
+class ReceiptInvalid(FedmarketError):
+    """A contribution receipt was not signed by the device it names."""
+
+    exit_code: ClassVar[int] = 55

@@ -9,3 +9,6 @@ DeviceId = NewType("DeviceId", str)
 
 DatasetId = NewType("DatasetId", str)
 """Content fingerprint of a device's local data set (hex sha256)."""
+
+Cid = NewType("Cid", str)
+"""Content identifier in its canonical text form: CIDv1, base32 (``bafy…`` / ``bafk…``)."""

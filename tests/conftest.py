@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+
+import pytest
+from ipfs_daemon import IpfsDaemon
 
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+@pytest.fixture(scope="session")
+def ipfs_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpfsDaemon]:
+    """A real IPFS daemon (js-ipfs) on loopback, shared by the session's integration tests."""
+    with IpfsDaemon(tmp_path_factory.mktemp("ipfs") / "repo") as daemon:
+        yield daemon

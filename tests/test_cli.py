@@ -1,20 +1,8 @@
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-from fedmarket.cli.main import run
-
-
-def invoke(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    """Run the console entry point in-process and return its exit code."""
-    monkeypatch.setattr(sys, "argv", ["fedmarket", *args])
-    try:
-        run()
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
+from cli_invoke import invoke
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from fedmarket.cli import crypto, store
 from fedmarket.cli.demo import demo
 from fedmarket.exceptions import FedmarketError
 
@@ -24,6 +25,8 @@ def _root() -> None:
 
 
 app.command(name="demo")(demo)
+app.add_typer(store.app, name="store")
+app.add_typer(crypto.app, name="crypto")
 
 
 def run() -> None:
