@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-IPFS_STAMP := tests/ipfs/node_modules/.installed
+IPFS_STAMP := tests/ipfs/node_modules contracts/node_modules/.installed
+CONTRACTS_STAMP := contracts/node_modules/.installed
 
-.PHONY: setup ipfs demo test test-fast lint bench clean
+.PHONY: setup ipfs chain contracts demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -29,10 +30,22 @@ $(IPFS_STAMP): tests/ipfs/package.json tests/ipfs/package-lock.json
 
 ipfs: $(IPFS_STAMP)
 
+# solc-js, OpenZeppelin, anvil (a native binary in its npm package) and the Merkle-tree oracle,
+# pinned by contracts/package-lock.json. ~15 s.
+$(CONTRACTS_STAMP): contracts/package.json contracts/package-lock.json
+	cd contracts && npm install --no-audit --no-fund --loglevel=error
+	touch $(CONTRACTS_STAMP)
+
+chain: $(CONTRACTS_STAMP)
+
+# Recompile the contracts into fedmarket/contracts/ (committed; a test checks they match).
+contracts: $(CONTRACTS_STAMP)
+	cd contracts && node build.mjs
+
 demo: $(STAMP)
 	$(BIN)/fedmarket demo $(ARGS)
 
-test: $(STAMP) $(IPFS_STAMP)
+test: $(STAMP) $(IPFS_STAMP) $(CONTRACTS_STAMP)
 	$(BIN)/pytest $(ARGS)
 
 test-fast: $(STAMP)
@@ -43,7 +56,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check fedmarket strategies tests benchmarks
 	$(BIN)/mypy
 
-bench: $(STAMP) $(IPFS_STAMP)
+bench: $(STAMP) $(IPFS_STAMP) $(CONTRACTS_STAMP)
 	$(BIN)/python -m benchmarks.dp_overhead
 	$(BIN)/python -m benchmarks.dp_utility
 	$(BIN)/python -m benchmarks.secagg
@@ -51,4 +64,4 @@ bench: $(STAMP) $(IPFS_STAMP)
 	$(BIN)/python -m benchmarks.readme_table
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/ipfs/node_modules
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/ipfs/node_modules contracts/node_modules

@@ -12,3 +12,10 @@ DatasetId = NewType("DatasetId", str)
 
 Cid = NewType("Cid", str)
 """Content identifier in its canonical text form: CIDv1, base32 (``bafy…`` / ``bafk…``)."""
+
+Address = NewType("Address", str)
+"""An Ethereum address in checksum form."""
+
+TaskId = NewType("TaskId", int)
+ListingId = NewType("ListingId", int)
+PurchaseId = NewType("PurchaseId", int)

@@ -1,0 +1,506 @@
+"""Web3Ledger: the data market on any EVM JSON-RPC endpoint (anvil locally), through web3.py.
+
+Transactions are built with a gas estimate (a call that would revert fails here, decoded into
+a typed error, and nothing is sent), signed locally, and sent with retries: a retry re-sends the
+same signed bytes, so a transient RPC failure can never make a second transaction. Nonces come
+from the chain's pending count and a local counter, whichever is ahead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+from eth_utils.address import to_checksum_address
+from hexbytes import HexBytes
+from multiformats import CID
+from web3 import Web3
+from web3.contract.contract import Contract, ContractFunction
+from web3.exceptions import (
+    ContractCustomError,
+    ContractLogicError,
+    TimeExhausted,
+    TransactionNotFound,
+    Web3RPCError,
+)
+from web3.logs import DISCARD
+from web3.types import Nonce, TxParams, TxReceipt
+
+from fedmarket.contracts import load_artifact
+from fedmarket.exceptions import ChainUnavailable, InvalidInput, TransactionFailed
+from fedmarket.ledger.base import (
+    Ledger,
+    ListingState,
+    PurchaseRecord,
+    PurchaseState,
+    TaskState,
+)
+from fedmarket.ledger.deployment import Deployment
+from fedmarket.ledger.errors import RevertDecoder
+from fedmarket.receipts import Receipt
+from fedmarket.store.cid import canonical, parse_cid
+from fedmarket.types import Address, ListingId, PurchaseId, TaskId
+
+_GAS_MARGIN = 1.2  # estimates can fall short when state moves between estimate and inclusion
+_TRANSIENT = (requests.ConnectionError, requests.Timeout)
+
+
+def _checksum(address: str) -> ChecksumAddress:
+    return to_checksum_address(address)
+
+
+def cid_bytes(text: str) -> bytes:
+    """A CID's binary form, as the contract stores and emits it."""
+    return bytes(parse_cid(text))
+
+
+def cid_text(data: bytes) -> str:
+    return canonical(CID.decode(bytes(data)))
+
+
+class _Nonces:
+    """Next nonce per account, shared by every ledger on one connection."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def reserve(self, w3: Web3, address: str) -> Iterator[int]:
+        """Yield the next nonce; it counts as used only if the block exits without error."""
+        with self._lock:
+            pending = w3.eth.get_transaction_count(to_checksum_address(address), "pending")
+            nonce = max(pending, self._next.get(address, 0))
+            yield nonce
+            self._next[address] = nonce + 1
+
+
+@dataclass(frozen=True)
+class _Connection:
+    w3: Web3
+    deployment: Deployment
+    market: Contract
+    token: Contract
+    decoder: RevertDecoder
+    nonces: _Nonces
+
+
+class Web3Ledger(Ledger):
+    """The market contracts of ``deployment``, used by ``account``.
+
+    Parameters
+    ----------
+    receipt_timeout:
+        Seconds to wait for a sent transaction to be mined.
+    retries:
+        Extra attempts at sending after a transient RPC failure.
+    """
+
+    def __init__(
+        self,
+        w3: Web3,
+        deployment: Deployment,
+        account: LocalAccount,
+        *,
+        receipt_timeout: float = 120.0,
+        retries: int = 3,
+        _connection: _Connection | None = None,
+    ) -> None:
+        if receipt_timeout <= 0 or retries < 0:
+            raise InvalidInput("receipt_timeout must be > 0 and retries >= 0")
+        self._account = account
+        self.receipt_timeout = receipt_timeout
+        self.retries = retries
+        if _connection is None:
+            market_abi = load_artifact("DataMarket").abi
+            token_abi = load_artifact("FedToken").abi
+            with self._rpc("connect"):
+                chain_id = w3.eth.chain_id
+            if chain_id != deployment.chain_id:
+                raise InvalidInput(
+                    f"the RPC endpoint serves chain {chain_id}, but the deployment is for chain "
+                    f"{deployment.chain_id}; point --rpc at the right chain or deploy again"
+                )
+            _connection = _Connection(
+                w3=w3,
+                deployment=deployment,
+                market=w3.eth.contract(address=_checksum(deployment.market), abi=market_abi),
+                token=w3.eth.contract(address=_checksum(deployment.token), abi=token_abi),
+                decoder=RevertDecoder([market_abi, token_abi]),
+                nonces=_Nonces(),
+            )
+        self._c = _connection
+
+    @classmethod
+    def connect(
+        cls, rpc_url: str, deployment: Deployment, account: LocalAccount, *, timeout: float = 30.0
+    ) -> Web3Ledger:
+        w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+        return cls(w3, deployment, account)
+
+    def as_account(self, account: LocalAccount) -> Web3Ledger:
+        """The same market and connection, signing as ``account``."""
+        return Web3Ledger(
+            self._c.w3,
+            self._c.deployment,
+            account,
+            receipt_timeout=self.receipt_timeout,
+            retries=self.retries,
+            _connection=self._c,
+        )
+
+    @property
+    def address(self) -> Address:
+        return Address(self._account.address)
+
+    @property
+    def w3(self) -> Web3:
+        return self._c.w3
+
+    @property
+    def deployment(self) -> Deployment:
+        return self._c.deployment
+
+    # -- tasks and rewards ---------------------------------------------------------------------
+
+    def create_task(
+        self, *, aggregator: str, reward_per_update: int, budget: int, spec_cid: str
+    ) -> TaskId:
+        deadline, v, r, s = self._permit(budget)
+        receipt = self._transact(
+            self._c.market.functions.createTaskWithPermit(
+                to_checksum_address(aggregator),
+                reward_per_update,
+                budget,
+                cid_bytes(spec_cid),
+                deadline,
+                v,
+                r,
+                s,
+            ),
+            "create a task",
+        )
+        return TaskId(self._event(receipt, "TaskCreated")["task"])
+
+    def fund_task(self, task: TaskId, amount: int) -> None:
+        self.approve(self._c.deployment.market, amount)
+        self._transact(self._c.market.functions.fundTask(task, amount), f"fund task {task}")
+
+    def commit_round(
+        self,
+        task: TaskId,
+        round: int,
+        *,
+        model_cid: str,
+        bundle_cid: str,
+        rewards_root: bytes,
+        cumulative_total: int,
+    ) -> bool:
+        args = (task, round, cid_bytes(model_cid), cid_bytes(bundle_cid), rewards_root)
+        with self._rpc("roundMatches"):
+            done = self._c.market.functions.roundMatches(*args, cumulative_total).call()
+        if done:
+            return False  # idempotent: exactly this round is on chain already
+        self._transact(
+            self._c.market.functions.commitRound(*args, cumulative_total),
+            f"commit round {round} of task {task}",
+        )
+        return True
+
+    def claim(self, task: TaskId, account: str, cumulative_amount: int, proof: list[bytes]) -> int:
+        receipt = self._transact(
+            self._c.market.functions.claim(
+                task, to_checksum_address(account), cumulative_amount, proof
+            ),
+            f"claim task {task} rewards for {account}",
+        )
+        return int(self._event(receipt, "Claimed")["amount"])
+
+    def close_task(self, task: TaskId) -> int:
+        receipt = self._transact(self._c.market.functions.closeTask(task), f"close task {task}")
+        return int(self._event(receipt, "TaskClosed")["refund"])
+
+    # -- sales ---------------------------------------------------------------------------------
+
+    def list_asset(
+        self,
+        *,
+        task: TaskId | None,
+        asset_cid: str,
+        price: int,
+        key_commitment: bytes,
+        metadata_cid: str,
+        contributors_bps: int,
+    ) -> ListingId:
+        if len(key_commitment) != 32:
+            raise InvalidInput(f"key_commitment must be 32 bytes, got {len(key_commitment)}")
+        receipt = self._transact(
+            self._c.market.functions.list(
+                task or 0,
+                cid_bytes(asset_cid),
+                price,
+                key_commitment,
+                cid_bytes(metadata_cid),
+                contributors_bps,
+            ),
+            "list an asset",
+        )
+        return ListingId(self._event(receipt, "Listed")["listing"])
+
+    def delist(self, listing: ListingId) -> None:
+        self._transact(self._c.market.functions.delist(listing), f"delist listing {listing}")
+
+    def buy(self, listing: ListingId, *, buyer_key: bytes, max_price: int) -> PurchaseId:
+        if len(buyer_key) != 32:
+            raise InvalidInput(
+                f"buyer_key must be a 32-byte X25519 public key, got {len(buyer_key)}"
+            )
+        deadline, v, r, s = self._permit(max_price)
+        receipt = self._transact(
+            self._c.market.functions.buyWithPermit(
+                listing, buyer_key, max_price, deadline, v, r, s
+            ),
+            f"buy listing {listing}",
+        )
+        return PurchaseId(self._event(receipt, "Purchased")["purchase"])
+
+    def deliver_key(self, purchase: PurchaseId, sealed_key: bytes) -> None:
+        self._transact(
+            self._c.market.functions.deliverKey(purchase, sealed_key),
+            f"deliver the key of purchase {purchase}",
+        )
+
+    def refund(self, purchase: PurchaseId) -> int:
+        receipt = self._transact(
+            self._c.market.functions.refund(purchase), f"refund purchase {purchase}"
+        )
+        return int(self._event(receipt, "Refunded")["amount"])
+
+    def withdraw(self) -> int:
+        receipt = self._transact(self._c.market.functions.withdraw(), "withdraw proceeds")
+        return int(self._event(receipt, "Withdrawn")["amount"])
+
+    # -- token ---------------------------------------------------------------------------------
+
+    def transfer(self, to: str, amount: int) -> None:
+        self._transact(
+            self._c.token.functions.transfer(to_checksum_address(to), amount),
+            f"transfer {amount} to {to}",
+        )
+
+    def approve(self, spender: str, amount: int) -> None:
+        self._transact(
+            self._c.token.functions.approve(to_checksum_address(spender), amount),
+            f"approve {spender}",
+        )
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def task(self, task: TaskId) -> TaskState:
+        with self._rpc("tasks"):
+            raw = self._c.market.functions.tasks(task).call()
+        sponsor, aggregator, last_round, closed, reward, escrow, committed, root = raw
+        if int(sponsor, 16) == 0:
+            raise InvalidInput(f"task {task} does not exist on this market")
+        return TaskState(
+            TaskId(task),
+            Address(sponsor),
+            Address(aggregator),
+            last_round,
+            closed,
+            reward,
+            escrow,
+            committed,
+            bytes(root),
+        )
+
+    def claimed(self, task: TaskId, account: str) -> int:
+        with self._rpc("claimedBy"):
+            value = self._c.market.functions.claimedBy(task, to_checksum_address(account)).call()
+        return int(value)
+
+    def listing(self, listing: ListingId) -> ListingState:
+        with self._rpc("listings"):
+            seller, task, bps, active, price, commitment, asset = self._c.market.functions.listings(
+                listing
+            ).call()
+        if int(seller, 16) == 0:
+            raise InvalidInput(f"listing {listing} does not exist on this market")
+        return ListingState(
+            ListingId(listing),
+            Address(seller),
+            TaskId(task) if task else None,
+            bps,
+            active,
+            price,
+            bytes(commitment),
+            cid_text(asset),
+        )
+
+    def purchase(self, purchase: PurchaseId) -> PurchaseRecord:
+        with self._rpc("purchases"):
+            listing, deadline, state, buyer, price, key = self._c.market.functions.purchases(
+                purchase
+            ).call()
+        if state == PurchaseState.NONE:
+            raise InvalidInput(f"purchase {purchase} does not exist on this market")
+        return PurchaseRecord(
+            PurchaseId(purchase),
+            ListingId(listing),
+            deadline,
+            PurchaseState(state),
+            Address(buyer),
+            price,
+            bytes(key),
+        )
+
+    def owed(self, account: str) -> int:
+        with self._rpc("owed"):
+            return int(self._c.market.functions.owed(to_checksum_address(account)).call())
+
+    def balance(self, account: str) -> int:
+        with self._rpc("balanceOf"):
+            return int(self._c.token.functions.balanceOf(to_checksum_address(account)).call())
+
+    def receipt_signer(self, receipt: Receipt, signature: bytes) -> Address:
+        struct = receipt.as_struct()
+        with self._rpc("receiptSigner"):
+            signer = self._c.market.functions.receiptSigner(
+                tuple(struct.values()), signature
+            ).call()
+        return Address(signer)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _permit(self, amount: int) -> tuple[int, int, bytes, bytes]:
+        """Sign an EIP-2612 permit letting the market take ``amount`` (valid one hour)."""
+        token = self._c.token
+        with self._rpc("nonces"):
+            nonce = token.functions.nonces(self.address).call()
+            name = token.functions.name().call()
+        deadline = int(time.time()) + 3600
+        signed = self._account.sign_typed_data(
+            {
+                "name": name,
+                "version": "1",
+                "chainId": self._c.deployment.chain_id,
+                "verifyingContract": self._c.deployment.token,
+            },
+            {
+                "Permit": [
+                    {"name": "owner", "type": "address"},
+                    {"name": "spender", "type": "address"},
+                    {"name": "value", "type": "uint256"},
+                    {"name": "nonce", "type": "uint256"},
+                    {"name": "deadline", "type": "uint256"},
+                ]
+            },
+            {
+                "owner": self.address,
+                "spender": self._c.deployment.market,
+                "value": amount,
+                "nonce": nonce,
+                "deadline": deadline,
+            },
+        )
+        return deadline, signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
+
+    def _transact(self, call: ContractFunction, what: str) -> TxReceipt:
+        w3 = self._c.w3
+        with self._rpc(what), self._c.nonces.reserve(w3, self.address) as nonce:
+            tx = self._build(call, what, nonce)
+            signed = self._account.sign_transaction(tx)
+            self._send(signed.raw_transaction, signed.hash, what)
+        try:
+            receipt = w3.eth.wait_for_transaction_receipt(signed.hash, timeout=self.receipt_timeout)
+        except TimeExhausted:
+            raise TransactionFailed(
+                f"could not {what}: transaction 0x{signed.hash.hex()} was sent but not mined "
+                f"within {self.receipt_timeout:g} s; check it before trying again"
+            ) from None
+        if receipt["status"] != 1:
+            self._explain_failure(call, receipt, what)
+        return receipt
+
+    def _build(self, call: ContractFunction, what: str, nonce: int) -> dict[str, Any]:
+        try:
+            params: TxParams = {
+                "from": _checksum(self.address),
+                "nonce": Nonce(nonce),
+                "chainId": self._c.deployment.chain_id,
+            }
+            tx: dict[str, Any] = dict(call.build_transaction(params))
+        except ContractCustomError as exc:
+            raise self._decoded(exc.data, what) from None
+        except ContractLogicError as exc:
+            raise TransactionFailed(f"could not {what}: the call would revert ({exc})") from None
+        tx["gas"] = int(tx["gas"] * _GAS_MARGIN)
+        return tx
+
+    def _send(self, raw: bytes, tx_hash: bytes, what: str) -> None:
+        """Send, re-sending the same bytes after transient failures (never a new transaction)."""
+        for attempt in range(self.retries + 1):
+            try:
+                self._c.w3.eth.send_raw_transaction(raw)
+                return
+            except _TRANSIENT:
+                if attempt == self.retries:
+                    raise
+            except Web3RPCError as exc:
+                if self._known(tx_hash):  # an earlier attempt did reach the node
+                    return
+                raise TransactionFailed(f"could not {what}: the node refused it ({exc})") from None
+            if self._known(tx_hash):
+                return
+            time.sleep(0.5 * 2**attempt)
+
+    def _known(self, tx_hash: bytes) -> bool:
+        try:
+            self._c.w3.eth.get_transaction(HexBytes(tx_hash))
+        except (TransactionNotFound, *_TRANSIENT):
+            return False
+        return True
+
+    def _explain_failure(self, call: ContractFunction, receipt: TxReceipt, what: str) -> None:
+        """Re-run a reverted transaction as a call at its block to recover the custom error."""
+        try:
+            call.call({"from": self.address}, block_identifier=receipt["blockNumber"] - 1)
+        except ContractCustomError as exc:
+            raise self._decoded(exc.data, what) from None
+        except ContractLogicError:
+            pass
+        raise TransactionFailed(
+            f"could not {what}: transaction 0x{bytes(receipt['transactionHash']).hex()} "
+            "reverted (out of gas or state changed before it was mined); try again"
+        )
+
+    def _decoded(self, data: Any, what: str) -> Exception:
+        raw = bytes.fromhex(str(data).removeprefix("0x")) if isinstance(data, str) else b""
+        error = self._c.decoder.decode(raw)
+        if error is None:
+            return TransactionFailed(f"could not {what}: reverted with unknown error {data}")
+        return error
+
+    def _event(self, receipt: TxReceipt, name: str) -> dict[str, Any]:
+        # Discard: the token's Transfer/Approval logs in the same receipt are not market events.
+        events = getattr(self._c.market.events, name)().process_receipt(receipt, errors=DISCARD)
+        if not events:
+            raise TransactionFailed(f"transaction mined but emitted no {name} event")
+        return dict(events[0]["args"])
+
+    @contextlib.contextmanager
+    def _rpc(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except _TRANSIENT as exc:
+            raise ChainUnavailable(
+                f"could not {what}: the chain's RPC endpoint did not answer "
+                f"({type(exc).__name__}); check it is running (`fedmarket chain status`)"
+            ) from None

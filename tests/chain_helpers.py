@@ -1,0 +1,67 @@
+"""A real anvil chain for tests: started once per session, each test on a fresh snapshot."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from fedmarket.ledger import Deployment, Web3Ledger, deploy
+from fedmarket.ledger.chain import LocalChain, dev_accounts, rpc
+
+HELPERS = Path(__file__).resolve().parents[1] / "contracts" / "test-artifacts"
+EMPTY_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+MODEL_CID = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def helper_artifact(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((HELPERS / f"{name}.json").read_text())
+    return document
+
+
+@dataclass
+class Chain:
+    """A deployed market on anvil with funded dev accounts (0 = deployer/treasury)."""
+
+    local: LocalChain
+    w3: Web3
+    deployment: Deployment
+    accounts: list[LocalAccount]
+
+    def ledger(self, index: int) -> Web3Ledger:
+        return Web3Ledger(self.w3, self.deployment, self.accounts[index], receipt_timeout=30)
+
+    def snapshot(self) -> str:
+        return str(rpc(self.local.rpc_url, "evm_snapshot"))
+
+    def revert(self, snapshot: str) -> None:
+        assert rpc(self.local.rpc_url, "evm_revert", [snapshot]) is True
+
+    def advance(self, seconds: int) -> None:
+        rpc(self.local.rpc_url, "evm_increaseTime", [seconds])
+        rpc(self.local.rpc_url, "evm_mine")
+
+
+def start_chain(folder: Path) -> Iterator[Chain]:
+    local = LocalChain(folder, port=free_port())
+    local.up()
+    try:
+        w3 = Web3(Web3.HTTPProvider(local.rpc_url, request_kwargs={"timeout": 30}))
+        accounts = dev_accounts(10)
+        deployment = deploy(w3, accounts[0], delivery_window=3600)
+        yield Chain(local, w3, deployment, accounts)
+    finally:
+        local.down()
