@@ -63,7 +63,10 @@ def test_committed_artifacts_match_a_fresh_compile(tmp_path: Path) -> None:
         capture_output=True,
         timeout=300,
     )
-    for group, committed in (("product", PACKAGE_ARTIFACTS), ("helpers", CONTRACTS / "test-artifacts")):
+    for group, committed in (
+        ("product", PACKAGE_ARTIFACTS),
+        ("helpers", CONTRACTS / "test-artifacts"),
+    ):
         fresh = sorted((tmp_path / group).glob("*.json"))
         assert [p.name for p in fresh] == sorted(p.name for p in committed.glob("*.json"))
         for path in fresh:

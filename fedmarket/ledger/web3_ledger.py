@@ -385,7 +385,9 @@ class Web3Ledger(Ledger):
         with self._rpc("nonces"):
             nonce = token.functions.nonces(self.address).call()
             name = token.functions.name().call()
-        deadline = int(time.time()) + 3600
+            # Chain time, not ours: a chain's clock may run ahead (anvil time travel, skew).
+            now = int(self._c.w3.eth.get_block("latest")["timestamp"])
+        deadline = now + 3600
         signed = self._account.sign_typed_data(
             {
                 "name": name,
