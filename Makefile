@@ -61,6 +61,7 @@ bench: $(STAMP) $(IPFS_STAMP) $(CONTRACTS_STAMP)
 	$(BIN)/python -m benchmarks.dp_utility
 	$(BIN)/python -m benchmarks.secagg
 	$(BIN)/python -m benchmarks.store
+	$(BIN)/python -m benchmarks.gas
 	$(BIN)/python -m benchmarks.readme_table
 
 clean:

@@ -92,6 +92,36 @@ def store(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def gas(doc: dict) -> str:
+    rows = doc["rows"]
+    lines = [
+        "| devices per round | commitRound gas | gas per update | naive gas per update "
+        "| naive ÷ ours | goal |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in (r for r in rows if r["kind"] == "per_update"):
+        goal = f"<= {r['goal']:,}" if r["goal"] else "-"
+        lines.append(
+            f"| {r['devices']:,} | {r['commit_gas']:,} | {r['gas_per_update']:,.0f} | "
+            f"{r['naive_gas_per_update']:,.0f} | {r['naive_over_ours']:.0f}x | {goal} |"
+        )
+    lines += [
+        "",
+        "| rounds claimed at once | cohort | proof length | first claim gas | later claim gas "
+        "| goal |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in (r for r in rows if r["kind"] == "claim"):
+        lines.append(
+            f"| {r['rounds']} | {r['cohort']} | {r['proof_length']} | "
+            f"{r['first_claim_gas']:,} | {r['later_claim_gas']:,} | <= {r['goal']:,} |"
+        )
+    lines += ["", "| operation | gas | note |", "|---|---:|---|"]
+    for r in (r for r in rows if r["kind"] == "operation"):
+        lines.append(f"| {r['operation']} | {r['gas']:,} | {r['note']} |")
+    return "\n".join(lines)
+
+
 def _escape(table: str) -> str:
     return table.replace("\\", "\\\\")
 
@@ -101,6 +131,7 @@ TABLES = {
     "dp_utility": dp_utility,
     "secagg": secagg,
     "store": store,
+    "gas": gas,
 }
 
 

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from fedmarket.cli import crypto, store
+from fedmarket.cli import chain, crypto, keys, store
 from fedmarket.cli.demo import demo
 from fedmarket.exceptions import FedmarketError
 
@@ -27,6 +27,8 @@ def _root() -> None:
 app.command(name="demo")(demo)
 app.add_typer(store.app, name="store")
 app.add_typer(crypto.app, name="crypto")
+app.add_typer(chain.app, name="chain")
+app.add_typer(keys.app, name="keys")
 
 
 def run() -> None:
