@@ -52,6 +52,25 @@ _GAS_MARGIN = 1.2  # estimates can fall short when state moves between estimate 
 _TRANSIENT = (requests.ConnectionError, requests.Timeout)
 
 
+def _positive(name: str, value: int) -> int:
+    return _amount(name, value, minimum=1)
+
+
+def _amount(name: str, value: int, *, minimum: int = 0) -> int:
+    """Validate a token amount or counter before anything is signed."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{name} must be an integer number of base units, got {value!r}")
+    if not minimum <= value < 2**256:
+        raise InvalidInput(f"{name} must be in {minimum}..2**256-1, got {value}")
+    return value
+
+
+def _bytes32(name: str, value: bytes) -> bytes:
+    if len(value) != 32:
+        raise InvalidInput(f"{name} must be 32 bytes, got {len(value)}")
+    return value
+
+
 def _checksum(address: str) -> ChecksumAddress:
     return to_checksum_address(address)
 
@@ -173,6 +192,8 @@ class Web3Ledger(Ledger):
     def create_task(
         self, *, aggregator: str, reward_per_update: int, budget: int, spec_cid: str
     ) -> TaskId:
+        _positive("reward_per_update", reward_per_update)
+        _positive("budget", budget)
         deadline, v, r, s = self._permit(budget)
         receipt = self._transact(
             self._c.market.functions.createTaskWithPermit(
@@ -190,6 +211,7 @@ class Web3Ledger(Ledger):
         return TaskId(self._event(receipt, "TaskCreated")["task"])
 
     def fund_task(self, task: TaskId, amount: int) -> None:
+        _positive("amount", amount)
         self.approve(self._c.deployment.market, amount)
         self._transact(self._c.market.functions.fundTask(task, amount), f"fund task {task}")
 
@@ -203,6 +225,9 @@ class Web3Ledger(Ledger):
         rewards_root: bytes,
         cumulative_total: int,
     ) -> bool:
+        _positive("round", round)
+        _amount("cumulative_total", cumulative_total)
+        _bytes32("rewards_root", rewards_root)
         args = (task, round, cid_bytes(model_cid), cid_bytes(bundle_cid), rewards_root)
         with self._rpc("roundMatches"):
             done = self._c.market.functions.roundMatches(*args, cumulative_total).call()
@@ -215,6 +240,9 @@ class Web3Ledger(Ledger):
         return True
 
     def claim(self, task: TaskId, account: str, cumulative_amount: int, proof: list[bytes]) -> int:
+        _amount("cumulative_amount", cumulative_amount)
+        for node in proof:
+            _bytes32("each proof node", node)
         receipt = self._transact(
             self._c.market.functions.claim(
                 task, to_checksum_address(account), cumulative_amount, proof
@@ -239,8 +267,10 @@ class Web3Ledger(Ledger):
         metadata_cid: str,
         contributors_bps: int,
     ) -> ListingId:
-        if len(key_commitment) != 32:
-            raise InvalidInput(f"key_commitment must be 32 bytes, got {len(key_commitment)}")
+        _bytes32("key_commitment", key_commitment)
+        _positive("price", price)
+        if not 0 <= contributors_bps <= 10_000:
+            raise InvalidInput(f"contributors_bps must be in 0..10000, got {contributors_bps}")
         receipt = self._transact(
             self._c.market.functions.list(
                 task or 0,
@@ -258,10 +288,8 @@ class Web3Ledger(Ledger):
         self._transact(self._c.market.functions.delist(listing), f"delist listing {listing}")
 
     def buy(self, listing: ListingId, *, buyer_key: bytes, max_price: int) -> PurchaseId:
-        if len(buyer_key) != 32:
-            raise InvalidInput(
-                f"buyer_key must be a 32-byte X25519 public key, got {len(buyer_key)}"
-            )
+        _bytes32("buyer_key (an X25519 public key)", buyer_key)
+        _positive("max_price", max_price)
         deadline, v, r, s = self._permit(max_price)
         receipt = self._transact(
             self._c.market.functions.buyWithPermit(
