@@ -31,7 +31,8 @@ from fedmarket.receipts import Receipt, sign_receipt
 from fedmarket.types import TaskId
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from chain_helpers import EMPTY_CID, MODEL_CID, free_port, helper_artifact
+from chain_helpers import EMPTY_CID, MODEL_CID, commit, helper_artifact
+from net import free_port
 
 COHORTS = (10, 100, 1000)
 CLAIM_ROUNDS = (1, 10, 100)
@@ -53,15 +54,8 @@ def addresses(count: int, seed: int) -> list[str]:
     ]
 
 
-def commit(aggregator: Web3Ledger, task: TaskId, round_: int, tree: RewardTree) -> int:
-    aggregator.commit_round(
-        task,
-        round_,
-        model_cid=MODEL_CID,
-        bundle_cid=EMPTY_CID,
-        rewards_root=tree.root,
-        cumulative_total=tree.total,
-    )
+def commit_gas(aggregator: Web3Ledger, task: TaskId, round_: int, tree: RewardTree) -> int:
+    commit(aggregator, task, round_, tree)
     return last_gas(aggregator.w3, aggregator.address)
 
 
@@ -126,7 +120,7 @@ def main() -> None:
             per_update: dict[int, int] = {}
             for round_, n in enumerate(COHORTS, start=1):
                 tree = RewardTree.build(dict.fromkeys(addresses(n, seed=7), TOKEN * round_))
-                per_update[n] = commit(aggregator, task, round_, tree)
+                per_update[n] = commit_gas(aggregator, task, round_, tree)
             naive = {n: naive_gas(w3, accounts[0], sponsor, n) for n in COHORTS}
             for n in COHORTS:
                 ours = per_update[n] / n

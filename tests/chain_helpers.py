@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from net import free_port
 from web3 import Web3
 
 from fedmarket.ledger import Deployment, Web3Ledger, deploy
 from fedmarket.ledger.chain import LocalChain, dev_accounts, rpc
+from fedmarket.market.rewards import RewardTree
+from fedmarket.types import TaskId
 
 HELPERS = Path(__file__).resolve().parents[1] / "contracts" / "test-artifacts"
 EMPTY_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 MODEL_CID = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def commit(aggregator: Web3Ledger, task: TaskId, round_: int, tree: RewardTree) -> bool:
+    """The aggregator commits ``tree`` as round ``round_`` (fixed model and bundle CIDs)."""
+    return aggregator.commit_round(
+        task,
+        round_,
+        model_cid=MODEL_CID,
+        bundle_cid=EMPTY_CID,
+        rewards_root=tree.root,
+        cumulative_total=tree.total,
+    )
 
 
 def helper_artifact(name: str) -> dict[str, Any]:

@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 
+from net import free_port
+
 NODE_DIR = Path(__file__).parent / "ipfs"
 JSIPFS = NODE_DIR / "node_modules" / ".bin" / "jsipfs"
 READY = "Daemon is ready"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class IpfsDaemon:
@@ -38,7 +32,7 @@ class IpfsDaemon:
             )
         self.repo = repo
         self.start_timeout = start_timeout
-        self.port = _free_port()
+        self.port = free_port()
         self.api = f"/ip4/127.0.0.1/tcp/{self.port}/http"
         self.log = repo.with_name(repo.name + ".log")
         self._env = {

@@ -7,8 +7,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from chain_helpers import free_port
 from cli_invoke import invoke
+from net import free_port
 
 from fedmarket.exceptions import KeystoreError
 from fedmarket.keys import KeyStore

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from chain_helpers import EMPTY_CID, MODEL_CID, Chain, helper_artifact
+from chain_helpers import commit as commit_round
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
@@ -38,14 +39,7 @@ def new_task(chain: Chain, *, budget: int = 1000 * TOKEN, reward: int = TOKEN) -
 
 
 def commit(chain: Chain, task: TaskId, round_: int, tree: RewardTree) -> bool:
-    return chain.ledger(1).commit_round(
-        task,
-        round_,
-        model_cid=MODEL_CID,
-        bundle_cid=EMPTY_CID,
-        rewards_root=tree.root,
-        cumulative_total=tree.total,
-    )
+    return commit_round(chain.ledger(1), task, round_, tree)
 
 
 def devices(chain: Chain) -> list[LocalAccount]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
-from chain_helpers import EMPTY_CID, MODEL_CID, Chain
+from chain_helpers import EMPTY_CID, MODEL_CID, Chain, commit
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -23,7 +23,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fedmarket.exceptions import ContractRejected
+from fedmarket.exceptions import ContractRejected, InvalidInput
 from fedmarket.ledger import errors as market_errors
 from fedmarket.market.rewards import RewardTree
 from fedmarket.types import ListingId, PurchaseId, TaskId
@@ -106,16 +106,7 @@ class MarketMachine(RuleBasedStateMachine):
             expected = market_errors.TaskIsClosed
         elif tree.total > model.escrow:
             expected = market_errors.ExceedsEscrow
-        outcome = self._try(
-            lambda: self.ledgers[AGGREGATOR].commit_round(
-                task,
-                round_,
-                model_cid=MODEL_CID,
-                bundle_cid=EMPTY_CID,
-                rewards_root=tree.root,
-                cumulative_total=tree.total,
-            )
-        )
+        outcome = self._try(lambda: commit(self.ledgers[AGGREGATOR], task, round_, tree))
         assert outcome is expected, (outcome, expected)
         if expected is None:
             model.cumulative, model.tree, model.committed = cumulative, tree, tree.total
@@ -323,10 +314,12 @@ class MarketMachine(RuleBasedStateMachine):
         return int(self.chain.w3.eth.get_block("latest")["timestamp"])
 
     @staticmethod
-    def _try(action: object) -> type[ContractRejected] | None:
+    def _try(action: object) -> type[ContractRejected | InvalidInput] | None:
+        """Run ``action``; return the type of the refusal (by the contract or by the ledger's
+        own checks before sending), or None if it went through."""
         try:
             action()  # type: ignore[operator]
-        except ContractRejected as exc:
+        except (ContractRejected, InvalidInput) as exc:
             return type(exc)
         return None
 

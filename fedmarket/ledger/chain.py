@@ -22,6 +22,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from fedmarket.exceptions import ChainUnavailable, InvalidInput
+from fedmarket.processes import process_alive
 
 ANVIL_ENV = "FEDMARKET_ANVIL"
 DEFAULT_PORT = 8545
@@ -148,9 +149,9 @@ class LocalChain:
             self.pid_file.unlink(missing_ok=True)
             return False
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
         return True
@@ -168,7 +169,7 @@ class LocalChain:
             pid = int(json.loads(self.pid_file.read_text())["pid"])
         except (FileNotFoundError, ValueError, KeyError):
             return None
-        return pid if _alive(pid) else None
+        return pid if process_alive(pid) else None
 
     def _answers(self) -> bool:
         try:
@@ -176,18 +177,3 @@ class LocalChain:
         except ChainUnavailable:
             return False
         return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still "exists": reap it if it is ours.
-    try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return finished == 0

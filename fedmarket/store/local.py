@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from fedmarket.exceptions import ContentNotFound
 from fedmarket.files import atomic_write
+from fedmarket.processes import process_alive
 from fedmarket.store import unixfs
 from fedmarket.store.base import ContentStore
 from fedmarket.store.cid import BlockRef, canonical, parse_cid
@@ -124,17 +125,5 @@ class LocalStore(ContentStore):
         """Delete temp files left by writers that died (their pid is gone)."""
         for path in self._tmp.iterdir():
             pid = path.name.split(".", 1)[0]
-            if pid.isdigit() and not _process_alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 path.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
