@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-IPFS_STAMP := tests/ipfs/node_modules contracts/node_modules/.installed
+IPFS_STAMP := tests/ipfs/node_modules/.installed
 CONTRACTS_STAMP := contracts/node_modules/.installed
 
 .PHONY: setup ipfs chain contracts demo test test-fast lint bench clean
