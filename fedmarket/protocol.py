@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedmarket.exceptions import InvalidInput
+from fedmarket.market.bundle import SignedReceipt
 from fedmarket.models.weights import Weights
 from strategies import AggregatedUpdate
 
@@ -128,6 +129,7 @@ class RoundOutcome:
     dropped: dict[int, str]  # sampled node -> why it is in neither list
     clip_fraction: float | None  # secure aggregation: mean share of clipped coordinates
     error: str | None
+    receipts: tuple[SignedReceipt, ...] = ()  # survivors' receipts for their masked uploads
 
 
 def _scalar(metrics: MetricRecord, key: str) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
@@ -28,7 +31,7 @@ from fedmarket.privacy.config import AccountantKind
 from fedmarket.server.app import make_server_app
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import FederationResult
-from fedmarket.server.rounds import RoundObserver
+from fedmarket.server.rounds import ModelObserver, RoundObserver
 from fedmarket.types import DeviceId
 from strategies import Strategy
 
@@ -53,6 +56,7 @@ class SimulatedFleet:
     accountant: AccountantKind = "prv"
     private: bool = True
     require_secagg: bool = True
+    payout_seed: str | None = None  # simulated payout keys: sha256(seed/index) (tests, demo)
 
     def __post_init__(self) -> None:
         if self.num_devices < 1:
@@ -77,12 +81,19 @@ class SimulatedFleet:
             delta=self.delta,
             accountant=self.accountant,
             private=self.private,
+            account=simulated_account(self.payout_seed, index) if self.payout_seed else None,
         )
 
     def resolve(self, context: Context) -> DeviceProfile:
         """The device behind a simulated SuperNode (its ``partition-id``)."""
         torch.set_num_threads(1)  # several simulated devices share the machine's cores
         return self.profile(int(context.node_config["partition-id"]))
+
+
+def simulated_account(seed: str, index: int) -> LocalAccount:
+    """A simulated device's payout key, derived from ``seed``: for simulations only."""
+    account: LocalAccount = Account.from_key(hashlib.sha256(f"{seed}/{index}".encode()).digest())
+    return account
 
 
 @functools.lru_cache(maxsize=8)
@@ -107,6 +118,7 @@ def run_federation(
     strategy: Strategy,
     *,
     on_round: RoundObserver | None = None,
+    on_model: ModelObserver | None = None,
     verbose: bool = False,
 ) -> FederationResult:
     """Simulate the federation with Flower's Ray-backed engine and return every round."""
@@ -120,7 +132,13 @@ def run_federation(
 
     outcome: list[FederationResult] = []
     server_app = make_server_app(
-        plan, strategy, initial, evaluator, on_round=on_round, on_done=outcome.append
+        plan,
+        strategy,
+        initial,
+        evaluator,
+        on_round=on_round,
+        on_model=on_model,
+        on_done=outcome.append,
     )
     client_app = make_client_app(fleet.resolve, require_secagg=fleet.require_secagg)
     _run_flower(server_app, client_app, fleet.num_devices, verbose=verbose)

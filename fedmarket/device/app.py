@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 
+from eth_account.signers.local import LocalAccount
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -24,9 +25,14 @@ def make_client_app(resolve: DeviceResolver, *, require_secagg: bool = True) -> 
     """A ClientApp whose train handler runs on the device ``resolve`` finds for the node.
 
     Updates leave the device masked under SecAgg+ when the server runs it; with
-    ``require_secagg`` (the default) the device refuses rounds that do not.
+    ``require_secagg`` (the default) the device refuses rounds that do not. A device with a
+    payout key (``profile.account``) signs a receipt for every masked upload in paid rounds.
     """
-    app = ClientApp(mods=[make_secagg_mod(required=require_secagg)])
+
+    def payout_key(context: Context) -> LocalAccount | None:
+        return resolve(context).account
+
+    app = ClientApp(mods=[make_secagg_mod(required=require_secagg, signer=payout_key)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

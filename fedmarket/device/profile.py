@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from eth_account.signers.local import LocalAccount
 from flwr.app import Context
 
 from fedmarket.data.dataset import Dataset
@@ -25,6 +26,7 @@ class DeviceProfile:
     delta: float = 1e-5
     accountant: AccountantKind = "prv"
     private: bool = True
+    account: LocalAccount | None = None  # payout key: signs receipts, receives rewards
 
     def ledger(self) -> PrivacyLedger:
         return PrivacyLedger(

@@ -8,11 +8,14 @@ weight by the masked vector, so the update never leaves the device unmasked.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from eth_account.signers.local import LocalAccount
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from fedmarket.exceptions import FedmarketError, ProtocolViolation
+from fedmarket.market.terms import RECEIPT, RoundTerms, sign_upload
 from fedmarket.protocol import DELTA, METRICS, weights_from_record
 from fedmarket.secagg import messages as m
 from fedmarket.secagg.codec import encode, flatten
@@ -24,8 +27,16 @@ log = logging.getLogger(__name__)
 _STATE = "secagg.session"
 
 
-def make_secagg_mod(*, required: bool = True) -> Mod:
-    """The mod; with ``required`` the device refuses to train in rounds without SecAgg+."""
+SignerResolver = Callable[[Context], LocalAccount | None]
+"""The device's payout key, to sign a receipt for each masked upload (None: no receipts)."""
+
+
+def make_secagg_mod(*, required: bool = True, signer: SignerResolver | None = None) -> Mod:
+    """The mod; with ``required`` the device refuses to train in rounds without SecAgg+.
+
+    With ``signer``, a device that trains in a round carrying market terms signs an EIP-712
+    receipt over its masked upload and sends it along.
+    """
 
     def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
@@ -41,7 +52,7 @@ def make_secagg_mod(*, required: bool = True) -> Mod:
         try:
             if not isinstance(session, bytes):
                 raise ProtocolViolation("secagg message without a session")
-            content = _handle(msg, context, call_next, config)
+            content = _handle(msg, context, call_next, config, signer)
         except FedmarketError as exc:
             log.warning("secagg %s refused: %s", stage, exc)
             content = RecordDict(
@@ -53,7 +64,11 @@ def make_secagg_mod(*, required: bool = True) -> Mod:
 
 
 def _handle(
-    msg: Message, context: Context, call_next: ClientAppCallable, config: ConfigRecord
+    msg: Message,
+    context: Context,
+    call_next: ClientAppCallable,
+    config: ConfigRecord,
+    signer: SignerResolver | None,
 ) -> RecordDict:
     name = config.get("stage")
     if name not in {s.value for s in Stage}:
@@ -76,7 +91,7 @@ def _handle(
         )
         content = RecordDict({m.SECAGG: reply})
     elif stage == Stage.MASK:
-        content = _mask(msg, context, call_next, config, session)
+        content = _mask(msg, context, call_next, config, session, signer)
     else:
         shares = session.unmask(m.items(config, "survivors", int), m.items(config, "dropped", int))
         reply = m.record(
@@ -118,6 +133,7 @@ def _mask(
     call_next: ClientAppCallable,
     config: ConfigRecord,
     session: DeviceSession,
+    signer: SignerResolver | None,
 ) -> RecordDict:
     inbox = m.mapping(config, "sources", "ciphertexts", bytes)
     trained = call_next(msg, context)
@@ -149,7 +165,31 @@ def _mask(
     )
     for reason in upload.rejected:
         log.warning("secagg: %s", reason)
+    _sign(msg, context, content, signer, weight=encoded.weight)
     return content
+
+
+def _sign(
+    msg: Message,
+    context: Context,
+    content: RecordDict,
+    signer: SignerResolver | None,
+    *,
+    weight: int,
+) -> None:
+    """Attach the device's receipt for the upload in ``content``, when the round pays."""
+    terms = RoundTerms.from_content(msg.content)
+    masked = content.array_records.get(m.MASKED)
+    account = signer(context) if signer is not None and terms is not None else None
+    if terms is None or masked is None or account is None:
+        return
+    metrics = content.metric_records[METRICS]
+    epsilon, delta = metrics.get("epsilon"), metrics.get("delta")
+    if not isinstance(epsilon, float | int) or not isinstance(delta, float | int):
+        raise ProtocolViolation("the training reply lacks epsilon or delta for the receipt")
+    content[RECEIPT] = sign_upload(
+        terms, account, masked["vector"].numpy(), weight=weight, epsilon=epsilon, delta=delta
+    )
 
 
 def _peer_keys(config: ConfigRecord) -> dict[int, PublicKeys]:

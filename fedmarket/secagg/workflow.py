@@ -18,6 +18,8 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedmarket.exceptions import InvalidInput, ProtocolViolation, SecAggAborted
+from fedmarket.market.bundle import SignedReceipt
+from fedmarket.market.terms import RECEIPT, RoundTerms, read_receipt
 from fedmarket.models.weights import Weights
 from fedmarket.protocol import RoundOutcome, TrainReply
 from fedmarket.secagg import messages as m
@@ -82,6 +84,7 @@ def secure_round(
         },
         clip_fraction=float(np.mean([clip[n] for n in result.survivors])),
         error=None,
+        receipts=tuple(replies.receipts[n] for n in result.survivors if n in replies.receipts),
     )
 
 
@@ -92,6 +95,7 @@ class _Replies:
     trained: dict[int, TrainReply] = field(default_factory=dict)
     declined: dict[int, TrainReply] = field(default_factory=dict)
     clip: dict[int, float] = field(default_factory=dict)
+    receipts: dict[int, SignedReceipt] = field(default_factory=dict)
 
 
 def _stages(
@@ -131,6 +135,7 @@ def _stages(
         node: {"sources": list(inbox), "ciphertexts": list(inbox.values())}
         for node, inbox in aggregation.close_share_keys().items()
     }
+    terms = RoundTerms.from_content(train_content)
     for node, reply in exchange.run(
         Stage.MASK, requests, train_timeout, base=train_content
     ).items():
@@ -148,6 +153,12 @@ def _stages(
             aggregation.receive_masked(node, vector, m.items(cfg, "mask_peers", int))
             clip[node] = m.field(cfg, "clip_fraction", float)
             trained[node] = parsed
+        receipt = reply.content.config_records.get(RECEIPT)
+        if terms is not None and receipt is not None and node in trained:
+            try:  # a bad receipt costs the device its reward, not its place in the sum
+                replies.receipts[node] = read_receipt(receipt, terms, vector)
+            except (ProtocolViolation, InvalidInput) as exc:
+                log.warning("node %d: unusable receipt: %s", node, exc)
 
     requests = {
         node: {"survivors": list(r.survivors), "dropped": list(r.dropped)}

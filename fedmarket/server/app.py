@@ -10,7 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedmarket.models.weights import Weights
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import FederationResult
-from fedmarket.server.rounds import Evaluator, RoundObserver, run_rounds
+from fedmarket.server.rounds import Evaluator, ModelObserver, RoundObserver, run_rounds
 from strategies import Strategy
 
 
@@ -21,6 +21,7 @@ def make_server_app(
     evaluate: Evaluator,
     *,
     on_round: RoundObserver | None = None,
+    on_model: ModelObserver | None = None,
     on_done: Callable[[FederationResult], None] | None = None,
 ) -> ServerApp:
     """A ServerApp that runs ``plan`` and hands the result to ``on_done``."""
@@ -28,7 +29,7 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        result = run_rounds(grid, plan, strategy, initial, evaluate, on_round)
+        result = run_rounds(grid, plan, strategy, initial, evaluate, on_round, on_model)
         if on_done is not None:
             on_done(result)
 

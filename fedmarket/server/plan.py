@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from fedmarket.exceptions import InvalidInput
+from fedmarket.market.terms import MarketTerms
 from fedmarket.models.registry import ModelName
 from fedmarket.privacy.config import DpConfig, TrainConfig
 from fedmarket.secagg.config import MIN_COHORT, SecAggConfig
@@ -33,6 +34,7 @@ class FederationPlan:
     connect_timeout: float = 120.0
     seed: int = 0
     secagg: SecAggConfig | None = field(default_factory=SecAggConfig)
+    market: MarketTerms | None = None  # paid rounds: devices sign receipts for their uploads
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -45,6 +47,8 @@ class FederationPlan:
             raise InvalidInput(f"min_devices must be >= 1, got {self.min_devices}")
         if self.round_timeout <= 0 or self.connect_timeout <= 0:
             raise InvalidInput("round_timeout and connect_timeout must be > 0 seconds")
+        if self.market is not None and self.secagg is None:
+            raise InvalidInput("paid rounds need secure aggregation: receipts sign masked uploads")
         if self.secagg is not None and self.min_devices < MIN_COHORT:
             raise InvalidInput(
                 f"secure aggregation needs min_devices >= {MIN_COHORT}, got {self.min_devices}"

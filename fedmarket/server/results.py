@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedmarket.market.bundle import SignedReceipt
+
 
 @dataclass(frozen=True)
 class RoundResult:
@@ -27,6 +29,8 @@ class RoundResult:
     dropped: dict[int, str] = field(default_factory=dict)
     clip_fraction: float | None = None
     error: str | None = None
+    trained_from: str | None = None  # paid rounds: CID of the model the devices trained from
+    receipts: tuple[SignedReceipt, ...] = ()  # paid rounds: survivors' signed receipts
 
 
 @dataclass

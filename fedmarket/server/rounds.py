@@ -12,19 +12,24 @@ from flwr.app import ConfigRecord, ConfigRecordValues, Message, MessageType, Rec
 from flwr.serverapp import Grid
 
 from fedmarket.exceptions import InvalidInput, RoundFailed
+from fedmarket.market.terms import MARKET, RoundTerms
 from fedmarket.models.evaluation import Evaluation
-from fedmarket.models.weights import Weights
+from fedmarket.models.weights import Weights, weights_to_bytes
 from fedmarket.privacy.config import to_record
 from fedmarket.protocol import CONFIG, GLOBAL, RoundOutcome, TrainReply, weights_to_record
 from fedmarket.secagg.workflow import secure_round
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import FederationResult, RoundResult
+from fedmarket.store.cid import canonical
+from fedmarket.store.unixfs import cid_of_bytes
 from strategies import AggregatedUpdate, Strategy
 
 log = logging.getLogger(__name__)
 
 Evaluator = Callable[[Weights], Evaluation]
 RoundObserver = Callable[[RoundResult], None]
+ModelObserver = Callable[[RoundResult, Weights], None]
+"""Called after each round with the new global model (e.g. to store and commit it)."""
 
 
 def run_rounds(
@@ -34,6 +39,7 @@ def run_rounds(
     initial: Weights,
     evaluate: Evaluator,
     on_round: RoundObserver | None = None,
+    on_model: ModelObserver | None = None,
 ) -> FederationResult:
     """Run ``plan.rounds`` rounds; the global model moves only when some device trained."""
     rng = random.Random(plan.seed)
@@ -44,6 +50,11 @@ def run_rounds(
         began = time.monotonic()
         cohort = _sample(grid, plan, rng)
         content = _train_content(plan, strategy, weights, server_round)
+        trained_from = None
+        if plan.market is not None:
+            trained_from = canonical(cid_of_bytes(weights_to_bytes(weights)).to_cid())
+            terms = RoundTerms(plan.market, server_round, trained_from)
+            content[MARKET] = terms.to_record()
         if plan.secagg is None:
             outcome = _plain_round(grid, plan, cohort, content, weights, server_round)
         else:
@@ -74,6 +85,8 @@ def run_rounds(
             dropped=dict(outcome.dropped),
             clip_fraction=outcome.clip_fraction,
             error=outcome.error,
+            trained_from=trained_from,
+            receipts=outcome.receipts,
         )
         result.rounds.append(round_result)
         log.info(
@@ -85,6 +98,8 @@ def run_rounds(
             len(round_result.dropped),
             f"; {outcome.error}" if outcome.error else "",
         )
+        if on_model is not None:
+            on_model(round_result, weights)
         if on_round is not None:
             on_round(round_result)
     return result
