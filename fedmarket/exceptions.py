@@ -35,6 +35,7 @@ EXIT_CODES: dict[int, str] = {
     53: "The market contract rejected the call; the message says why and what to do.",
     54: "A key store could not be read: wrong passphrase, missing or corrupt key file.",
     55: "A contribution receipt's signature does not match its device.",
+    56: "A model's lineage does not verify: the message names the broken link.",
 }
 
 
@@ -208,3 +209,9 @@ class ReceiptInvalid(FedmarketError):
     """A contribution receipt was not signed by the device it names."""
 
     exit_code: ClassVar[int] = 55
+
+
+class LineageBroken(FedmarketError):
+    """A link between a model, its rounds, receipts and rewards does not verify."""
+
+    exit_code: ClassVar[int] = 56

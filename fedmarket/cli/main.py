@@ -8,6 +8,7 @@ import typer
 
 from fedmarket.cli import chain, crypto, keys, store
 from fedmarket.cli.demo import demo
+from fedmarket.cli.verify import verify
 from fedmarket.exceptions import FedmarketError
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ def _root() -> None:
 
 
 app.command(name="demo")(demo)
+app.command(name="verify")(verify)
 app.add_typer(store.app, name="store")
 app.add_typer(crypto.app, name="crypto")
 app.add_typer(chain.app, name="chain")

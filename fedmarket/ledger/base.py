@@ -31,6 +31,19 @@ class TaskState:
 
 
 @dataclass(frozen=True)
+class RoundCommit:
+    """One ``RoundCommitted`` event."""
+
+    task: TaskId
+    round: int
+    model_cid: str
+    bundle_cid: str
+    rewards_root: bytes
+    cumulative_total: int
+    block: int
+
+
+@dataclass(frozen=True)
 class ListingState:
     listing: ListingId
     seller: Address
@@ -138,3 +151,11 @@ class Ledger(ABC):
 
     @abstractmethod
     def receipt_signer(self, receipt: Receipt, signature: bytes) -> Address: ...
+
+    @abstractmethod
+    def round_commits(self, task: TaskId | None = None) -> list[RoundCommit]:
+        """Every committed round (of ``task``), oldest first, from the chain's events."""
+
+    @abstractmethod
+    def round_matches(self, commit: RoundCommit) -> bool:
+        """Whether the contract's stored hash for that round matches ``commit``."""

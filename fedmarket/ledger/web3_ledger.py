@@ -40,6 +40,7 @@ from fedmarket.ledger.base import (
     ListingState,
     PurchaseRecord,
     PurchaseState,
+    RoundCommit,
     TaskState,
 )
 from fedmarket.ledger.deployment import Deployment
@@ -404,6 +405,37 @@ class Web3Ledger(Ledger):
                 tuple(struct.values()), signature
             ).call()
         return Address(signer)
+
+    def round_commits(self, task: TaskId | None = None) -> list[RoundCommit]:
+        event = self._c.market.events.RoundCommitted
+        filters = {"task": task} if task is not None else None
+        with self._rpc("read RoundCommitted events"):
+            logs = event.get_logs(from_block=self._c.deployment.block, argument_filters=filters)
+        return [
+            RoundCommit(
+                task=TaskId(log["args"]["task"]),
+                round=int(log["args"]["round"]),
+                model_cid=cid_text(log["args"]["modelCid"]),
+                bundle_cid=cid_text(log["args"]["bundleCid"]),
+                rewards_root=bytes(log["args"]["rewardsRoot"]),
+                cumulative_total=int(log["args"]["cumulativeTotal"]),
+                block=int(log["blockNumber"]),
+            )
+            for log in logs
+        ]
+
+    def round_matches(self, commit: RoundCommit) -> bool:
+        with self._rpc("roundMatches"):
+            return bool(
+                self._c.market.functions.roundMatches(
+                    commit.task,
+                    commit.round,
+                    cid_bytes(commit.model_cid),
+                    cid_bytes(commit.bundle_cid),
+                    commit.rewards_root,
+                    commit.cumulative_total,
+                ).call()
+            )
 
     # -- plumbing ------------------------------------------------------------------------------
 
