@@ -157,5 +157,21 @@ class Ledger(ABC):
         """Every committed round (of ``task``), oldest first, from the chain's events."""
 
     @abstractmethod
+    def purchases_of(self, seller: str) -> list[PurchaseRecord]:
+        """Every purchase of ``seller``'s listings, oldest first, with its current state."""
+
+    @abstractmethod
+    def listing_metadata_cid(self, listing: ListingId) -> str:
+        """The metadata CID a listing was published with (kept in its ``Listed`` event)."""
+
+    @abstractmethod
+    def now(self) -> int:
+        """The chain's latest block time (unix seconds): deadlines are in chain time."""
+
+    @abstractmethod
+    def sealed_key(self, purchase: PurchaseId) -> bytes | None:
+        """The sealed key delivered for ``purchase``, or None while none has come."""
+
+    @abstractmethod
     def round_matches(self, commit: RoundCommit) -> bool:
         """Whether the contract's stored hash for that round matches ``commit``."""

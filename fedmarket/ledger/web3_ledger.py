@@ -424,6 +424,42 @@ class Web3Ledger(Ledger):
             for log in logs
         ]
 
+    def purchases_of(self, seller: str) -> list[PurchaseRecord]:
+        seller = to_checksum_address(seller)
+        with self._rpc("read Listed events"):
+            listed = self._c.market.events.Listed.get_logs(
+                from_block=self._c.deployment.block, argument_filters={"seller": seller}
+            )
+            mine = [int(log["args"]["listing"]) for log in listed]
+            bought = (
+                self._c.market.events.Purchased.get_logs(
+                    from_block=self._c.deployment.block, argument_filters={"listing": mine}
+                )
+                if mine
+                else []
+            )
+        return [self.purchase(PurchaseId(int(log["args"]["purchase"]))) for log in bought]
+
+    def listing_metadata_cid(self, listing: ListingId) -> str:
+        with self._rpc("read Listed events"):
+            logs = self._c.market.events.Listed.get_logs(
+                from_block=self._c.deployment.block, argument_filters={"listing": listing}
+            )
+        if not logs:
+            raise InvalidInput(f"listing {listing} does not exist on this market")
+        return cid_text(logs[0]["args"]["metadataCid"])
+
+    def now(self) -> int:
+        with self._rpc("read the latest block"):
+            return int(self._c.w3.eth.get_block("latest")["timestamp"])
+
+    def sealed_key(self, purchase: PurchaseId) -> bytes | None:
+        with self._rpc("read KeyDelivered events"):
+            logs = self._c.market.events.KeyDelivered.get_logs(
+                from_block=self._c.deployment.block, argument_filters={"purchase": purchase}
+            )
+        return bytes(logs[-1]["args"]["sealedKey"]) if logs else None
+
     def round_matches(self, commit: RoundCommit) -> bool:
         with self._rpc("roundMatches"):
             return bool(
