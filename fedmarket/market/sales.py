@@ -149,9 +149,9 @@ def _wait_for_key(
         if waited > timeout:
             deadline = ledger.purchase(purchase).deadline
             raise TransactionFailed(
-                f"purchase {purchase} is paid but no key came within {timeout:g} s; wait, or "
-                f"after the deadline (unix time {deadline}) run `fedmarket market refund "
-                f"{purchase}`"
+                f"purchase {purchase} is paid but no key came within {timeout:g} s; wait "
+                f"longer, or after its deadline (unix time {deadline}) take a refund of "
+                f"purchase {purchase}"
             )
         if progress is not None:
             progress(waited)
