@@ -14,7 +14,9 @@ from web3 import Web3
 
 from fedmarket.ledger import Deployment, Web3Ledger, deploy
 from fedmarket.ledger.chain import LocalChain, dev_accounts, rpc
+from fedmarket.market.publisher import RoundPublisher
 from fedmarket.market.rewards import RewardTree
+from fedmarket.store import LocalStore
 from fedmarket.types import TaskId
 
 HELPERS = Path(__file__).resolve().parents[1] / "contracts" / "test-artifacts"
@@ -31,6 +33,18 @@ def commit(aggregator: Web3Ledger, task: TaskId, round_: int, tree: RewardTree) 
         bundle_cid=EMPTY_CID,
         rewards_root=tree.root,
         cumulative_total=tree.total,
+    )
+
+
+def open_publisher(chain: Chain, task: TaskId, folder: Path) -> RoundPublisher:
+    """The aggregator's (account 1) publisher for ``task``, its store and state in ``folder``."""
+    return RoundPublisher(
+        store=LocalStore(folder / "store"),
+        ledger=chain.ledger(1),
+        task=task,
+        chain_id=chain.deployment.chain_id,
+        market=chain.deployment.market,
+        state_path=folder / "publisher.json",
     )
 
 

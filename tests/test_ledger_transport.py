@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 from chain_helpers import EMPTY_CID, Chain
+from net import Forward, RpcProxy
 from web3 import Web3
 
 from fedmarket.exceptions import ChainUnavailable
@@ -18,50 +17,32 @@ pytestmark = pytest.mark.integration
 
 
 class LossyProxy:
-    """Forwards JSON-RPC to anvil, but the link fails on the first ``eth_sendRawTransaction``:
-    ``lose="answer"`` forwards it and drops the reply; ``lose="request"`` drops it unsent."""
+    """The link fails on the first ``eth_sendRawTransaction``: ``lose="answer"`` forwards it
+    and drops the reply; ``lose="request"`` drops it unsent."""
 
     def __init__(self, upstream: str, lose: str) -> None:
         self.lose = lose
         self.attempts = 0  # sends the client made
         self.sent_to_node = 0  # sends that reached anvil
-        proxy = self
+        self.proxy = RpcProxy(upstream, self._intercept)
+        self.url = self.proxy.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                sending = b"eth_sendRawTransaction" in body
-                proxy.attempts += sending
-                failing = sending and proxy.attempts == 1
-                if failing and lose == "request":
-                    self.connection.shutdown(2)  # lost on the way: the node never sees it
-                    return
-                answer = requests.post(
-                    upstream, data=body, headers={"Content-Type": "application/json"}, timeout=30
-                )
-                proxy.sent_to_node += sending
-                if failing:
-                    self.connection.shutdown(2)  # the node got it; the client hears nothing
-                    return
-                self.send_response(answer.status_code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer.content)))
-                self.end_headers()
-                self.wfile.write(answer.content)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _intercept(self, body: bytes, forward: Forward) -> requests.Response | None:
+        sending = b"eth_sendRawTransaction" in body
+        self.attempts += sending
+        failing = sending and self.attempts == 1
+        if failing and self.lose == "request":
+            return None  # lost on the way: the node never sees it
+        answer = forward()
+        self.sent_to_node += sending
+        return None if failing else answer  # failing: the node got it, the client hears nothing
 
 
 @pytest.fixture(params=["answer", "request"])
 def proxy(chain: Chain, request: pytest.FixtureRequest) -> Iterator[LossyProxy]:
     lossy = LossyProxy(chain.local.rpc_url, request.param)
     yield lossy
-    lossy.server.shutdown()
+    lossy.proxy.close()
 
 
 def test_a_failed_link_never_makes_a_second_transaction(chain: Chain, proxy: LossyProxy) -> None:

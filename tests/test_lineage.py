@@ -7,14 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from chain_helpers import MODEL_CID, Chain
+from chain_helpers import MODEL_CID, Chain, open_publisher
 from cli_invoke import invoke
 from eth_account.signers.local import LocalAccount
 
 from fedmarket.exceptions import LineageBroken
 from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt
 from fedmarket.market.lineage import Lineage, verify_lineage
-from fedmarket.market.publisher import RoundPublisher
 from fedmarket.market.rewards import RewardTree
 from fedmarket.receipts import Receipt, sign_receipt
 from fedmarket.store import LocalStore
@@ -52,15 +51,8 @@ def history(chain: Chain, tmp_path: Path, rounds: int = 3) -> tuple[TaskId, Loca
         budget=10_000,
         spec_cid=MODEL_CID,
     )
+    publisher = open_publisher(chain, task, tmp_path)
     store = LocalStore(tmp_path / "store")
-    publisher = RoundPublisher(
-        store=store,
-        ledger=chain.ledger(1),
-        task=task,
-        chain_id=chain.deployment.chain_id,
-        market=chain.deployment.market,
-        state_path=tmp_path / "publisher.json",
-    )
     devices = chain.accounts[2:5]
     model = store.put_bytes(b"initial model")
     models = []

@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from chain_helpers import MODEL_CID, Chain
+from chain_helpers import MODEL_CID, Chain, open_publisher
 
 from fedmarket import FederationPlan, SimulatedFleet, run_federation
 from fedmarket.market.bundle import ReceiptsBundle
-from fedmarket.market.publisher import RoundPublisher
 from fedmarket.market.terms import MarketTerms
 from fedmarket.models.weights import Weights, weights_to_bytes
 from fedmarket.privacy import DpConfig, TrainConfig
@@ -35,15 +34,8 @@ def test_paid_rounds_store_commit_and_pay_each_contributed_update(
         budget=1000,
         spec_cid=MODEL_CID,
     )
+    publisher = open_publisher(chain, task, tmp_path)
     store = LocalStore(tmp_path / "store")
-    publisher = RoundPublisher(
-        store=store,
-        ledger=chain.ledger(1),
-        task=task,
-        chain_id=chain.deployment.chain_id,
-        market=chain.deployment.market,
-        state_path=tmp_path / "publisher.json",
-    )
     fleet = SimulatedFleet(num_devices=3, home=tmp_path, epsilon_cap=10.0, payout_seed="test")
     terms = MarketTerms(task, chain.deployment.chain_id, chain.deployment.market)
     plan = FederationPlan(

@@ -11,17 +11,16 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
-from chain_helpers import MODEL_CID, Chain
+from chain_helpers import MODEL_CID, Chain, open_publisher
 from eth_account.signers.local import LocalAccount
+from net import Forward, RpcProxy
 
 from fedmarket.exceptions import InvalidInput
 from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt
-from fedmarket.market.publisher import RoundPublisher
 from fedmarket.receipts import Receipt, sign_receipt
 from fedmarket.store import LocalStore
 from fedmarket.types import TaskId
@@ -29,17 +28,6 @@ from fedmarket.types import TaskId
 pytestmark = pytest.mark.integration
 
 REWARD = 10
-
-
-def open_publisher(chain: Chain, task: TaskId, tmp_path: Path) -> RoundPublisher:
-    return RoundPublisher(
-        store=LocalStore(tmp_path / "store"),
-        ledger=chain.ledger(1),
-        task=task,
-        chain_id=chain.deployment.chain_id,
-        market=chain.deployment.market,
-        state_path=tmp_path / "publisher.json",
-    )
 
 
 def new_task(chain: Chain, budget: int = 1000) -> TaskId:
@@ -154,35 +142,22 @@ def test_escrow_shortfall_is_refused_before_anything_is_committed(
 # -- crash safety --------------------------------------------------------------------------------
 
 
-class SlowSend:
-    """JSON-RPC proxy that stalls ``eth_sendRawTransaction``: before forwarding it
-    (``when="before"``: the commit never leaves) or after (``"after"``: it is mined, the
-    answer is late)."""
+def slow_send(upstream: str, when: str, release: threading.Event) -> RpcProxy:
+    """A proxy that stalls ``eth_sendRawTransaction`` until ``release``: before forwarding it
+    (``when="before"``: the commit never leaves, and is dropped) or after (``"after"``: it is
+    mined, the answer never comes in time)."""
 
-    def __init__(self, upstream: str, when: str) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                sending = b"eth_sendRawTransaction" in body
-                if sending and when == "before":
-                    time.sleep(30)
-                answer = requests.post(
-                    upstream, data=body, headers={"Content-Type": "application/json"}, timeout=30
-                )
-                if sending and when == "after":
-                    time.sleep(30)
-                self.send_response(answer.status_code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer.content)))
-                self.end_headers()
-                self.wfile.write(answer.content)
+    def intercept(body: bytes, forward: Forward) -> requests.Response | None:
+        sending = b"eth_sendRawTransaction" in body
+        if sending and when == "before":
+            release.wait(60)
+            return None  # never reaches the chain, not even after the test
+        answer = forward()
+        if sending and when == "after":
+            release.wait(60)
+        return answer
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    return RpcProxy(upstream, intercept)
 
 
 _SERVER = textwrap.dedent(
@@ -212,14 +187,16 @@ _SERVER = textwrap.dedent(
 
 
 @pytest.fixture(params=["before", "after"])
-def slow(chain: Chain, request: pytest.FixtureRequest) -> Iterator[SlowSend]:
-    proxy = SlowSend(chain.local.rpc_url, request.param)
+def slow(chain: Chain, request: pytest.FixtureRequest) -> Iterator[RpcProxy]:
+    release = threading.Event()
+    proxy = slow_send(chain.local.rpc_url, request.param, release)
     yield proxy
-    proxy.server.shutdown()
+    release.set()
+    proxy.close()
 
 
 def test_server_killed_mid_commit_resumes_with_exactly_one_commit(
-    chain: Chain, tmp_path: Path, slow: SlowSend
+    chain: Chain, tmp_path: Path, slow: RpcProxy
 ) -> None:
     task = new_task(chain)
     aggregator = chain.accounts[1].address
