@@ -26,6 +26,7 @@ from benchmarks.common import write_results
 from fedmarket.crypto import AssetKey, Identity, seal_key
 from fedmarket.ledger import Web3Ledger, deploy
 from fedmarket.ledger.chain import LocalChain, dev_accounts, rpc
+from fedmarket.ledger.deploy import deploy_contract, send_call
 from fedmarket.market.rewards import RewardTree
 from fedmarket.receipts import Receipt, sign_receipt
 from fedmarket.types import TaskId
@@ -61,30 +62,19 @@ def commit_gas(aggregator: Web3Ledger, task: TaskId, round_: int, tree: RewardTr
 
 def naive_gas(w3: Web3, payer: LocalAccount, token: Web3Ledger, devices: int) -> int:
     artifact = helper_artifact("NaiveRewards")
-    factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-    deployed = send(w3, payer, factory.constructor(token.deployment.token))
-    naive = w3.eth.contract(address=deployed["contractAddress"], abi=artifact["abi"])
+    address = deploy_contract(
+        w3, payer, artifact["abi"], artifact["bytecode"], token.deployment.token
+    )
+    naive = w3.eth.contract(address=address, abi=artifact["abi"])
     token.approve(naive.address, 2**255)
     total, batch = 0, 200  # a block holds ~30M gas: 1,000 naive updates need several blocks
     recipients = addresses(devices, seed=devices)
     for start in range(0, devices, batch):
         chunk = recipients[start : start + batch]
         uploads = [bytes([1]) * 32] * len(chunk)
-        receipt = send(w3, payer, naive.functions.commitRound(1, chunk, uploads, 1))
+        receipt = send_call(w3, payer, naive.functions.commitRound(1, chunk, uploads, 1))
         total += int(receipt["gasUsed"])
     return total
-
-
-def send(w3: Web3, account: LocalAccount, call: Any) -> Any:
-    tx = call.build_transaction(
-        {"from": account.address, "nonce": w3.eth.get_transaction_count(account.address)}
-    )
-    signed = account.sign_transaction(tx)
-    receipt = w3.eth.wait_for_transaction_receipt(
-        w3.eth.send_raw_transaction(signed.raw_transaction)
-    )
-    assert receipt["status"] == 1
-    return receipt
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from fedmarket.crypto import AssetKey, Identity, open_sealed_key, seal_key
 from fedmarket.exceptions import ContractRejected, ReceiptInvalid
 from fedmarket.ledger import PurchaseState, Web3Ledger
 from fedmarket.ledger import errors as market_errors
+from fedmarket.ledger.deploy import deploy_contract
 from fedmarket.market.rewards import RewardTree
 from fedmarket.receipts import Receipt, sign_receipt, verify_receipt
 from fedmarket.types import TaskId
@@ -370,16 +371,7 @@ def test_price_change_in_flight_is_refused(chain: Chain) -> None:
 
 
 def _deploy(chain: Chain, abi: list[dict[str, object]], bytecode: str, *args: object) -> str:
-    deployer = chain.accounts[0]
-    factory = chain.w3.eth.contract(abi=abi, bytecode=bytecode)
-    tx = factory.constructor(*args).build_transaction(
-        {"from": deployer.address, "nonce": chain.w3.eth.get_transaction_count(deployer.address)}
-    )
-    signed = deployer.sign_transaction(tx)
-    receipt = chain.w3.eth.wait_for_transaction_receipt(
-        chain.w3.eth.send_raw_transaction(signed.raw_transaction)
-    )
-    return str(receipt["contractAddress"])
+    return deploy_contract(chain.w3, chain.accounts[0], abi, bytecode, *args)
 
 
 def test_reentrant_token_cannot_claim_twice(chain: Chain) -> None:

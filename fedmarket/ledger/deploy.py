@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
+from web3.types import TxReceipt
 
 from fedmarket.contracts import load_artifact
 from fedmarket.exceptions import InvalidInput, TransactionFailed
@@ -24,29 +27,63 @@ def deploy(
     """Deploy the token (whole supply to ``deployer``) and the market; return their addresses."""
     if supply <= 0 or delivery_window <= 0:
         raise InvalidInput("supply and delivery_window must be positive")
-    token = _deploy(w3, deployer, "FedToken", (deployer.address, supply), timeout)
-    market = _deploy(w3, deployer, "DataMarket", (token, delivery_window), timeout)
+    token_artifact, market_artifact = load_artifact("FedToken"), load_artifact("DataMarket")
+    token = deploy_contract(
+        w3,
+        deployer,
+        token_artifact.abi,
+        token_artifact.bytecode,
+        deployer.address,
+        supply,
+        timeout=timeout,
+    )
+    market = deploy_contract(
+        w3,
+        deployer,
+        market_artifact.abi,
+        market_artifact.bytecode,
+        token,
+        delivery_window,
+        timeout=timeout,
+    )
     return Deployment(
         chain_id=w3.eth.chain_id, token=token, market=market, block=w3.eth.block_number
     )
 
 
-def _deploy(
-    w3: Web3, deployer: LocalAccount, name: str, args: tuple[object, ...], timeout: float
+def deploy_contract(
+    w3: Web3,
+    deployer: LocalAccount,
+    abi: list[dict[str, Any]],
+    bytecode: str,
+    *args: object,
+    timeout: float = 120.0,
 ) -> str:
-    artifact = load_artifact(name)
-    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    tx = factory.constructor(*args).build_transaction(
+    """Deploy one contract; return its address."""
+    factory = w3.eth.contract(abi=abi, bytecode=bytecode)
+    receipt = send_call(w3, deployer, factory.constructor(*args), timeout=timeout)
+    if receipt["contractAddress"] is None:
+        raise TransactionFailed("the deployment transaction created no contract")
+    return str(receipt["contractAddress"])
+
+
+def send_call(w3: Web3, account: LocalAccount, call: Any, *, timeout: float = 120.0) -> TxReceipt:
+    """Sign and send one contract call or constructor; wait for it; raise if it reverted.
+
+    For deployment and tooling; market operations go through :class:`Web3Ledger`, which also
+    decodes custom errors and retries safely.
+    """
+    tx = call.build_transaction(
         {
-            "from": deployer.address,
-            "nonce": w3.eth.get_transaction_count(deployer.address, "pending"),
+            "from": account.address,
+            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
             "chainId": w3.eth.chain_id,
         }
     )
-    signed = deployer.sign_transaction(tx)
+    signed = account.sign_transaction(tx)
     receipt = w3.eth.wait_for_transaction_receipt(
         w3.eth.send_raw_transaction(signed.raw_transaction), timeout=timeout
     )
-    if receipt["status"] != 1 or receipt["contractAddress"] is None:
-        raise TransactionFailed(f"deploying {name} reverted (transaction {signed.hash.hex()})")
-    return str(receipt["contractAddress"])
+    if receipt["status"] != 1:
+        raise TransactionFailed(f"transaction 0x{signed.hash.hex()} reverted")
+    return receipt

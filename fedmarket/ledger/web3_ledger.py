@@ -110,6 +110,7 @@ class _Connection:
     token: Contract
     decoder: RevertDecoder
     nonces: _Nonces
+    token_name: str  # the EIP-712 domain name of permits; read once per connection
 
 
 class Web3Ledger(Ledger):
@@ -148,13 +149,17 @@ class Web3Ledger(Ledger):
                     f"the RPC endpoint serves chain {chain_id}, but the deployment is for chain "
                     f"{deployment.chain_id}; point --rpc at the right chain or deploy again"
                 )
+            token = w3.eth.contract(address=_checksum(deployment.token), abi=token_abi)
+            with self._rpc("read the token's name"):
+                token_name = str(token.functions.name().call())
             _connection = _Connection(
                 w3=w3,
                 deployment=deployment,
                 market=w3.eth.contract(address=_checksum(deployment.market), abi=market_abi),
-                token=w3.eth.contract(address=_checksum(deployment.token), abi=token_abi),
+                token=token,
                 decoder=RevertDecoder([market_abi, token_abi]),
                 nonces=_Nonces(),
+                token_name=token_name,
             )
         self._c = _connection
 
@@ -480,13 +485,12 @@ class Web3Ledger(Ledger):
         token = self._c.token
         with self._rpc("nonces"):
             nonce = token.functions.nonces(self.address).call()
-            name = token.functions.name().call()
             # Chain time, not ours: a chain's clock may run ahead (anvil time travel, skew).
             now = int(self._c.w3.eth.get_block("latest")["timestamp"])
         deadline = now + 3600
         signed = self._account.sign_typed_data(
             {
-                "name": name,
+                "name": self._c.token_name,
                 "version": "1",
                 "chainId": self._c.deployment.chain_id,
                 "verifyingContract": self._c.deployment.token,

@@ -45,11 +45,12 @@ def verify_lineage(
 ) -> Lineage:
     """Verify the whole history behind ``model_cid``; raise naming the first broken link."""
     wanted = canonical(parse_cid(model_cid))
-    commits = [c for c in ledger.round_commits() if c.model_cid == wanted]
+    every = ledger.round_commits()  # one event scan serves both lookups
+    commits = [c for c in every if c.model_cid == wanted]
     if not commits:
         raise LineageBroken(f"no round on this market committed model {wanted}")
-    task = commits[0].task
-    history = [c for c in ledger.round_commits(task) if c.round <= commits[0].round]
+    task, last = commits[0].task, commits[0].round
+    history = [c for c in every if c.task == task and c.round <= last]
     reward = ledger.task(task).reward_per_update
     cumulative: dict[str, int] = {}
     verified: list[VerifiedRound] = []

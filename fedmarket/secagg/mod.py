@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import numpy as np
 from eth_account.signers.local import LocalAccount
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
@@ -165,7 +166,7 @@ def _mask(
     )
     for reason in upload.rejected:
         log.warning("secagg: %s", reason)
-    _sign(msg, context, content, signer, weight=encoded.weight)
+    _sign(msg, context, content, signer, upload.vector, weight=encoded.weight)
     return content
 
 
@@ -174,21 +175,21 @@ def _sign(
     context: Context,
     content: RecordDict,
     signer: SignerResolver | None,
+    upload: np.ndarray,
     *,
     weight: int,
 ) -> None:
-    """Attach the device's receipt for the upload in ``content``, when the round pays."""
+    """Attach the device's receipt for ``upload`` (the masked vector), when the round pays."""
     terms = RoundTerms.from_content(msg.content)
-    masked = content.array_records.get(m.MASKED)
     account = signer(context) if signer is not None and terms is not None else None
-    if terms is None or masked is None or account is None:
+    if terms is None or account is None:
         return
     metrics = content.metric_records[METRICS]
     epsilon, delta = metrics.get("epsilon"), metrics.get("delta")
     if not isinstance(epsilon, float | int) or not isinstance(delta, float | int):
         raise ProtocolViolation("the training reply lacks epsilon or delta for the receipt")
     content[RECEIPT] = sign_upload(
-        terms, account, masked["vector"].numpy(), weight=weight, epsilon=epsilon, delta=delta
+        terms, account, upload, weight=weight, epsilon=epsilon, delta=delta
     )
 
 
