@@ -1,9 +1,26 @@
-"""Where fedmarket keeps its state."""
+"""Where fedmarket keeps its state, and the typed task config (TOML -> pydantic models).
+
+A task config describes one federation and its market terms. Every field has a default, so an
+empty file is the demo's embedded defaults; unknown keys are refused so a typo never passes
+silently. Paths in ``[data]`` are relative to the config file.
+"""
 
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedmarket.data.source import DataKind, DataSource
+from fedmarket.exceptions import InvalidInput
+from fedmarket.market.amounts import to_base_units
+from fedmarket.models.registry import ModelName
+from fedmarket.privacy.config import AccountantKind, DpConfig, TrainConfig
+from fedmarket.secagg.config import MIN_COHORT, SecAggConfig
+from strategies import StrategyName
 
 HOME_ENV = "FEDMARKET_HOME"
 
@@ -12,3 +29,171 @@ def fedmarket_home() -> Path:
     """Return the data directory: ``$FEDMARKET_HOME`` or ``~/.fedmarket``."""
     value = os.environ.get(HOME_ENV)
     return Path(value).expanduser() if value else Path.home() / ".fedmarket"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSection(_Section):
+    kind: DataKind = "digits"
+    path: str = ""
+    label_column: str = "label"
+    labels_path: str = ""
+    holdout: float = Field(0.2, gt=0, lt=1)
+    partition: Literal["dirichlet", "iid"] = "dirichlet"
+    alpha: float = Field(0.5, gt=0)
+
+
+class FederationSection(_Section):
+    devices: int = Field(10, ge=1)
+    rounds: int = Field(5, ge=1)
+    strategy: StrategyName = "fedavg"
+    model: ModelName = "mlp"
+    seed: int = 0
+    lr_decay: float = Field(0.8, gt=0, le=1)
+    secagg: bool = True
+    clip_range: float = Field(SecAggConfig().clip_range, gt=0)
+
+
+class TrainingSection(_Section):
+    learning_rate: float = Field(2.5, gt=0)
+    momentum: float = Field(0.5, ge=0, lt=1)
+    local_epochs: int = Field(4, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class PrivacySection(_Section):
+    epsilon_cap: float = Field(8.0, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    noise_multiplier: float = Field(2.3, gt=0)
+    max_grad_norm: float = Field(0.5, gt=0)
+    accountant: AccountantKind = "prv"
+
+
+class MarketSection(_Section):
+    """Token amounts are decimal text in whole tokens (18 decimals): ``"0.5"``."""
+
+    enabled: bool = True
+    reward_per_update: str = "1"
+    budget: str = ""  # default: enough for every device in every round
+    price: str = "25"
+    contributors_share: float = Field(0.2, ge=0, le=1)
+    key_timeout: float = Field(120.0, gt=0)  # seconds a buyer waits for the sealed key
+    payout_seed: str = "fedmarket-demo"  # simulated devices' payout keys (simulation only)
+
+
+class TaskConfig(_Section):
+    """One federation and its market terms."""
+
+    data: DataSection = DataSection()
+    federation: FederationSection = FederationSection()
+    training: TrainingSection = TrainingSection()
+    privacy: PrivacySection = PrivacySection()
+    market: MarketSection = MarketSection()
+    base: Path = Path(".")  # folder relative data paths resolve against
+
+    @classmethod
+    def load(cls, path: Path) -> TaskConfig:
+        """Read and validate a TOML task config; errors name the file and the key."""
+        try:
+            document = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise InvalidInput(f"task config {path} does not exist") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidInput(f"task config {path} is not valid TOML ({exc})") from None
+        return cls.parse(document, base=path.resolve().parent, origin=str(path))
+
+    @classmethod
+    def parse(
+        cls, document: dict[str, object], *, base: Path = Path("."), origin: str = "task config"
+    ) -> TaskConfig:
+        try:
+            config = cls.model_validate({**document, "base": base})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise InvalidInput(f"{origin}: {problems}") from None
+        config.check()
+        return config
+
+    def updated(self, **sections: dict[str, object]) -> TaskConfig:
+        """A copy with some fields replaced (``federation={"rounds": 2}``), validated again."""
+        document = self.model_dump()
+        for name, values in sections.items():
+            document[name].update({k: v for k, v in values.items() if v is not None})
+        return TaskConfig.parse(document, base=self.base, origin="options")
+
+    def check(self) -> None:
+        """Rules across sections and money amounts, checked before anything runs."""
+        if self.federation.secagg and self.federation.devices < MIN_COHORT:
+            raise InvalidInput(
+                f"secure aggregation needs at least {MIN_COHORT} devices, got "
+                f"{self.federation.devices}; add devices or turn secure aggregation off"
+            )
+        if self.market.enabled:
+            if not self.federation.secagg:
+                raise InvalidInput(
+                    "paid rounds need secure aggregation (receipts sign masked uploads); turn "
+                    "the market off (--no-market, or [market] enabled = false) to sum in the clear"
+                )
+            if self.reward_per_update <= 0 or self.price <= 0:
+                raise InvalidInput("market.reward_per_update and market.price must be > 0")
+            if self.budget < self.reward_per_update:
+                raise InvalidInput(
+                    f"market.budget must cover at least one update ({self.market.reward_per_update}"
+                    " tokens)"
+                )
+
+    # -- derived settings ------------------------------------------------------------------------
+
+    @property
+    def reward_per_update(self) -> int:
+        return to_base_units(self.market.reward_per_update, what="market.reward_per_update")
+
+    @property
+    def budget(self) -> int:
+        if not self.market.budget:
+            return self.reward_per_update * self.federation.devices * self.federation.rounds
+        return to_base_units(self.market.budget, what="market.budget")
+
+    @property
+    def price(self) -> int:
+        return to_base_units(self.market.price, what="market.price")
+
+    @property
+    def contributors_bps(self) -> int:
+        return round(self.market.contributors_share * 10_000)
+
+    def data_source(self) -> DataSource:
+        def resolve(path: str) -> str:
+            return str(self.base / path) if path else ""
+
+        d = self.data
+        return DataSource(
+            kind=d.kind,
+            path=resolve(d.path),
+            label_column=d.label_column,
+            labels_path=resolve(d.labels_path),
+        )
+
+    def train_config(self) -> TrainConfig:
+        t = self.training
+        return TrainConfig(
+            learning_rate=t.learning_rate,
+            momentum=t.momentum,
+            local_epochs=t.local_epochs,
+            batch_size=t.batch_size,
+        )
+
+    def dp_config(self) -> DpConfig:
+        return DpConfig(
+            noise_multiplier=self.privacy.noise_multiplier,
+            max_grad_norm=self.privacy.max_grad_norm,
+        )
+
+    def secagg_config(self) -> SecAggConfig | None:
+        return (
+            SecAggConfig(clip_range=self.federation.clip_range) if self.federation.secagg else None
+        )

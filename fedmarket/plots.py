@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 
 
 def plot_report(report: dict[str, Any], out: Path) -> list[Path]:
-    """accuracy.png (per round) and epsilon.png (per device per round); returns the paths."""
+    """accuracy.png (per round), epsilon.png (per device per round) and, for paid runs,
+    rewards.png (cumulative rewards per device); returns the paths."""
     rounds = [r["round"] for r in report["rounds"]]
     paths = [out / "accuracy.png", out / "epsilon.png"]
 
@@ -47,4 +48,22 @@ def plot_report(report: dict[str, Any], out: Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(paths[1], dpi=120)
     plt.close(fig)
+
+    history = report.get("reward_history")
+    if history:
+        paths.append(out / "rewards.png")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for device, totals in history["devices"].items():
+            ax.plot([0, *history["rounds"]], [0.0, *totals], marker=".", label=device)
+        ax.set(
+            xlabel="round",
+            ylabel="tokens",
+            title="Cumulative rewards per device (committed on chain)",
+        )
+        ax.grid(alpha=0.3)
+        if len(history["devices"]) <= 12:
+            ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(paths[2], dpi=120)
+        plt.close(fig)
     return paths

@@ -1,8 +1,18 @@
-"""Is a process still running? (For pid files and temp files named after their writer.)"""
+"""Local processes: is one still running (pid files, temp files named after their writer), and a
+free loopback port to start one on."""
 
 from __future__ import annotations
 
 import os
+import socket
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def process_alive(pid: int) -> bool:

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from flwr.app import Context
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 from flwr.serverapp import ServerApp
 
+from fedmarket.config import TaskConfig
 from fedmarket.data.dataset import Dataset
 from fedmarket.data.partition import dirichlet_partition, iid_partition
 from fedmarket.data.source import DataSource
@@ -66,6 +69,23 @@ class SimulatedFleet:
         if not self.epsilon_cap > 0:
             raise InvalidInput(f"epsilon cap must be > 0, got {self.epsilon_cap}")
         check_delta(self.delta)
+
+    @classmethod
+    def from_config(cls, config: TaskConfig, home: Path) -> SimulatedFleet:
+        """The fleet a task config describes; ledgers under ``home``."""
+        return cls(
+            source=config.data_source(),
+            num_devices=config.federation.devices,
+            alpha=config.data.alpha if config.data.partition == "dirichlet" else None,
+            holdout=config.data.holdout,
+            seed=config.federation.seed,
+            home=home,
+            epsilon_cap=config.privacy.epsilon_cap,
+            delta=config.privacy.delta,
+            accountant=config.privacy.accountant,
+            require_secagg=config.federation.secagg,
+            payout_seed=config.market.payout_seed if config.market.enabled else None,
+        )
 
     def split(self) -> tuple[list[Dataset], Dataset]:
         """(one training set per device, the held-out evaluation set)."""
@@ -120,11 +140,17 @@ def run_federation(
     on_round: RoundObserver | None = None,
     on_model: ModelObserver | None = None,
     verbose: bool = False,
+    resume: tuple[int, Weights] | None = None,
+    client_mods: Sequence[Mod] = (),
 ) -> FederationResult:
-    """Simulate the federation with Flower's Ray-backed engine and return every round."""
+    """Simulate the federation with Flower's Ray-backed engine and return every round.
+
+    ``resume=(round, weights)`` starts at ``round`` from ``weights`` (the last committed model)
+    instead of round 1 from a fresh model. ``client_mods`` wrap every device's ClientApp.
+    """
     _, held_out = fleet.split()
     model = build_model(plan.model, held_out.feature_shape, held_out.num_classes, seed=plan.seed)
-    initial = get_weights(model)
+    first_round, initial = resume if resume is not None else (1, get_weights(model))
 
     def evaluator(weights: Weights) -> Evaluation:
         set_weights(model, weights)
@@ -139,8 +165,11 @@ def run_federation(
         on_round=on_round,
         on_model=on_model,
         on_done=outcome.append,
+        first_round=first_round,
     )
-    client_app = make_client_app(fleet.resolve, require_secagg=fleet.require_secagg)
+    client_app = make_client_app(
+        fleet.resolve, require_secagg=fleet.require_secagg, mods=client_mods
+    )
     _run_flower(server_app, client_app, fleet.num_devices, verbose=verbose)
     if not outcome:
         raise RoundFailed("the federation stopped before finishing; see the log above")
@@ -152,6 +181,7 @@ def _run_flower(
 ) -> None:
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray warning
     from flwr.simulation import run_simulation
 
     flwr_logger = logging.getLogger("flwr")

@@ -1,37 +1,25 @@
-"""``fedmarket demo``: simulated devices train a model together under DP, on one machine."""
+"""``fedmarket demo``: the whole story on one machine, on embedded defaults or a task config."""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedmarket.config import TaskConfig
+from fedmarket.demo import run_demo
 from fedmarket.exceptions import InvalidInput
 from fedmarket.plots import plot_report
-from fedmarket.privacy.config import DpConfig, TrainConfig
 from fedmarket.report import build_report, write_json
-from fedmarket.secagg.config import MIN_COHORT, SecAggConfig
-from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import RoundResult
-from fedmarket.simulation import SimulatedFleet, run_federation
-from strategies import make_strategy
-
-# Defaults measured to reach >= 0.80 held-out accuracy on digits with every device under an
-# epsilon cap of 8 (delta 1e-5): large expected batches with high noise beat small noisy ones.
-DEFAULT_NOISE = 2.3
-DEFAULT_CAP = 8.0
-DEFAULT_TRAIN = TrainConfig(learning_rate=2.5, momentum=0.5, local_epochs=4, batch_size=64)
-DEFAULT_MAX_GRAD_NORM = 0.5
-DEFAULT_LR_DECAY = 0.8
 
 
 class StrategyChoice(StrEnum):
@@ -42,32 +30,45 @@ class StrategyChoice(StrEnum):
 
 
 def demo(
-    devices: Annotated[int, typer.Option(help="Number of simulated devices.")] = 10,
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 5,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Task config (TOML); options below override it. Default: embedded."),
+    ] = None,
+    devices: Annotated[int | None, typer.Option(help="Number of simulated devices.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
     epsilon_cap: Annotated[
-        float, typer.Option(help="Each device owner's cap on epsilon (at --delta).")
-    ] = DEFAULT_CAP,
+        float | None, typer.Option(help="Each device owner's cap on epsilon (at --delta).")
+    ] = None,
     noise_multiplier: Annotated[
-        float, typer.Option(help="DP-SGD noise multiplier sigma.")
-    ] = DEFAULT_NOISE,
+        float | None, typer.Option(help="DP-SGD noise multiplier sigma.")
+    ] = None,
     strategy: Annotated[
-        StrategyChoice, typer.Option(help="Server aggregation strategy.")
-    ] = StrategyChoice.fedavg,
-    seed: Annotated[int, typer.Option(help="Seed for the data split and model init.")] = 0,
+        StrategyChoice | None, typer.Option(help="Server aggregation strategy.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for the data split and model init.")
+    ] = None,
     alpha: Annotated[
-        float, typer.Option(help="Dirichlet label-skew alpha (smaller is more skewed).")
-    ] = 0.5,
-    delta: Annotated[float, typer.Option(help="DP delta.")] = 1e-5,
+        float | None, typer.Option(help="Dirichlet label-skew alpha (smaller is more skewed).")
+    ] = None,
+    delta: Annotated[float | None, typer.Option(help="DP delta.")] = None,
     secagg: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             help="Sum updates under SecAgg+ so the server sees only the sum "
-            "(--no-secagg: plain sum, for comparison)."
+            "(--no-secagg: plain sum, for comparison; needs --no-market)."
         ),
-    ] = True,
+    ] = None,
+    market: Annotated[
+        bool | None,
+        typer.Option(
+            help="Run the market story: local chain, paid rounds, claims, an encrypted sale "
+            "(--no-market: the federation only)."
+        ),
+    ] = None,
     clip_range: Annotated[
-        float, typer.Option(help="SecAgg+: each delta coordinate is clipped to +-this.")
-    ] = SecAggConfig().clip_range,
+        float | None, typer.Option(help="SecAgg+: each delta coordinate is clipped to +-this.")
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default runs/<timestamp>).")
     ] = None,
@@ -76,75 +77,60 @@ def demo(
     ] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
-    """Simulated devices train on sklearn's digits with DP-SGD and a persistent privacy ledger."""
+    """Devices train privately, every round is committed, devices are paid, the model is sold."""
     out = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     # Build (and so validate) everything before anything is written.
-    fleet = SimulatedFleet(
-        num_devices=devices,
-        alpha=alpha,
-        seed=seed,
-        home=out / "home",
-        epsilon_cap=epsilon_cap,
-        delta=delta,
-        require_secagg=secagg,
+    task = (TaskConfig.load(config) if config else TaskConfig()).updated(
+        data={"alpha": alpha},
+        federation={
+            "devices": devices,
+            "rounds": rounds,
+            "strategy": strategy.value if strategy else None,
+            "seed": seed,
+            "secagg": secagg,
+            "clip_range": clip_range,
+        },
+        privacy={"epsilon_cap": epsilon_cap, "noise_multiplier": noise_multiplier, "delta": delta},
+        market={"enabled": market},
     )
-    if secagg and devices < MIN_COHORT:
-        raise InvalidInput(
-            f"secure aggregation needs at least {MIN_COHORT} devices, got --devices {devices}; "
-            "add devices or pass --no-secagg"
-        )
-    plan = FederationPlan(
-        rounds=rounds,
-        train=DEFAULT_TRAIN,
-        lr_decay=DEFAULT_LR_DECAY,
-        dp=DpConfig(noise_multiplier=noise_multiplier, max_grad_norm=DEFAULT_MAX_GRAD_NORM),
-        seed=seed,
-        min_devices=MIN_COHORT if secagg else 1,
-        secagg=SecAggConfig(clip_range=clip_range) if secagg else None,
-    )
-    chosen = make_strategy(strategy.value)
-    fleet.split()  # fails here, not mid-run, if the data cannot be partitioned
     if (out / "report.json").exists():
         raise InvalidInput(f"{out} already holds a report; choose another --out")
 
     console = Console(stderr=True)
     started = time.monotonic()
     with Progress(
-        TextColumn("[bold]federated rounds"),
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task("rounds", total=rounds, status="starting devices")
+        bar = progress.add_task(
+            "federated rounds", total=task.federation.rounds, status="starting devices"
+        )
 
         def on_round(r: RoundResult) -> None:
             progress.update(
-                task,
+                bar,
                 advance=1,
                 status=r.error
                 or f"accuracy {r.accuracy:.3f}, {len(r.trained)} trained, "
                 f"{len(r.declined)} declined, {len(r.dropped)} dropped",
             )
 
-        result = run_federation(fleet, plan, chosen, on_round=on_round, verbose=verbose)
-    config = {
-        "devices": devices,
-        "rounds": rounds,
-        "epsilon_cap": epsilon_cap,
-        "noise_multiplier": noise_multiplier,
-        "strategy": strategy.value,
-        "seed": seed,
-        "alpha": alpha,
-        "delta": delta,
-        "model": plan.model,
-        "train": asdict(plan.train),
-        "max_grad_norm": plan.dp.max_grad_norm,
-        "lr_decay": plan.lr_decay,
-        "secagg": asdict(plan.secagg) if plan.secagg else None,
-    }
-    report = build_report(result, fleet, config=config, seconds=time.monotonic() - started)
+        def on_step(text: str) -> None:
+            progress.console.print(f"[cyan]•[/] {text}")
+
+        outcome = run_demo(task, out, on_round=on_round, on_step=on_step, verbose=verbose)
+    report = build_report(
+        outcome.result,
+        outcome.fleet,
+        config=task.model_dump(mode="json"),
+        seconds=time.monotonic() - started,
+    )
+    if outcome.market is not None:
+        report.update(outcome.market)
     write_json(out / "report.json", report)
     plots = plot_report(report, out)
 
@@ -152,20 +138,24 @@ def demo(
         typer.echo(json.dumps(report, indent=2))
         return
     console.print(_rounds_table(report))
+    console.print(_devices_table(report))
+    if outcome.market is not None:
+        console.print(_market_summary(report))
+    cap = task.privacy.epsilon_cap
     console.print(
         f"final accuracy [bold]{report['final_accuracy']:.3f}[/]; every device's epsilon "
-        f"<= cap {epsilon_cap:g} (delta={delta:g}): "
+        f"<= cap {cap:g} (delta={task.privacy.delta:g}): "
         f"{all(d['epsilon'] <= d['epsilon_cap'] for d in report['devices'])}"
     )
     console.print(f"report: {out / 'report.json'}; plots: {', '.join(str(p) for p in plots)}")
 
 
-def _rounds_table(report: dict[str, object]) -> Table:
+def _rounds_table(report: dict[str, Any]) -> Table:
     table = Table(title="Rounds")
     columns = ("round", "accuracy", "loss", "trained", "declined", "dropped", "clipped")
     for column in (*columns, "eps max", "eps median"):
         table.add_column(column, justify="right")
-    for r in report["rounds"]:  # type: ignore[attr-defined]  # list of dicts by construction
+    for r in report["rounds"]:
         clipped = r["clip_fraction"]
         table.add_row(
             str(r["round"]),
@@ -178,4 +168,46 @@ def _rounds_table(report: dict[str, object]) -> Table:
             f"{r['epsilon_max']:.2f}",
             f"{r['epsilon_median']:.2f}",
         )
+    return table
+
+
+def _devices_table(report: dict[str, Any]) -> Table:
+    rewards = {r["device"]: r for r in report.get("rewards", [])}
+    table = Table(title="Devices")
+    for column in ("device", "rounds contributed", "reward (tokens)", "claimed", "epsilon", "cap"):
+        table.add_column(column, justify="right")
+    for d in report["devices"]:
+        paid = rewards.get(d["device"])
+        table.add_row(
+            d["device"],
+            str(d["rounds_trained"]),
+            paid["earned"] if paid else "-",
+            paid["claimed"] if paid else "-",
+            f"{d['epsilon']:.3f}",
+            f"{d['epsilon_cap']:g}",
+        )
+    return table
+
+
+def _market_summary(report: dict[str, Any]) -> Table:
+    escrow, sale, chain = report["escrow"], report["purchase"], report["chain"]
+    table = Table(title="Market", show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    rows = [
+        ("task", str(report["task"]["id"])),
+        ("rounds committed on chain", str(chain["rounds_committed"])),
+        ("commit gas per paid update", f"{chain['gas_per_update']:,.0f}"),
+        ("escrow budget (tokens)", escrow["budget"]),
+        ("paid to devices as rewards", escrow["committed"]),
+        ("refunded to the sponsor at close", escrow["refunded"]),
+        (f"sale of listing {sale['listing']} (price)", sale["price"]),
+        ("  to the seller", sale["seller_share"]),
+        ("  to the task's reward pool", sale["contributors_share"]),
+        ("buyer's accuracy of the decrypted model", f"{sale['decrypted_accuracy']:.3f}"),
+        ("lineage verified", str(sale["verified"])),
+        ("model CID", report["model_cid"]),
+    ]
+    for row in rows:
+        table.add_row(*row)
     return table

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from fedmarket.cli import chain, crypto, keys, store
+from fedmarket.cli import chain, crypto, device, keys, market, server, store
 from fedmarket.cli.demo import demo
 from fedmarket.cli.verify import verify
 from fedmarket.exceptions import FedmarketError
@@ -27,6 +27,9 @@ def _root() -> None:
 
 app.command(name="demo")(demo)
 app.command(name="verify")(verify)
+app.add_typer(device.app, name="device")
+app.add_typer(server.app, name="server")
+app.add_typer(market.app, name="market")
 app.add_typer(store.app, name="store")
 app.add_typer(crypto.app, name="crypto")
 app.add_typer(chain.app, name="chain")

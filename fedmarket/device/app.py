@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 
 from eth_account.signers.local import LocalAccount
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from fedmarket.device.profile import DeviceProfile, DeviceResolver
 from fedmarket.exceptions import InvalidInput, PrivacyBudgetExceeded
@@ -21,8 +23,12 @@ from fedmarket.secagg.mod import make_secagg_mod
 log = logging.getLogger(__name__)
 
 
-def make_client_app(resolve: DeviceResolver, *, require_secagg: bool = True) -> ClientApp:
+def make_client_app(
+    resolve: DeviceResolver, *, require_secagg: bool = True, mods: Sequence[Mod] = ()
+) -> ClientApp:
     """A ClientApp whose train handler runs on the device ``resolve`` finds for the node.
+
+    ``mods`` wrap everything else (outermost first): policies or fault injection.
 
     Updates leave the device masked under SecAgg+ when the server runs it; with
     ``require_secagg`` (the default) the device refuses rounds that do not. A device with a
@@ -32,7 +38,7 @@ def make_client_app(resolve: DeviceResolver, *, require_secagg: bool = True) -> 
     def payout_key(context: Context) -> LocalAccount | None:
         return resolve(context).account
 
-    app = ClientApp(mods=[make_secagg_mod(required=require_secagg, signer=payout_key)])
+    app = ClientApp(mods=[*mods, make_secagg_mod(required=require_secagg, signer=payout_key)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

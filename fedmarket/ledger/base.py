@@ -153,6 +153,14 @@ class Ledger(ABC):
     def receipt_signer(self, receipt: Receipt, signature: bytes) -> Address: ...
 
     @abstractmethod
+    def task_ids(self) -> list[TaskId]:
+        """Every task ever created on this market, oldest first."""
+
+    @abstractmethod
+    def listing_ids(self) -> list[ListingId]:
+        """Every listing ever published on this market, oldest first."""
+
+    @abstractmethod
     def round_commits(self, task: TaskId | None = None) -> list[RoundCommit]:
         """Every committed round (of ``task``), oldest first, from the chain's events."""
 

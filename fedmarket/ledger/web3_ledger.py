@@ -411,6 +411,16 @@ class Web3Ledger(Ledger):
             ).call()
         return Address(signer)
 
+    def task_ids(self) -> list[TaskId]:
+        with self._rpc("taskCount"):
+            count = int(self._c.market.functions.taskCount().call())
+        return [TaskId(t) for t in range(1, count + 1)]
+
+    def listing_ids(self) -> list[ListingId]:
+        with self._rpc("listingCount"):
+            count = int(self._c.market.functions.listingCount().call())
+        return [ListingId(n) for n in range(1, count + 1)]
+
     def round_commits(self, task: TaskId | None = None) -> list[RoundCommit]:
         event = self._c.market.events.RoundCommitted
         filters = {"task": task} if task is not None else None

@@ -38,6 +38,9 @@ class Lineage:
     model_cid: str
     rounds: tuple[VerifiedRound, ...]
     devices: tuple[str, ...]  # every device paid along the way
+    rewards: dict[str, int]  # cumulative reward per device at the last verified round
+    epsilon: dict[str, float]  # each paid device's epsilon as its latest receipt states it
+    delta: float | None  # the receipts' delta (None when nobody was paid)
 
 
 def verify_lineage(
@@ -49,10 +52,39 @@ def verify_lineage(
     commits = [c for c in every if c.model_cid == wanted]
     if not commits:
         raise LineageBroken(f"no round on this market committed model {wanted}")
-    task, last = commits[0].task, commits[0].round
+    task = commits[0].task
+    # A round that trained nobody keeps the model, so several rounds may commit it: take the last.
+    last = max(c.round for c in commits if c.task == task)
     history = [c for c in every if c.task == task and c.round <= last]
+    return _verify(ledger, store, task, wanted, history, chain_id=chain_id, market=market)
+
+
+def verify_task(
+    ledger: Ledger, store: ContentStore, task: TaskId, *, chain_id: int, market: str
+) -> Lineage:
+    """Verify every committed round of ``task``: what a device checks before it claims."""
+    history = ledger.round_commits(task)
+    if not history:
+        raise LineageBroken(f"task {task} has no committed round yet")
+    return _verify(
+        ledger, store, task, history[-1].model_cid, history, chain_id=chain_id, market=market
+    )
+
+
+def _verify(
+    ledger: Ledger,
+    store: ContentStore,
+    task: TaskId,
+    wanted: str,
+    history: list[RoundCommit],
+    *,
+    chain_id: int,
+    market: str,
+) -> Lineage:
     reward = ledger.task(task).reward_per_update
     cumulative: dict[str, int] = {}
+    epsilon: dict[str, float] = {}
+    deltas: set[float] = set()
     verified: list[VerifiedRound] = []
     previous_model: str | None = None
     for commit in history:
@@ -80,6 +112,8 @@ def verify_lineage(
                     f"round {commit.round - 1}'s model {previous_model}"
                 )
             cumulative[receipt.device] = cumulative.get(receipt.device, 0) + reward
+            epsilon[receipt.device] = receipt.epsilon_micros / 1e6
+            deltas.add(receipt.delta_e18 / 1e18)
         _check_rewards(cumulative, commit, where)
         _check_stored(store, commit.model_cid, f"{where}: model")
         verified.append(
@@ -92,7 +126,15 @@ def verify_lineage(
             )
         )
         previous_model = commit.model_cid
-    return Lineage(task, wanted, tuple(verified), tuple(sorted(cumulative)))
+    return Lineage(
+        task,
+        wanted,
+        tuple(verified),
+        tuple(sorted(cumulative)),
+        cumulative,
+        epsilon,
+        max(deltas) if deltas else None,  # the weakest guarantee, should devices differ
+    )
 
 
 def _bundle(store: ContentStore, commit: RoundCommit, where: str) -> ReceiptsBundle:

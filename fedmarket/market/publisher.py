@@ -9,18 +9,21 @@ Crash safety: the commit it is about to send is written to the state file (atomi
 is sent, and the round counts as done only after the chain has it. A publisher opened on a state
 file with a pending commit re-sends that same commit first; ``commit_round`` sends nothing when
 the chain already holds it. So a server killed at any point resumes without committing a round
-twice or crediting an update twice.
+twice or crediting an update twice. While the chain's RPC endpoint is unreachable the publisher
+retries with exponential backoff (up to ``retry_for`` seconds) instead of giving the round up.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from fedmarket.exceptions import DataError, InvalidInput, ReceiptInvalid
+from fedmarket.exceptions import ChainUnavailable, DataError, InvalidInput, ReceiptInvalid
 from fedmarket.files import atomic_write
 from fedmarket.ledger.base import Ledger
 from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt, canonical_json
@@ -30,6 +33,8 @@ from fedmarket.store.base import ContentStore
 from fedmarket.types import TaskId
 
 _STATE_VERSION = 1
+_T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class PublishedRound:
 
 
 @dataclass
-class _State:
+class PublisherState:
     task: int
     chain_id: int
     market: str
@@ -67,17 +72,21 @@ class RoundPublisher:
         chain_id: int,
         market: str,
         state_path: Path,
+        retry_for: float = 300.0,
     ) -> None:
+        if retry_for < 0:
+            raise InvalidInput(f"retry_for must be >= 0 seconds, got {retry_for}")
         self.store = store
         self.ledger = ledger
         self.state_path = state_path
-        on_chain = ledger.task(task)
+        self.retry_for = retry_for
+        on_chain = self._retrying("read the task", lambda: ledger.task(task))
         if on_chain.aggregator != ledger.address:
             raise InvalidInput(
                 f"task {task}'s aggregator is {on_chain.aggregator}, not this key "
                 f"{ledger.address}; publish with the aggregator's key"
             )
-        self._state = self._load() or _State(
+        self._state = self.read_state(state_path) or PublisherState(
             task=task,
             chain_id=chain_id,
             market=market,
@@ -135,7 +144,9 @@ class RoundPublisher:
             cumulative[device] = cumulative.get(device, 0) + self._state.reward_per_update
         tree = RewardTree.build(cumulative) if cumulative else None
         total = tree.total if tree else 0
-        escrow = self.ledger.task(TaskId(self._state.task)).escrow
+        escrow = self._retrying(
+            "read the task's escrow", lambda: self.ledger.task(TaskId(self._state.task))
+        ).escrow
         if total > escrow:
             raise InvalidInput(
                 f"task {self._state.task}: paying round {round} would bring rewards to {total}, "
@@ -159,7 +170,8 @@ class RoundPublisher:
                     "paid": sorted(s.receipt.device for s in paid),
                     "rejected": rejected,
                     "rewards_root": root.hex(),
-                    "cumulative_total": total,
+                    # Decimal text: token amounts exceed canonical JSON's 2**53 integer range.
+                    "cumulative_total": str(total),
                 }
             )
         )
@@ -216,18 +228,35 @@ class RoundPublisher:
         pending = self._state.pending
         assert pending is not None  # callers check
         published = PublishedRound(**{**pending["round"], "paid": tuple(pending["round"]["paid"])})
-        self.ledger.commit_round(
-            TaskId(self._state.task),
-            published.round,
-            model_cid=published.model_cid,
-            bundle_cid=published.bundle_cid,
-            rewards_root=bytes.fromhex(published.rewards_root),
-            cumulative_total=published.cumulative_total,
+        self._retrying(
+            f"commit round {published.round}",
+            lambda: self.ledger.commit_round(  # idempotent: a retry never commits twice
+                TaskId(self._state.task),
+                published.round,
+                model_cid=published.model_cid,
+                bundle_cid=published.bundle_cid,
+                rewards_root=bytes.fromhex(published.rewards_root),
+                cumulative_total=published.cumulative_total,
+            ),
         )
         self._state.rounds.append(published)
         self._state.cumulative = dict(pending["cumulative"])
         self._state.pending = None
         self._save()
+
+    def _retrying(self, what: str, call: Callable[[], _T]) -> _T:
+        """``call()``, retried with exponential backoff while the chain is unreachable."""
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.5
+        while True:
+            try:
+                return call()
+            except ChainUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("could not %s (%s); retrying in %.1f s", what, exc, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 30.0)
 
     # -- state file ----------------------------------------------------------------------------
 
@@ -237,14 +266,16 @@ class RoundPublisher:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.state_path, lambda out: out.write(text))
 
-    def _load(self) -> _State | None:
+    @staticmethod
+    def read_state(path: Path) -> PublisherState | None:
+        """A publisher's state file (None if there is none yet), without touching the chain."""
         try:
-            document = json.loads(self.state_path.read_text())
+            document = json.loads(path.read_text())
         except FileNotFoundError:
             return None
         except ValueError as exc:
-            raise DataError(f"{self.state_path} is not a publisher state file ({exc})") from None
+            raise DataError(f"{path} is not a publisher state file ({exc})") from None
         if document.pop("version", None) != _STATE_VERSION:
-            raise DataError(f"{self.state_path} has an unknown state version")
+            raise DataError(f"{path} has an unknown state version")
         rounds = [PublishedRound(**{**r, "paid": tuple(r["paid"])}) for r in document.pop("rounds")]
-        return _State(**document, rounds=rounds)
+        return PublisherState(**document, rounds=rounds)

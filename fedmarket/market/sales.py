@@ -14,6 +14,7 @@ plaintext has the model CID the metadata names (whose lineage ``fedmarket verify
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from fedmarket.crypto.sealed import open_sealed_key, seal_key
 from fedmarket.exceptions import DataError, InvalidInput, TransactionFailed
 from fedmarket.ledger.base import Ledger, PurchaseState
 from fedmarket.market.bundle import canonical_json
+from fedmarket.market.lineage import Lineage
 from fedmarket.store.base import ContentStore
 from fedmarket.store.cid import canonical
 from fedmarket.store.unixfs import cid_of_bytes
@@ -111,29 +113,71 @@ def buy_model(
     progress: Callable[[float], None] | None = None,
 ) -> Bought:
     """Buy ``listing`` and return the decrypted, checked model."""
+    purchase = pay_for(ledger, listing, identity, max_price=max_price)
+    return receive(ledger, store, purchase, identity, timeout=timeout, poll=poll, progress=progress)
+
+
+def pay_for(
+    ledger: Ledger, listing: ListingId, identity: Identity, *, max_price: int | None = None
+) -> PurchaseId:
+    """Pay for ``listing`` in one transaction, after checking everything that can be checked."""
     offer = ledger.listing(listing)  # unknown listing: a clear error before paying
     if not offer.active:
         raise InvalidInput(f"listing {listing} is withdrawn; it cannot be bought")
-    price = offer.price if max_price is None else max_price
+    if max_price is not None and offer.price > max_price:
+        raise InvalidInput(
+            f"listing {listing} costs {offer.price}, above your maximum {max_price} "
+            "(nothing was sent)"
+        )
     balance = ledger.balance(ledger.address)
     if balance < offer.price:
         raise InvalidInput(
             f"listing {listing} costs {offer.price} but {ledger.address} holds {balance}; "
             "top up the account first (nothing was sent)"
         )
-    purchase = ledger.buy(listing, buyer_key=identity.public_key, max_price=price)
+    return ledger.buy(listing, buyer_key=identity.public_key, max_price=offer.price)
+
+
+def receive(
+    ledger: Ledger,
+    store: ContentStore,
+    purchase: PurchaseId,
+    identity: Identity,
+    *,
+    timeout: float = 120.0,
+    poll: float = 1.0,
+    progress: Callable[[float], None] | None = None,
+) -> Bought:
+    """Wait for ``purchase``'s sealed key, check it, fetch and decrypt the model, check its CID."""
+    record = ledger.purchase(purchase)
+    offer = ledger.listing(record.listing)
     sealed = _wait_for_key(ledger, purchase, timeout, poll, progress)
     key = open_sealed_key(sealed, identity)
     key.check_commitment(offer.key_commitment)
     model = decrypt_bytes(store.get_bytes(offer.asset_cid), key)
-    metadata = _metadata(store, listing, ledger)
+    metadata = listing_metadata(store, ledger, record.listing)
     model_cid = canonical(cid_of_bytes(model).to_cid())
     if metadata.get("model_cid") != model_cid:
         raise DataError(
-            f"listing {listing}: the decrypted model is {model_cid}, but its metadata names "
-            f"{metadata.get('model_cid')}; the seller listed something else"
+            f"listing {record.listing}: the decrypted model is {model_cid}, but its metadata "
+            f"names {metadata.get('model_cid')}; the seller listed something else"
         )
-    return Bought(listing, purchase, offer.price, model, model_cid, metadata)
+    return Bought(record.listing, purchase, record.price, model, model_cid, metadata)
+
+
+def model_metadata(lineage: Lineage, **declared: Any) -> dict[str, Any]:
+    """A listing's metadata from a verified lineage, plus what the seller declares."""
+    epsilons = sorted(lineage.epsilon.values())
+    facts: dict[str, Any] = {
+        "task": lineage.task,
+        "rounds": len(lineage.rounds),
+        "devices": len(lineage.devices),
+        "epsilon_max": epsilons[-1] if epsilons else None,
+        "epsilon_median": statistics.median(epsilons) if epsilons else None,
+        "delta": lineage.delta,
+        "format": "safetensors",
+    }
+    return {**facts, **{k: v for k, v in declared.items() if v is not None}}
 
 
 def _wait_for_key(
@@ -159,7 +203,8 @@ def _wait_for_key(
     return sealed
 
 
-def _metadata(store: ContentStore, listing: ListingId, ledger: Ledger) -> dict[str, Any]:
+def listing_metadata(store: ContentStore, ledger: Ledger, listing: ListingId) -> dict[str, Any]:
+    """The metadata document a listing was published with."""
     cid = ledger.listing_metadata_cid(listing)
     try:
         document = json.loads(store.get_bytes(cid))

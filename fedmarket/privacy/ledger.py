@@ -77,6 +77,28 @@ class PrivacyLedger:
         self.path = home / "privacy" / device / f"{dataset}.json"
         self._entries = self._read()
 
+    @classmethod
+    def open(cls, path: Path) -> PrivacyLedger:
+        """An existing ledger file with the owner's settings it was last written with."""
+        try:
+            raw = json.loads(path.read_text())
+            home = path.parents[2]
+            return cls(
+                home,
+                device=DeviceId(raw["device"]),
+                dataset=DatasetId(raw["dataset"]),
+                epsilon_cap=float(raw["epsilon_cap"]),
+                delta=float(raw["delta"]),
+                accountant=raw["accountant"],
+            )
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise LedgerCorrupted(f"{path}: unreadable privacy ledger ({exc})") from None
+
+    @staticmethod
+    def find(home: Path, device: str | None = None) -> list[Path]:
+        """Ledger files under ``home`` (of one device, or of every device)."""
+        return sorted((home / "privacy").glob(f"{device or '*'}/*.json"))
+
     @property
     def entries(self) -> tuple[LedgerEntry, ...]:
         return tuple(self._entries)
@@ -166,6 +188,10 @@ class PrivacyLedger:
             "version": FORMAT_VERSION,
             "device": self.device,
             "dataset": self.dataset,
+            # The owner's settings when last written, so `fedmarket device status` can show them.
+            "epsilon_cap": self.epsilon_cap,
+            "delta": self.delta,
+            "accountant": self.accountant,
             "entries": [
                 {
                     "round": e.round_label,

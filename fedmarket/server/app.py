@@ -23,13 +23,16 @@ def make_server_app(
     on_round: RoundObserver | None = None,
     on_model: ModelObserver | None = None,
     on_done: Callable[[FederationResult], None] | None = None,
+    first_round: int = 1,
 ) -> ServerApp:
     """A ServerApp that runs ``plan`` and hands the result to ``on_done``."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        result = run_rounds(grid, plan, strategy, initial, evaluate, on_round, on_model)
+        result = run_rounds(
+            grid, plan, strategy, initial, evaluate, on_round, on_model, first_round=first_round
+        )
         if on_done is not None:
             on_done(result)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from fedmarket.config import TaskConfig
 from fedmarket.exceptions import InvalidInput
 from fedmarket.market.terms import MarketTerms
 from fedmarket.models.registry import ModelName
@@ -53,6 +54,24 @@ class FederationPlan:
             raise InvalidInput(
                 f"secure aggregation needs min_devices >= {MIN_COHORT}, got {self.min_devices}"
             )
+
+    @classmethod
+    def from_config(
+        cls, config: TaskConfig, *, market: MarketTerms | None = None
+    ) -> FederationPlan:
+        """The server's plan for a task config (``market``: paid rounds of that task)."""
+        secagg = config.secagg_config()
+        return cls(
+            rounds=config.federation.rounds,
+            model=config.federation.model,
+            train=config.train_config(),
+            dp=config.dp_config(),
+            lr_decay=config.federation.lr_decay,
+            seed=config.federation.seed,
+            min_devices=MIN_COHORT if secagg else 1,
+            secagg=secagg,
+            market=market,
+        )
 
     def train_for(self, server_round: int) -> TrainConfig:
         """The training config of round ``server_round`` (1-based), learning rate decayed."""

@@ -40,13 +40,20 @@ def run_rounds(
     evaluate: Evaluator,
     on_round: RoundObserver | None = None,
     on_model: ModelObserver | None = None,
+    *,
+    first_round: int = 1,
 ) -> FederationResult:
-    """Run ``plan.rounds`` rounds; the global model moves only when some device trained."""
-    rng = random.Random(plan.seed)
+    """Run rounds ``first_round`` .. ``plan.rounds`` from ``initial``; the global model moves
+    only when some device trained. A resumed federation passes the last committed model and the
+    round after it."""
+    if not 1 <= first_round <= plan.rounds + 1:
+        raise InvalidInput(f"first_round must be in 1..{plan.rounds + 1}, got {first_round}")
+    # A resumed run draws fresh cohorts and rings rather than replaying round 1's.
+    rng = random.Random(plan.seed if first_round == 1 else f"{plan.seed}/{first_round}")
     weights = initial
     start = evaluate(weights)
     result = FederationResult(initial_accuracy=start.accuracy, initial_loss=start.loss)
-    for server_round in range(1, plan.rounds + 1):
+    for server_round in range(first_round, plan.rounds + 1):
         began = time.monotonic()
         cohort = _sample(grid, plan, rng)
         content = _train_content(plan, strategy, weights, server_round)

@@ -1,0 +1,479 @@
+"""``fedmarket market``: tasks, rewards and encrypted model sales, for sponsors, sellers, buyers.
+
+Amounts are in whole tokens (decimal text, 18 decimals). Every command checks what it can
+before it signs (existence, balances, prices, CIDs), so a bad request sends no transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from eth_utils.address import is_address, to_checksum_address
+from rich.console import Console
+from rich.table import Table
+
+from fedmarket.cli.connect import (
+    ApiOption,
+    BackendOption,
+    JsonOption,
+    KeyOption,
+    Market,
+    RpcOption,
+    connect,
+    emit,
+)
+from fedmarket.cli.store import Backend, open_store
+from fedmarket.config import fedmarket_home
+from fedmarket.crypto import Identity
+from fedmarket.exceptions import InvalidInput, LineageBroken
+from fedmarket.files import atomic_write
+from fedmarket.ledger.base import PurchaseState
+from fedmarket.market.amounts import to_base_units, to_tokens
+from fedmarket.market.bundle import canonical_json
+from fedmarket.market.claims import claim_all, rewards_of
+from fedmarket.market.lineage import verify_lineage
+from fedmarket.market.sales import (
+    Bought,
+    Keyring,
+    list_model,
+    listing_metadata,
+    model_metadata,
+    pay_for,
+    receive,
+    serve,
+)
+from fedmarket.store import ContentStore, canonical, parse_cid
+from fedmarket.types import ListingId, PurchaseId, TaskId
+
+app = typer.Typer(
+    help="The data market: tasks, rewards and encrypted model sales.", no_args_is_help=True
+)
+_console = Console(stderr=True)
+
+
+def market_folder(market: Market, role: str) -> Path:
+    """Per-market local state (seller keyring, buyer identities) under $FEDMARKET_HOME."""
+    return fedmarket_home() / "market" / f"{market.chain_id}-{market.address}" / role
+
+
+def keyring(market: Market) -> Keyring:
+    return Keyring(market_folder(market, "seller-keys"))
+
+
+def _address(text: str, what: str) -> str:
+    if not is_address(text):
+        raise InvalidInput(f"{what} {text!r} is not an Ethereum address (0x and 40 hex digits)")
+    return to_checksum_address(text)
+
+
+# -- tasks and rewards -----------------------------------------------------------------------------
+
+
+@app.command()
+def tasks(rpc_url: RpcOption = None, as_json: JsonOption = False) -> None:
+    """Every task: sponsor, aggregator, reward per update, escrow, committed rewards, rounds."""
+    ledger = connect(rpc_url, None).ledger
+    rows = []
+    for task in ledger.task_ids():
+        t = ledger.task(task)
+        rows.append(
+            {
+                "task": task,
+                "sponsor": t.sponsor,
+                "aggregator": t.aggregator,
+                "reward_per_update": to_tokens(t.reward_per_update),
+                "escrow": to_tokens(t.escrow),
+                "committed": to_tokens(t.committed),
+                "rounds": t.last_round,
+                "closed": t.closed,
+            }
+        )
+    if as_json:
+        emit(rows, True, "")
+        return
+    _table("Tasks", rows)
+
+
+@app.command("create-task")
+def create_task(
+    key: KeyOption,
+    aggregator: Annotated[str, typer.Option(help="Address of the task's aggregator.")],
+    reward: Annotated[str, typer.Option(help="Tokens paid per contributed update.")],
+    budget: Annotated[str, typer.Option(help="Tokens escrowed for rewards now.")],
+    spec: Annotated[
+        Path | None, typer.Option(help="Task description to store by CID (e.g. its TOML).")
+    ] = None,
+    rpc_url: RpcOption = None,
+    backend: BackendOption = Backend.local,
+    ipfs_api: ApiOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Open a task and escrow its budget with a permit, in one transaction."""
+    aggregator = _address(aggregator, "--aggregator")
+    reward_units = to_base_units(reward, what="--reward")
+    budget_units = to_base_units(budget, what="--budget")
+    if reward_units == 0 or budget_units < reward_units:
+        raise InvalidInput("--reward must be > 0 and --budget must cover at least one update")
+    if spec is not None and not spec.is_file():
+        raise InvalidInput(f"--spec {spec} is not a file")
+    market = connect(rpc_url, key)
+    ledger = market.ledger
+    held = ledger.balance(ledger.address)
+    if held < budget_units:
+        raise InvalidInput(
+            f"{ledger.address} holds {to_tokens(held)} tokens, less than the budget "
+            f"{to_tokens(budget_units)}; top up first (nothing was sent)"
+        )
+    store = open_store(backend, ipfs_api, 30.0)
+    spec_cid = (
+        store.put_file(spec)
+        if spec is not None
+        else store.put_bytes(canonical_json({"reward_per_update": reward, "budget": budget}))
+    )
+    task = ledger.create_task(
+        aggregator=aggregator,
+        reward_per_update=reward_units,
+        budget=budget_units,
+        spec_cid=spec_cid,
+    )
+    emit({"task": task, "spec_cid": spec_cid}, as_json, f"task {task} (spec {spec_cid})")
+
+
+@app.command()
+def claim(
+    key: KeyOption,
+    task: Annotated[int | None, typer.Option(help="Only this task (default: every task).")] = None,
+    rpc_url: RpcOption = None,
+    backend: BackendOption = Backend.local,
+    ipfs_api: ApiOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Claim every reward due to this key: one transaction per task, for all its rounds."""
+    claim_rewards(key, task, rpc_url, backend, ipfs_api, as_json)
+
+
+def claim_rewards(
+    key: str,
+    task: int | None,
+    rpc_url: str | None,
+    backend: Backend,
+    ipfs_api: str | None,
+    as_json: bool,
+) -> None:
+    """Rebuild this key's rewards from chain and store (verified), then claim what is due."""
+    market = connect(rpc_url, key)
+    rewards = rewards_of(
+        market.ledger,
+        open_store(backend, ipfs_api, 30.0),
+        market.ledger.address,
+        chain_id=market.chain_id,
+        market=market.address,
+        tasks=None if task is None else [TaskId(task)],
+    )
+    paid = claim_all(market.ledger, rewards)
+    payload = {
+        "account": market.ledger.address,
+        "claimed": {str(t): to_tokens(amount) for t, amount in paid.items()},
+        "total": to_tokens(sum(paid.values())),
+    }
+    text = (
+        "\n".join(f"task {t}: claimed {to_tokens(a)} tokens" for t, a in paid.items())
+        if paid
+        else f"nothing to claim for {market.ledger.address}"
+    )
+    emit(payload, as_json, text)
+
+
+@app.command()
+def balance(
+    key: Annotated[str | None, typer.Option(help="Key name or dev:N.")] = None,
+    address: Annotated[str | None, typer.Option(help="Any address (instead of --key).")] = None,
+    rpc_url: RpcOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Token balance and proceeds waiting to be withdrawn."""
+    if (key is None) == (address is None):
+        raise InvalidInput("give exactly one of --key and --address")
+    market = connect(rpc_url, key)
+    account = _address(address, "--address") if address else market.ledger.address
+    payload = {
+        "address": account,
+        "tokens": to_tokens(market.ledger.balance(account)),
+        "withdrawable": to_tokens(market.ledger.owed(account)),
+    }
+    emit(
+        payload,
+        as_json,
+        f"{account}: {payload['tokens']} tokens, {payload['withdrawable']} to withdraw",
+    )
+
+
+@app.command()
+def withdraw(key: KeyOption, rpc_url: RpcOption = None, as_json: JsonOption = False) -> None:
+    """Withdraw sale proceeds owed to this key."""
+    ledger = connect(rpc_url, key).ledger
+    if ledger.owed(ledger.address) == 0:
+        raise InvalidInput(f"nothing to withdraw for {ledger.address} (nothing was sent)")
+    amount = ledger.withdraw()
+    emit({"withdrawn": to_tokens(amount)}, as_json, f"withdrew {to_tokens(amount)} tokens")
+
+
+# -- sales -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def listings(
+    rpc_url: RpcOption = None,
+    backend: BackendOption = Backend.local,
+    ipfs_api: ApiOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every active listing: price, epsilon max/median, delta, devices, rounds, accuracy."""
+    ledger = connect(rpc_url, None).ledger
+    store = open_store(backend, ipfs_api, 30.0)
+    rows = []
+    for listing in ledger.listing_ids():
+        offer = ledger.listing(listing)
+        if not offer.active:
+            continue
+        meta = listing_metadata(store, ledger, listing)
+        rows.append(
+            {
+                "listing": listing,
+                "seller": offer.seller,
+                "task": offer.task,
+                "price": to_tokens(offer.price),
+                "epsilon_max": meta.get("epsilon_max"),
+                "epsilon_median": meta.get("epsilon_median"),
+                "delta": meta.get("delta"),
+                "devices": meta.get("devices"),
+                "rounds": meta.get("rounds"),
+                "accuracy": meta.get("accuracy"),
+                "model_cid": meta.get("model_cid"),
+            }
+        )
+    if as_json:
+        emit(rows, True, "")
+        return
+    _table("Listings", rows, skip=("seller", "model_cid"))
+
+
+@app.command(name="list")
+def list_command(
+    model_cid: Annotated[str, typer.Argument(help="CID of a committed model in the store.")],
+    key: KeyOption,
+    price: Annotated[str, typer.Option(help="Price in tokens.")],
+    contributors_share: Annotated[
+        float, typer.Option(help="Share of each sale paid into the task's reward pool (0..1).")
+    ] = 0.2,
+    accuracy: Annotated[
+        float | None, typer.Option(help="Accuracy you declare for the model (shown to buyers).")
+    ] = None,
+    rpc_url: RpcOption = None,
+    backend: BackendOption = Backend.local,
+    ipfs_api: ApiOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Encrypt a committed model with a fresh key, store it, and list it with its lineage."""
+    cid = canonical(parse_cid(model_cid))
+    price_units = to_base_units(price, what="--price")
+    if price_units == 0:
+        raise InvalidInput("--price must be > 0")
+    if not 0 <= contributors_share <= 1:
+        raise InvalidInput(f"--contributors-share must be in 0..1, got {contributors_share}")
+    market = connect(rpc_url, key)
+    store = open_store(backend, ipfs_api, 30.0)
+    lineage = verify_lineage(
+        market.ledger, store, cid, chain_id=market.chain_id, market=market.address
+    )
+    listing = list_model(
+        market.ledger,
+        store,
+        keyring(market),
+        task=lineage.task,
+        model=store.get_bytes(cid),
+        price=price_units,
+        metadata=model_metadata(lineage, accuracy=accuracy),
+        contributors_bps=round(contributors_share * 10_000),
+    )
+    emit({"listing": listing, "model_cid": cid}, as_json, f"listing {listing}: {cid}")
+
+
+@app.command(name="serve")
+def serve_keys(
+    key: KeyOption,
+    once: Annotated[bool, typer.Option(help="Deliver what is pending, then exit.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between checks.")] = 2.0,
+    rpc_url: RpcOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Deliver sealed keys for paid purchases of your listings (idempotent; safe to restart)."""
+    if interval <= 0:
+        raise InvalidInput(f"--interval must be > 0 seconds, got {interval}")
+    market = connect(rpc_url, key)
+    ring = keyring(market)
+    while True:
+        for purchase in serve(market.ledger, ring):
+            emit({"delivered": purchase}, as_json, f"delivered the key of purchase {purchase}")
+        if once:
+            return
+        time.sleep(interval)
+
+
+@app.command()
+def buy(
+    listing: Annotated[int, typer.Argument(help="Listing to buy.")],
+    key: KeyOption,
+    out: Annotated[Path, typer.Option(help="Where to write the decrypted model.")],
+    max_price: Annotated[
+        str | None, typer.Option(help="Refuse to pay more than this many tokens.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the seller's key.")] = 120.0,
+    rpc_url: RpcOption = None,
+    backend: BackendOption = Backend.local,
+    ipfs_api: ApiOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Buy in one transaction, wait for the key, fetch, decrypt, check, verify lineage, write."""
+    if timeout <= 0:
+        raise InvalidInput(f"--timeout must be > 0 seconds, got {timeout}")
+    if out.exists():
+        raise InvalidInput(f"--out {out} exists; choose a new path")
+    cap = None if max_price is None else to_base_units(max_price, what="--max-price")
+    market = connect(rpc_url, key)
+    store = open_store(backend, ipfs_api, 30.0)
+    identity = Identity.generate()
+    purchase = pay_for(market.ledger, ListingId(listing), identity, max_price=cap)
+    # Kept so the purchase can be completed later (`market fetch`) if the key comes late.
+    identity.save(_identity_path(market, purchase))
+    _finish(market, store, purchase, identity, out, timeout, as_json)
+
+
+@app.command()
+def fetch(
+    purchase: Annotated[int, typer.Argument(help="A purchase of yours whose key came late.")],
+    key: KeyOption,
+    out: Annotated[Path, typer.Option(help="Where to write the decrypted model.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the seller's key.")] = 120.0,
+    rpc_url: RpcOption = None,
+    backend: BackendOption = Backend.local,
+    ipfs_api: ApiOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Complete an earlier purchase: wait for its key, then decrypt, check and write."""
+    if out.exists():
+        raise InvalidInput(f"--out {out} exists; choose a new path")
+    market = connect(rpc_url, key)
+    path = _identity_path(market, PurchaseId(purchase))
+    if not path.exists():
+        raise InvalidInput(f"no buyer identity for purchase {purchase} in {path.parent}")
+    store = open_store(backend, ipfs_api, 30.0)
+    _finish(market, store, PurchaseId(purchase), Identity.load(path), out, timeout, as_json)
+
+
+@app.command()
+def refund(
+    purchase: Annotated[int, typer.Argument(help="Your purchase whose key never came.")],
+    key: KeyOption,
+    rpc_url: RpcOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Take your payment back once the seller's delivery deadline has passed without a key."""
+    ledger = connect(rpc_url, key).ledger
+    record = ledger.purchase(PurchaseId(purchase))
+    if record.buyer != ledger.address:
+        raise InvalidInput(f"purchase {purchase} was made by {record.buyer}, not {ledger.address}")
+    if record.state is not PurchaseState.PENDING:
+        raise InvalidInput(f"purchase {purchase} is {record.state.name.lower()}; no refund is due")
+    now = ledger.now()
+    if now <= record.deadline:
+        raise InvalidInput(
+            f"the seller has until unix time {record.deadline} ({record.deadline - now} s from "
+            f"now) to deliver the key of purchase {purchase}; refund after that (nothing was sent)"
+        )
+    amount = ledger.refund(PurchaseId(purchase))
+    emit(
+        {"purchase": purchase, "refunded": to_tokens(amount)},
+        as_json,
+        f"refunded {to_tokens(amount)} tokens",
+    )
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _identity_path(market: Market, purchase: PurchaseId) -> Path:
+    return market_folder(market, "buyer-identities") / f"purchase-{purchase}.id"
+
+
+def _finish(
+    market: Market,
+    store: ContentStore,
+    purchase: PurchaseId,
+    identity: Identity,
+    out: Path,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    with _console.status(f"purchase {purchase}: waiting for the seller's key") as status:
+
+        def progress(waited: float) -> None:
+            status.update(
+                f"purchase {purchase}: waiting for the seller's key ({waited:.0f}/{timeout:g} s)"
+            )
+
+        bought = receive(
+            market.ledger, store, purchase, identity, timeout=timeout, progress=progress
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda handle: handle.write(bought.model))  # paid for: keep it first
+    verified = _lineage(market, store, bought)
+    payload = {
+        "listing": bought.listing,
+        "purchase": purchase,
+        "price": to_tokens(bought.price),
+        "model_cid": bought.model_cid,
+        "out": str(out),
+        "verified": verified,
+        "metadata": bought.metadata,
+    }
+    emit(payload, as_json, f"wrote {out} ({bought.model_cid}); lineage verified: {verified}")
+
+
+def _lineage(market: Market, store: ContentStore, bought: Bought) -> bool:
+    """Verify the bought model's lineage; False when its listing names no task."""
+    if market.ledger.listing(bought.listing).task is None:
+        return False
+    try:
+        verify_lineage(
+            market.ledger, store, bought.model_cid, chain_id=market.chain_id, market=market.address
+        )
+    except LineageBroken as exc:
+        raise LineageBroken(
+            f"the model is written, but its lineage does not verify: {exc}"
+        ) from None
+    return True
+
+
+def _table(title: str, rows: list[dict[str, Any]], skip: tuple[str, ...] = ()) -> None:
+    if not rows:
+        typer.echo(f"no {title.lower()}")
+        return
+    table = Table(title=title)
+    columns = [c for c in rows[0] if c not in skip]
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    for row in rows:
+        table.add_row(*("-" if row[c] is None else _cell(row[c]) for c in columns))
+    Console().print(table)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str) and value.startswith("0x") and len(value) == 42:
+        return value[:8] + "…"
+    return str(value)

@@ -1,0 +1,117 @@
+"""``fedmarket server``: run a task's paid rounds as its aggregator, resumably.
+
+``server run`` drives the task's rounds with simulated devices on this machine (Flower's
+simulation engine), storing and committing every round. Its state lives under
+``$FEDMARKET_HOME/server/<chain>-<market>/task-<id>.json``: run it again after a crash and it
+resumes after the last committed round, never committing a round twice nor paying twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedmarket.cli.connect import (
+    ApiOption,
+    BackendOption,
+    JsonOption,
+    KeyOption,
+    Market,
+    RpcOption,
+    connect,
+    emit,
+)
+from fedmarket.cli.store import Backend, open_store
+from fedmarket.config import TaskConfig, fedmarket_home
+from fedmarket.exceptions import InvalidInput
+from fedmarket.market.amounts import to_tokens
+from fedmarket.market.publisher import RoundPublisher
+from fedmarket.market.terms import MarketTerms
+from fedmarket.server.paid import run_paid_federation
+from fedmarket.server.plan import FederationPlan
+from fedmarket.server.results import RoundResult
+from fedmarket.simulation import SimulatedFleet
+from fedmarket.types import TaskId
+from strategies import make_strategy
+
+app = typer.Typer(
+    help="For aggregator operators: run and inspect a task's rounds.", no_args_is_help=True
+)
+
+TaskOption = Annotated[int, typer.Option(help="The task on the market this server aggregates.")]
+
+
+def state_path(market: Market, task: int) -> Path:
+    return fedmarket_home() / "server" / f"{market.chain_id}-{market.address}" / f"task-{task}.json"
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option(help="Task config (TOML).")],
+    task: TaskOption,
+    key: KeyOption,
+    rpc_url: RpcOption = None,
+    backend: BackendOption = Backend.local,
+    ipfs_api: ApiOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the task's remaining rounds with simulated devices; store and commit each round."""
+    settings = TaskConfig.load(config)
+    if not settings.market.enabled:
+        raise InvalidInput(f"{config}: [market] enabled = false; a server run commits paid rounds")
+    market = connect(rpc_url, key)
+    publisher = RoundPublisher(
+        store=open_store(backend, ipfs_api, 30.0),
+        ledger=market.ledger,
+        task=TaskId(task),
+        chain_id=market.chain_id,
+        market=market.address,
+        state_path=state_path(market, task),
+    )
+    fleet = SimulatedFleet.from_config(settings, fedmarket_home() / "simulated-devices")
+    fleet.split()
+    plan = FederationPlan.from_config(
+        settings, market=MarketTerms(task, market.chain_id, market.address)
+    )
+    if publisher.next_round > 1:
+        typer.echo(f"resuming task {task} at round {publisher.next_round}", err=True)
+
+    def on_round(r: RoundResult) -> None:
+        line = {"round": r.round, "accuracy": r.accuracy, "survivors": len(r.trained)}
+        emit(line, as_json, f"round {r.round}: accuracy {r.accuracy:.3f}, {len(r.trained)} paid")
+
+    result = run_paid_federation(
+        fleet, plan, make_strategy(settings.federation.strategy), publisher, on_round=on_round
+    )
+    if not result.rounds:
+        typer.echo(f"task {task}: all {plan.rounds} rounds are already committed", err=True)
+
+
+@app.command()
+def status(
+    task: TaskOption,
+    rpc_url: RpcOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Rounds this server committed for the task, and what the chain says."""
+    market = connect(rpc_url, None)
+    on_chain = market.ledger.task(TaskId(task))
+    path = state_path(market, task)
+    local = RoundPublisher.read_state(path)
+    payload = {
+        "task": task,
+        "last_round_on_chain": on_chain.last_round,
+        "committed_rewards": to_tokens(on_chain.committed),
+        "escrow": to_tokens(on_chain.escrow),
+        "rounds_here": [r.round for r in local.rounds] if local else [],
+        "pending_commit": bool(local and local.pending),
+        "last_model_cid": local.rounds[-1].model_cid if local and local.rounds else None,
+    }
+    emit(
+        payload,
+        as_json,
+        f"task {task}: round {on_chain.last_round} on chain, "
+        f"{to_tokens(on_chain.committed)} tokens committed; state {path}",
+    )

@@ -1,0 +1,304 @@
+"""The whole story on one machine: chain, store, task, private paid rounds, claims, a sale.
+
+:func:`run_demo` starts a local anvil and a LocalStore under ``out``, deploys the market, lets a
+sponsor open a task, runs the federation under DP + SecAgg+ with every round stored and
+committed, has every device verify its rewards and claim them, lists the final model encrypted,
+and has a buyer buy, decrypt, verify and evaluate it. It returns the report (``report.json``)
+and stops what it started.
+
+Roles are anvil's development accounts (local chain only): 0 is the treasury and the sponsor,
+1 the aggregator and seller, 2 the buyer. Devices' payout keys are simulated from a seed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_utils.address import to_checksum_address
+from web3 import Web3
+
+from fedmarket.config import TaskConfig
+from fedmarket.contracts import load_artifact
+from fedmarket.crypto import Identity
+from fedmarket.ledger import Deployment, Web3Ledger, deploy
+from fedmarket.ledger.chain import LocalChain, dev_accounts, rpc
+from fedmarket.market.amounts import to_tokens
+from fedmarket.market.bundle import canonical_json
+from fedmarket.market.claims import claim_all, rewards_of
+from fedmarket.market.lineage import verify_lineage
+from fedmarket.market.publisher import PublishedRound, RoundPublisher
+from fedmarket.market.sales import Keyring, buy_model, list_model, model_metadata, serve
+from fedmarket.market.terms import MarketTerms
+from fedmarket.models.evaluation import evaluate
+from fedmarket.models.registry import build_model
+from fedmarket.models.weights import set_weights, weights_from_bytes
+from fedmarket.processes import free_port
+from fedmarket.server.paid import run_paid_federation
+from fedmarket.server.plan import FederationPlan
+from fedmarket.server.results import FederationResult
+from fedmarket.server.rounds import RoundObserver
+from fedmarket.simulation import SimulatedFleet, run_federation, simulated_account
+from fedmarket.store import LocalStore
+from strategies import make_strategy
+
+Step = Callable[[str], None]
+_GAS_ETHER = 10**18  # test ether given to each device for its claim (local chain only)
+
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    """The federation's result and, with the market on, what happened on chain and in store."""
+
+    result: FederationResult
+    fleet: SimulatedFleet
+    market: dict[str, Any] | None
+
+
+def run_demo(
+    config: TaskConfig,
+    out: Path,
+    *,
+    on_round: RoundObserver | None = None,
+    on_step: Step | None = None,
+    verbose: bool = False,
+) -> DemoOutcome:
+    """Run the story ``config`` describes, with every file under ``out``."""
+    step = on_step or (lambda _: None)
+    fleet = SimulatedFleet.from_config(config, out / "home")
+    fleet.split()  # fails here, not mid-run, if the data cannot be partitioned
+    strategy = make_strategy(config.federation.strategy)
+    if not config.market.enabled:
+        plan = FederationPlan.from_config(config)
+        result = run_federation(fleet, plan, strategy, on_round=on_round, verbose=verbose)
+        return DemoOutcome(result, fleet, None)
+
+    step("starting a local chain (anvil)")
+    chain = LocalChain(out / "chain", port=free_port())
+    chain.up()
+    try:
+        return _paid_story(config, out, fleet, chain, on_round, step, verbose)
+    finally:
+        chain.down()
+
+
+def _paid_story(
+    config: TaskConfig,
+    out: Path,
+    fleet: SimulatedFleet,
+    chain: LocalChain,
+    on_round: RoundObserver | None,
+    step: Step,
+    verbose: bool,
+) -> DemoOutcome:
+    w3 = Web3(Web3.HTTPProvider(chain.rpc_url, request_kwargs={"timeout": 60}))
+    treasury, aggregator_key, buyer_key = dev_accounts(3)
+    deployment = deploy(w3, treasury)
+    sponsor = Web3Ledger(w3, deployment, treasury)
+    aggregator, buyer = sponsor.as_account(aggregator_key), sponsor.as_account(buyer_key)
+    store = LocalStore(out / "store")
+
+    step("sponsor opens the task and escrows its budget")
+    spec_cid = store.put_bytes(canonical_json(config.model_dump(mode="json", exclude={"base"})))
+    task = sponsor.create_task(
+        aggregator=aggregator.address,
+        reward_per_update=config.reward_per_update,
+        budget=config.budget,
+        spec_cid=spec_cid,
+    )
+    publisher = RoundPublisher(
+        store=store,
+        ledger=aggregator,
+        task=task,
+        chain_id=deployment.chain_id,
+        market=deployment.market,
+        state_path=out / "server" / "publisher.json",
+    )
+    plan = FederationPlan.from_config(
+        config, market=MarketTerms(task, deployment.chain_id, deployment.market)
+    )
+    step(f"{fleet.num_devices} devices train task {task} under DP + SecAgg+")
+    result = run_paid_federation(
+        fleet,
+        plan,
+        make_strategy(config.federation.strategy),
+        publisher,
+        on_round=on_round,
+        verbose=verbose,
+    )
+    rounds = publisher.rounds
+    final_cid = rounds[-1].model_cid
+    names: dict[str, str] = {
+        simulated_account(config.market.payout_seed, i).address: f"device-{i}"
+        for i in range(fleet.num_devices)
+    }
+
+    step("devices verify their rewards from chain and store, then claim")
+    devices = _claim_for_devices(config, fleet, sponsor, store, deployment, chain.rpc_url)
+
+    step("the aggregator lists the final model, encrypted")
+    lineage = verify_lineage(
+        aggregator, store, final_cid, chain_id=deployment.chain_id, market=deployment.market
+    )
+    keyring = Keyring(out / "seller-keys")
+    final_accuracy = result.rounds[-1].accuracy
+    listing = list_model(
+        aggregator,
+        store,
+        keyring,
+        task=task,
+        model=store.get_bytes(final_cid),
+        price=config.price,
+        metadata=model_metadata(lineage, accuracy=final_accuracy),
+        contributors_bps=config.contributors_bps,
+    )
+
+    step("a buyer buys it in one transaction; the seller delivers the key sealed to the buyer")
+    sponsor.transfer(buyer.address, config.price)
+    escrow_before_sale = sponsor.task(task).escrow
+    stop = threading.Event()
+    seller = threading.Thread(target=_serve_until, args=(aggregator, keyring, stop), daemon=True)
+    seller.start()
+    try:
+        bought = buy_model(
+            buyer, store, listing, Identity.generate(), timeout=config.market.key_timeout, poll=0.2
+        )
+    finally:
+        stop.set()
+        seller.join()
+    verified = verify_lineage(
+        buyer, store, bought.model_cid, chain_id=deployment.chain_id, market=deployment.market
+    )
+    decrypted_accuracy = _evaluate(fleet, plan, bought.model)
+    seller_share = aggregator.owed(aggregator.address)
+    withdrawn = aggregator.withdraw()
+    contributors_share = sponsor.task(task).escrow - escrow_before_sale
+
+    step("the sponsor closes the task; unspent escrow returns")
+    state = sponsor.task(task)
+    refunded = sponsor.close_task(task)
+
+    market = {
+        "model_cid": final_cid,
+        "task": {
+            "id": task,
+            "spec_cid": spec_cid,
+            "reward_per_update": to_tokens(config.reward_per_update),
+            "budget": to_tokens(config.budget),
+        },
+        "chain": {
+            "rpc_url": chain.rpc_url,
+            "chain_id": deployment.chain_id,
+            "token": deployment.token,
+            "market": deployment.market,
+            "rounds_committed": len(rounds),
+            "gas_per_update": _gas_per_update(w3, deployment, rounds),
+        },
+        "rounds_published": [
+            {
+                "round": r.round,
+                "model_cid": r.model_cid,
+                "bundle_cid": r.bundle_cid,
+                "evidence_cid": r.evidence_cid,
+                "paid": len(r.paid),
+                "cumulative_total": to_tokens(r.cumulative_total),
+            }
+            for r in rounds
+        ],
+        "rewards": devices,
+        "reward_history": _reward_history(rounds, names, config.reward_per_update),
+        "escrow": {
+            "budget": to_tokens(config.budget),
+            "committed": to_tokens(state.committed),
+            "sale_contributors_share": to_tokens(contributors_share),
+            "refunded": to_tokens(refunded),
+        },
+        "purchase": {
+            "listing": listing,
+            "purchase": bought.purchase,
+            "price": to_tokens(bought.price),
+            "seller_share": to_tokens(seller_share),
+            "withdrawn": to_tokens(withdrawn),
+            "contributors_share": to_tokens(contributors_share),
+            "model_cid": bought.model_cid,
+            "decrypted_accuracy": decrypted_accuracy,
+            "server_accuracy": final_accuracy,
+            "verified": verified.model_cid == final_cid,
+            "metadata": bought.metadata,
+        },
+    }
+    return DemoOutcome(result, fleet, market)
+
+
+def _claim_for_devices(
+    config: TaskConfig,
+    fleet: SimulatedFleet,
+    any_ledger: Web3Ledger,
+    store: LocalStore,
+    deployment: Deployment,
+    rpc_url: str,
+) -> list[dict[str, Any]]:
+    """Each device rebuilds its rewards from chain and store (verified) and claims them."""
+    rows = []
+    for index in range(fleet.num_devices):
+        account = simulated_account(config.market.payout_seed, index)
+        rpc(rpc_url, "anvil_setBalance", [account.address, hex(_GAS_ETHER)])  # gas for the claim
+        device = any_ledger.as_account(account)
+        rewards = rewards_of(
+            device, store, account.address, chain_id=deployment.chain_id, market=deployment.market
+        )
+        paid = claim_all(device, rewards)
+        rows.append(
+            {
+                "device": f"device-{index}",
+                "address": account.address,
+                "rounds_paid": sum(r.rounds for r in rewards),
+                "earned": to_tokens(sum(r.earned for r in rewards)),
+                "claimed": to_tokens(sum(paid.values())),
+                "balance": to_tokens(device.balance(account.address)),
+            }
+        )
+    return rows
+
+
+def _reward_history(
+    rounds: list[PublishedRound], names: dict[str, str], reward: int
+) -> dict[str, Any]:
+    """Cumulative tokens per device after each committed round (for the rewards plot)."""
+    totals = dict.fromkeys(names.values(), 0)
+    history: dict[str, list[float]] = {name: [] for name in totals}
+    for r in rounds:
+        for address in r.paid:
+            totals[names[address]] += reward
+        for name, total in totals.items():
+            history[name].append(float(to_tokens(total)))
+    return {"rounds": [r.round for r in rounds], "devices": history}
+
+
+def _serve_until(seller: Web3Ledger, keyring: Keyring, stop: threading.Event) -> None:
+    while not stop.wait(0.2):
+        serve(seller, keyring)
+
+
+def _evaluate(fleet: SimulatedFleet, plan: FederationPlan, model: bytes) -> float:
+    """The buyer's own evaluation of the decrypted model on the held-out split."""
+    _, held_out = fleet.split()
+    net = build_model(plan.model, held_out.feature_shape, held_out.num_classes, seed=plan.seed)
+    set_weights(net, weights_from_bytes(model))
+    return evaluate(net, held_out).accuracy
+
+
+def _gas_per_update(w3: Web3, deployment: Deployment, rounds: list[PublishedRound]) -> float:
+    """Gas of every commitRound transaction divided by the updates they paid."""
+    market = w3.eth.contract(
+        address=to_checksum_address(deployment.market), abi=load_artifact("DataMarket").abi
+    )
+    logs = market.events.RoundCommitted.get_logs(from_block=deployment.block)
+    gas = sum(
+        int(w3.eth.get_transaction_receipt(log["transactionHash"])["gasUsed"]) for log in logs
+    )
+    updates = sum(len(r.paid) for r in rounds)
+    return gas / updates if updates else float("nan")

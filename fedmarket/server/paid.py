@@ -1,0 +1,90 @@
+"""A paid federation: every round is published (stored by CID, committed on chain), and a
+restarted server resumes after the last committed round from that round's stored model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from flwr.clientapp.typing import Mod
+
+from fedmarket.exceptions import InvalidInput
+from fedmarket.market.publisher import RoundPublisher
+from fedmarket.models.weights import Weights, weights_from_bytes, weights_to_bytes
+from fedmarket.server.plan import FederationPlan
+from fedmarket.server.results import FederationResult, RoundResult
+from fedmarket.server.rounds import RoundObserver
+from fedmarket.simulation import SimulatedFleet, run_federation
+from strategies import Strategy
+
+
+def run_paid_federation(
+    fleet: SimulatedFleet,
+    plan: FederationPlan,
+    strategy: Strategy,
+    publisher: RoundPublisher,
+    *,
+    on_round: RoundObserver | None = None,
+    client_mods: Sequence[Mod] = (),
+    verbose: bool = False,
+) -> FederationResult:
+    """Run the rounds ``publisher`` has not committed yet; publish each one as it ends.
+
+    Only survivors of secure aggregation with a valid receipt are paid (the publisher checks).
+    Returns the rounds run now; none when the task's plan is already complete.
+    """
+    if plan.market is None:
+        raise InvalidInput("a paid federation needs market terms in its plan")
+    first = publisher.next_round
+    if first > plan.rounds:
+        return FederationResult(initial_accuracy=math.nan, initial_loss=math.nan)
+    resume = None
+    if publisher.rounds:
+        last = publisher.rounds[-1]
+        resume = (first, weights_from_bytes(publisher.store.get_bytes(last.model_cid)))
+
+    def publish(result: RoundResult, weights: Weights) -> None:
+        assert result.trained_from is not None  # paid plans always send market terms
+        publisher.publish(
+            result.round,
+            model=weights_to_bytes(weights),
+            trained_from=result.trained_from,
+            # The workflow keeps receipts of the secure sum's survivors only.
+            survivors={s.receipt.device for s in result.receipts},
+            receipts=result.receipts,
+            evidence=round_evidence(result),
+        )
+
+    return run_federation(
+        fleet,
+        plan,
+        strategy,
+        on_round=on_round,
+        on_model=publish,
+        verbose=verbose,
+        resume=resume,
+        client_mods=client_mods,
+    )
+
+
+def round_evidence(result: RoundResult) -> dict[str, Any]:
+    """What a round's evidence document records (stored by CID beside the model).
+
+    Canonical JSON has no NaN or infinity: such values are recorded as null.
+    """
+    return {
+        "accuracy": _finite(result.accuracy),
+        "loss": _finite(result.loss),
+        "survivors": sorted(result.trained),
+        "dropped": {str(node): why for node, why in sorted(result.dropped.items())},
+        "declined": dict(sorted(result.declined.items())),
+        "clip_fraction": result.clip_fraction,
+        "epsilon": {device: _finite(e) for device, e in sorted(result.epsilon.items())},
+        "total_weight": result.total_weight,
+        "error": result.error,
+    }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
