@@ -3,8 +3,10 @@
 :func:`run_demo` starts a local anvil and a LocalStore under ``out``, deploys the market, lets a
 sponsor open a task, runs the federation under DP + SecAgg+ with every round stored and
 committed, has every device verify its rewards and claim them, lists the final model encrypted,
-and has a buyer buy, decrypt, verify and evaluate it. It returns the report (``report.json``)
-and stops what it started.
+and has a buyer buy, decrypt, verify and evaluate it. It returns what happened and stops what
+it started. ``out`` is laid out as a ``$FEDMARKET_HOME`` (``chain/`` with the saved anvil state
+and the deployment, ``store/``, ``privacy/``, ``server/``, ``market/``), so the CLI can inspect a
+finished run: ``FEDMARKET_HOME=<out> fedmarket chain up``, then ``fedmarket verify <model CID>``.
 
 Roles are anvil's development accounts (local chain only): 0 is the treasury and the sponsor,
 1 the aggregator and seller, 2 the buyer. Devices' payout keys are simulated from a seed.
@@ -68,7 +70,7 @@ def run_demo(
 ) -> DemoOutcome:
     """Run the story ``config`` describes, with every file under ``out``."""
     step = on_step or (lambda _: None)
-    fleet = SimulatedFleet.from_config(config, out / "home")
+    fleet = SimulatedFleet.from_config(config, out)
     fleet.split()  # fails here, not mid-run, if the data cannot be partitioned
     strategy = make_strategy(config.federation.strategy)
     if not config.market.enabled:
@@ -97,6 +99,7 @@ def _paid_story(
     w3 = Web3(Web3.HTTPProvider(chain.rpc_url, request_kwargs={"timeout": 60}))
     treasury, aggregator_key, buyer_key = dev_accounts(3)
     deployment = deploy(w3, treasury)
+    deployment.save(out / "chain" / "deployments" / f"{deployment.chain_id}.json")
     sponsor = Web3Ledger(w3, deployment, treasury)
     aggregator, buyer = sponsor.as_account(aggregator_key), sponsor.as_account(buyer_key)
     store = LocalStore(out / "store")
@@ -143,7 +146,7 @@ def _paid_story(
     lineage = verify_lineage(
         aggregator, store, final_cid, chain_id=deployment.chain_id, market=deployment.market
     )
-    keyring = Keyring(out / "seller-keys")
+    keyring = Keyring(out / "market" / f"{deployment.chain_id}-{deployment.market}" / "seller-keys")
     final_accuracy = result.rounds[-1].accuracy
     listing = list_model(
         aggregator,

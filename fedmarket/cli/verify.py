@@ -7,13 +7,9 @@ from dataclasses import asdict
 from typing import Annotated
 
 import typer
-from eth_account import Account
-from web3 import Web3
 
-from fedmarket.cli.chain import deployment_path
+from fedmarket.cli.connect import connect
 from fedmarket.cli.store import ApiOption, Backend, BackendOption, TimeoutOption, open_store
-from fedmarket.ledger import Deployment, Web3Ledger
-from fedmarket.ledger.chain import DEFAULT_PORT, rpc
 from fedmarket.market.lineage import verify_lineage
 
 
@@ -28,17 +24,13 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Walk commits, receipts bundles, signatures and rewards roots back to round 1."""
-    url = rpc_url or f"http://127.0.0.1:{DEFAULT_PORT}"
-    chain_id = int(str(rpc(url, "eth_chainId")), 16)
-    deployment = Deployment.load(deployment_path(chain_id))
-    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
-    reader = Web3Ledger(w3, deployment, Account.create())  # reads only: a throwaway key
+    market = connect(rpc_url, None, timeout=timeout)  # reads only: a throwaway key
     lineage = verify_lineage(
-        reader,
+        market.ledger,
         open_store(backend, ipfs_api, timeout),
         model_cid,
-        chain_id=chain_id,
-        market=deployment.market,
+        chain_id=market.chain_id,
+        market=market.address,
     )
     if as_json:
         typer.echo(json.dumps({"ok": True, **asdict(lineage)}))

@@ -1,0 +1,119 @@
+"""The demo's whole story, checked against the chain and the store it leaves behind.
+
+The run folder is a $FEDMARKET_HOME: its anvil state is saved on shutdown, so the test starts
+the chain again from it and reads what was committed, claimed, paid and sold.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_invoke import invoke
+from net import free_port
+from web3 import Web3
+
+from fedmarket.ledger import Deployment, PurchaseState, Web3Ledger
+from fedmarket.ledger.chain import LocalChain, dev_accounts
+from fedmarket.market.amounts import to_base_units
+from fedmarket.store import LocalStore
+from fedmarket.types import ListingId, PurchaseId, TaskId
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_demo(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], out: Path, *args: str
+) -> dict[str, Any]:
+    assert invoke(monkeypatch, "demo", "--out", str(out), "--json", *args) == 0
+    report: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert report == json.loads((out / "report.json").read_text())
+    return report
+
+
+def test_demo_story_leaves_matching_chain_and_store(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    report = run_demo(monkeypatch, capsys, out, "--devices", "3", "--rounds", "2")
+
+    # every CID in the report resolves and verifies block by block
+    store = LocalStore(out / "store")
+    cids = [report["model_cid"], report["task"]["spec_cid"], report["purchase"]["model_cid"]]
+    for r in report["rounds_published"]:
+        cids += [r["model_cid"], r["bundle_cid"], r["evidence_cid"]]
+    assert all(store.verify(cid) > 0 for cid in cids)
+    evidence = json.loads(store.get_bytes(report["rounds_published"][-1]["evidence_cid"]))
+    assert evidence["model_cid"] == report["model_cid"]
+    assert evidence["accuracy"] == report["final_accuracy"]
+
+    # the chain, restarted from the state the demo saved
+    monkeypatch.setenv("FEDMARKET_HOME", str(out))
+    chain = LocalChain(out / "chain", port=free_port())
+    chain.up()
+    try:
+        deployment = Deployment.load(out / "chain" / "deployments" / "31337.json")
+        assert deployment.market == report["chain"]["market"]
+        w3 = Web3(Web3.HTTPProvider(chain.rpc_url))
+        ledger = Web3Ledger(w3, deployment, dev_accounts(1)[0])
+        task = ledger.task(TaskId(report["task"]["id"]))
+        reward = to_base_units(report["task"]["reward_per_update"])
+        assert [c.round for c in ledger.round_commits(task.task)] == [1, 2]
+        assert task.closed
+        assert task.last_round == 2
+        assert task.committed == reward * 3 * 2
+        for device in report["rewards"]:
+            assert device["rounds_paid"] == 2
+            assert ledger.claimed(task.task, device["address"]) == 2 * reward
+            assert ledger.balance(device["address"]) == 2 * reward
+        purchase = ledger.purchase(PurchaseId(report["purchase"]["purchase"]))
+        assert purchase.state is PurchaseState.DELIVERED
+        assert ledger.listing(ListingId(report["purchase"]["listing"])).task == task.task
+        assert ledger.balance(dev_accounts(3)[2].address) == 0  # the buyer spent the price
+        assert report["chain"]["gas_per_update"] > 0
+
+        # the CLI reads the same run: verify, listings, device status
+        assert invoke(monkeypatch, "verify", report["model_cid"], "--rpc-url", chain.rpc_url) == 0
+        assert "verifies back to round 1" in capsys.readouterr().out
+        assert invoke(monkeypatch, "market", "listings", "--rpc-url", chain.rpc_url, "--json") == 0
+        (listed,) = json.loads(capsys.readouterr().out)
+        assert listed["rounds"] == 2
+        assert listed["devices"] == 3
+        assert listed["accuracy"] == report["final_accuracy"]
+        assert 0 < listed["epsilon_median"] <= listed["epsilon_max"] <= 8
+        assert invoke(monkeypatch, "device", "status", "--json") == 0
+        ledgers = json.loads(capsys.readouterr().out)["ledgers"]
+        assert sorted(row["device"] for row in ledgers) == ["device-0", "device-1", "device-2"]
+        assert all(0 < row["epsilon"] <= row["epsilon_cap"] == 8 for row in ledgers)
+    finally:
+        chain.down()
+
+    purchase_report = report["purchase"]
+    assert purchase_report["verified"] is True
+    assert purchase_report["decrypted_accuracy"] == report["final_accuracy"]
+    assert report["escrow"]["refunded"] == purchase_report["contributors_share"]
+    for name in ("accuracy.png", "epsilon.png", "rewards.png"):
+        assert (out / name).stat().st_size > 1000
+    assert invoke(monkeypatch, "demo", "--out", str(out)) == 2  # never overwrites a report
+
+
+@pytest.mark.parametrize("example", ["digits_market", "csv_tabular"])
+def test_examples_run_as_documented(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    example: str,
+) -> None:
+    config = EXAMPLES / example / "task.toml"
+    report = run_demo(
+        monkeypatch, capsys, tmp_path / "run", "--config", str(config), "--rounds", "2"
+    )
+
+    assert report["chain"]["rounds_committed"] == 2
+    assert report["purchase"]["verified"] is True
+    assert report["final_accuracy"] > report["initial_accuracy"] + 0.2  # it learned
+    assert all(d["claimed"] == d["earned"] for d in report["rewards"])
