@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -18,9 +19,12 @@ import requests
 from chain_helpers import MODEL_CID, Chain, open_publisher
 from eth_account.signers.local import LocalAccount
 from net import Forward, RpcProxy
+from web3 import Web3
 
 from fedmarket.exceptions import InvalidInput
+from fedmarket.ledger import Web3Ledger
 from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt
+from fedmarket.market.publisher import RoundPublisher
 from fedmarket.receipts import Receipt, sign_receipt
 from fedmarket.store import LocalStore
 from fedmarket.types import TaskId
@@ -224,3 +228,45 @@ def test_server_killed_mid_commit_resumes_with_exactly_one_commit(
         2, model=b"round two", trained_from=MODEL_CID, survivors=[], receipts=[], evidence={}
     )
     assert chain.ledger(0).task(task).last_round == 2
+
+
+def test_chain_unreachable_during_a_commit_is_retried_into_exactly_one_commit(
+    chain: Chain, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The RPC endpoint goes dark for 6 s when the commit is sent: more than the ledger's own
+    re-sends ride out, so the publisher backs off and tries again until the chain is back."""
+    task = new_task(chain)
+    aggregator = chain.accounts[1].address
+    outage_until: list[float] = []
+
+    def intercept(body: bytes, forward: Forward) -> requests.Response | None:
+        if not outage_until and b"eth_sendRawTransaction" in body:
+            outage_until.append(time.monotonic() + 6)
+        if outage_until and time.monotonic() < outage_until[0]:
+            return None  # connection dropped: nothing reaches the chain
+        return forward()
+
+    proxy = RpcProxy(chain.local.rpc_url, intercept)
+    try:
+        w3 = Web3(Web3.HTTPProvider(proxy.url, request_kwargs={"timeout": 5}))
+        publisher = RoundPublisher(
+            store=LocalStore(tmp_path / "store"),
+            ledger=Web3Ledger(w3, chain.deployment, chain.accounts[1], receipt_timeout=30),
+            task=task,
+            chain_id=chain.deployment.chain_id,
+            market=chain.deployment.market,
+            state_path=tmp_path / "publisher.json",
+            retry_for=60,
+        )
+        sent_before = chain.w3.eth.get_transaction_count(aggregator)
+        with caplog.at_level(logging.WARNING, logger="fedmarket.market.publisher"):
+            publisher.publish(
+                1, model=b"m", trained_from=MODEL_CID, survivors=[], receipts=[], evidence={}
+            )
+    finally:
+        proxy.close()
+
+    assert outage_until, "the commit never went through the outage"
+    assert any("retrying in" in r.message for r in caplog.records)
+    assert chain.ledger(0).task(task).last_round == 1
+    assert chain.w3.eth.get_transaction_count(aggregator) == sent_before + 1

@@ -346,9 +346,17 @@ def buy(
     market = connect(rpc_url, key)
     store = open_store(backend, ipfs_api, 30.0)
     identity = Identity.generate()
-    purchase = pay_for(market.ledger, ListingId(listing), identity, max_price=cap)
-    # Kept so the purchase can be completed later (`market fetch`) if the key comes late.
-    identity.save(_identity_path(market, purchase))
+    # Saved before paying, so a paid purchase can always be completed later (`market fetch`).
+    folder = market_folder(market, "buyer-identities")
+    folder.mkdir(parents=True, exist_ok=True)
+    unpaid = folder / f"unpaid-{identity.public_key.hex()[:16]}.id"
+    identity.save(unpaid)
+    try:
+        purchase = pay_for(market.ledger, ListingId(listing), identity, max_price=cap)
+    except BaseException:
+        unpaid.unlink()
+        raise
+    unpaid.rename(_identity_path(market, purchase))
     _finish(market, store, purchase, identity, out, timeout, as_json)
 
 
