@@ -42,7 +42,7 @@ chain: $(CONTRACTS_STAMP)
 contracts: $(CONTRACTS_STAMP)
 	cd contracts && node build.mjs
 
-demo: $(STAMP)
+demo: $(STAMP) $(CONTRACTS_STAMP)
 	$(BIN)/fedmarket demo $(ARGS)
 
 test: $(STAMP) $(IPFS_STAMP) $(CONTRACTS_STAMP)
