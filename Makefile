@@ -62,6 +62,7 @@ bench: $(STAMP) $(IPFS_STAMP) $(CONTRACTS_STAMP)
 	$(BIN)/python -m benchmarks.secagg
 	$(BIN)/python -m benchmarks.store
 	$(BIN)/python -m benchmarks.gas
+	$(BIN)/python -m benchmarks.round_overhead
 	$(BIN)/python -m benchmarks.readme_table
 
 clean:

@@ -122,6 +122,25 @@ def gas(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def round_overhead(doc: dict) -> str:
+    parts = ("dp_sgd", "secagg", "receipts", "store", "chain_commit", "publish_other")
+    lines = [
+        "| devices | plain FedAvg round | full private round | full ÷ plain | goal "
+        "| plain Flower | DP-SGD | SecAgg+ | receipts | store | chain commit | other |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        shares = r["shares"]
+        lines.append(
+            f"| {r['devices']} | {r['plain_round_s']:.2f} s | {r['full_round_s']:.2f} s | "
+            f"{r['full_round_ratio']:.2f}x | <= {doc['goal_full_round_ratio']}x | "
+            f"{shares['plain_flower_round']:.0%} | "
+            + " | ".join(f"{shares[p]:.0%}" for p in parts)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def _escape(table: str) -> str:
     return table.replace("\\", "\\\\")
 
@@ -132,6 +151,7 @@ TABLES = {
     "secagg": secagg,
     "store": store,
     "gas": gas,
+    "round_overhead": round_overhead,
 }
 
 

@@ -43,7 +43,7 @@ def test_demo_defaults_reach_080_with_every_device_under_its_cap(
     assert invoke(monkeypatch, "demo", "--out", str(tmp_path / "run"), "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["final_accuracy"] >= 0.80
-    assert report["config"]["epsilon_cap"] <= 10
+    assert report["config"]["privacy"]["epsilon_cap"] <= 10
     assert report["delta"] == 1e-5
     assert all(d["epsilon"] <= d["epsilon_cap"] for d in report["devices"])
     assert all(d["rounds_trained"] == 5 for d in report["devices"])

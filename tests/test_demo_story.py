@@ -101,12 +101,14 @@ def test_demo_story_leaves_matching_chain_and_store(
     assert invoke(monkeypatch, "demo", "--out", str(out)) == 2  # never overwrites a report
 
 
-@pytest.mark.parametrize("example", ["digits_market", "csv_tabular"])
+# Well above chance after 2 rounds (digits: 10 classes, 0.1; patients: majority class 0.63).
+@pytest.mark.parametrize(("example", "minimum"), [("digits_market", 0.3), ("csv_tabular", 0.8)])
 def test_examples_run_as_documented(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
     example: str,
+    minimum: float,
 ) -> None:
     config = EXAMPLES / example / "task.toml"
     report = run_demo(
@@ -115,5 +117,5 @@ def test_examples_run_as_documented(
 
     assert report["chain"]["rounds_committed"] == 2
     assert report["purchase"]["verified"] is True
-    assert report["final_accuracy"] > report["initial_accuracy"] + 0.2  # it learned
+    assert report["final_accuracy"] >= minimum
     assert all(d["claimed"] == d["earned"] for d in report["rewards"])
