@@ -12,12 +12,11 @@ from fedmarket.cli.connect import (
     ApiOption,
     BackendOption,
     JsonOption,
-    KeyOption,
     RpcOption,
     connect,
     emit,
 )
-from fedmarket.cli.market import claim_rewards
+from fedmarket.cli.market import claim as market_claim
 from fedmarket.cli.store import Backend, open_store
 from fedmarket.config import fedmarket_home
 from fedmarket.market.amounts import to_tokens
@@ -112,14 +111,5 @@ def status(
         console.print(table if rewards else "no rewards for this key")
 
 
-@app.command()
-def claim(
-    key: KeyOption,
-    task: Annotated[int | None, typer.Option(help="Only this task (default: every task).")] = None,
-    rpc_url: RpcOption = None,
-    backend: BackendOption = Backend.local,
-    ipfs_api: ApiOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Claim all rewards due to this payout key: one transaction per task, all rounds at once."""
-    claim_rewards(key, task, rpc_url, backend, ipfs_api, as_json)
+# The same command as `fedmarket market claim`: one definition, listed where owners look.
+app.command(name="claim")(market_claim)
