@@ -54,6 +54,8 @@ class FederationSection(_Section):
     lr_decay: float = Field(0.8, gt=0, le=1)
     secagg: bool = True
     clip_range: float = Field(SecAggConfig().clip_range, gt=0)
+    round_timeout: float = Field(600.0, gt=0)  # seconds devices get to train and upload
+    stage_timeout: float = Field(SecAggConfig().setup_timeout, gt=0)  # other SecAgg+ stages
 
 
 class TrainingSection(_Section):
@@ -195,5 +197,12 @@ class TaskConfig(_Section):
 
     def secagg_config(self) -> SecAggConfig | None:
         return (
-            SecAggConfig(clip_range=self.federation.clip_range) if self.federation.secagg else None
+            SecAggConfig(
+                clip_range=self.federation.clip_range,
+                setup_timeout=self.federation.stage_timeout,
+                share_timeout=self.federation.stage_timeout,
+                unmask_timeout=self.federation.stage_timeout,
+            )
+            if self.federation.secagg
+            else None
         )

@@ -36,6 +36,8 @@ EXIT_CODES: dict[int, str] = {
     54: "A key store could not be read: wrong passphrase, missing or corrupt key file.",
     55: "A contribution receipt's signature does not match its device.",
     56: "A model's lineage does not verify: the message names the broken link.",
+    60: "A Flower deployment process (SuperLink, SuperNode, flwr CLI) failed; see its log.",
+    61: "This device declines to train now: an owner's condition does not hold.",
 }
 
 
@@ -215,3 +217,15 @@ class LineageBroken(FedmarketError):
     """A link between a model, its rounds, receipts and rewards does not verify."""
 
     exit_code: ClassVar[int] = 56
+
+
+class DeploymentError(FedmarketError):
+    """A SuperLink, SuperNode or ``flwr`` CLI call failed; the message quotes its log."""
+
+    exit_code: ClassVar[int] = 60
+
+
+class NotEligible(FedmarketError):
+    """The device's owner conditions (power, idle CPU, memory) do not hold right now."""
+
+    exit_code: ClassVar[int] = 61

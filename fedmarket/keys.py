@@ -54,15 +54,8 @@ class KeyStore:
             raise KeystoreError(f"key {name!r} is not a valid keystore (no address)") from None
 
     def load(self, name: str, passphrase: str) -> LocalAccount:
-        document = self._read(name)
-        try:
-            secret = Account.decrypt(document, passphrase)
-        except ValueError:
-            raise KeystoreError(
-                f"cannot unlock key {name!r}: wrong passphrase (or a damaged keystore)"
-            ) from None
-        account: LocalAccount = Account.from_key(secret)
-        return account
+        self._read(name)  # a missing or malformed key says so by name
+        return load_keystore(self._path(name), passphrase, name=name)
 
     def _read(self, name: str) -> dict[str, object]:
         path = self._path(name)
@@ -83,3 +76,19 @@ class KeyStore:
         if not _NAME.fullmatch(name):
             raise InvalidInput(f"key name {name!r} must be 1-64 letters, digits, '-' or '_'")
         return self.folder / f"{name}.json"
+
+
+def load_keystore(path: Path, passphrase: str, *, name: str | None = None) -> LocalAccount:
+    """Unlock the keystore file at ``path``; errors name the key, never the passphrase."""
+    label = name or str(path)
+    if not path.is_file():
+        raise KeystoreError(f"no keystore at {path}; see `fedmarket keys list`")
+    try:
+        document = json.loads(read_secret(path))
+        secret = Account.decrypt(document, passphrase)
+    except ValueError:
+        raise KeystoreError(
+            f"cannot unlock key {label!r}: wrong passphrase (or a damaged keystore)"
+        ) from None
+    account: LocalAccount = Account.from_key(secret)
+    return account

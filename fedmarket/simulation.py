@@ -26,12 +26,10 @@ from fedmarket.data.source import DataSource
 from fedmarket.device.app import make_client_app
 from fedmarket.device.profile import DeviceProfile
 from fedmarket.exceptions import InvalidInput, RoundFailed
-from fedmarket.models.evaluation import Evaluation, evaluate
-from fedmarket.models.registry import build_model
-from fedmarket.models.weights import Weights, get_weights, set_weights
+from fedmarket.models.weights import Weights
 from fedmarket.privacy.accounting import check_delta
 from fedmarket.privacy.config import AccountantKind
-from fedmarket.server.app import make_server_app
+from fedmarket.server.app import make_server_app, starting_point
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import FederationResult
 from fedmarket.server.rounds import ModelObserver, RoundObserver
@@ -149,12 +147,7 @@ def run_federation(
     instead of round 1 from a fresh model. ``client_mods`` wrap every device's ClientApp.
     """
     _, held_out = fleet.split()
-    model = build_model(plan.model, held_out.feature_shape, held_out.num_classes, seed=plan.seed)
-    first_round, initial = resume if resume is not None else (1, get_weights(model))
-
-    def evaluator(weights: Weights) -> Evaluation:
-        set_weights(model, weights)
-        return evaluate(model, held_out)
+    first_round, initial, evaluator = starting_point(plan, held_out, resume)
 
     outcome: list[FederationResult] = []
     server_app = make_server_app(

@@ -47,6 +47,8 @@ class Market:
 
     ledger: Web3Ledger
     deployment: Deployment
+    rpc_url: str
+    account: LocalAccount
 
     @property
     def chain_id(self) -> int:
@@ -63,7 +65,8 @@ def connect(rpc_url: str | None, key: str | None, *, timeout: float = 30.0) -> M
     chain_id = int(str(rpc(url, "eth_chainId")), 16)
     deployment = Deployment.load(deployment_path(chain_id))
     account = load_account(key, chain_id) if key is not None else Account.create()
-    return Market(Web3Ledger.connect(url, deployment, account, timeout=timeout), deployment)
+    ledger = Web3Ledger.connect(url, deployment, account, timeout=timeout)
+    return Market(ledger, deployment, url, account)
 
 
 def load_account(key: str, chain_id: int) -> LocalAccount:

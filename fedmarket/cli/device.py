@@ -1,7 +1,12 @@
-"""``fedmarket device``: a device owner's privacy spend, cap and rewards, and one-step claims."""
+"""``fedmarket device``: join a federation, and see and claim what the device earned.
+
+``device join`` runs this machine as one device of a task on Flower's deployment engine: the
+owner's data, ε cap and conditions stay here and are enforced here.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,14 +21,119 @@ from fedmarket.cli.connect import (
     connect,
     emit,
 )
+from fedmarket.cli.keys import passphrase
 from fedmarket.cli.market import claim as market_claim
 from fedmarket.cli.store import Backend, open_store
 from fedmarket.config import fedmarket_home
+from fedmarket.data.source import DataKind, DataSource
+from fedmarket.deploy.device import DeviceRole, load_data
+from fedmarket.deploy.device import join as join_federation
+from fedmarket.deploy.tls import make_node_key
+from fedmarket.device.eligibility import EligibilityPolicy
+from fedmarket.exceptions import DataError, InvalidInput
+from fedmarket.keys import load_keystore
 from fedmarket.market.amounts import to_tokens
 from fedmarket.market.claims import rewards_of
 from fedmarket.privacy.ledger import PrivacyLedger
 
-app = typer.Typer(help="For device owners: privacy ledger, rewards, claims.", no_args_is_help=True)
+app = typer.Typer(
+    help="For device owners: join federations; privacy ledger, rewards, claims.",
+    no_args_is_help=True,
+)
+
+
+@app.command(name="node-key")
+def node_key(
+    out: Annotated[Path, typer.Option(help="Folder for node.key (private) and node.pub.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Make this device's SuperNode key pair; send node.pub to the server's operator."""
+    paths = make_node_key(out)
+    emit(
+        {"private_key": str(paths.private_key), "public_key": str(paths.public_key)},
+        as_json,
+        f"give {paths.public_key} to the operator; keep {paths.private_key} here",
+    )
+
+
+@app.command()
+def join(
+    superlink: Annotated[str, typer.Option(help="The server's SuperLink as HOST:PORT.")],
+    data: Annotated[
+        str, typer.Option(help="This device's data: a CSV or NPZ file, an image folder, digits.")
+    ],
+    key: Annotated[
+        Path, typer.Option(help="Payout keystore file (passphrase: $FEDMARKET_PASSPHRASE).")
+    ],
+    epsilon_cap: Annotated[
+        float, typer.Option(help="The most ε this device ever spends on this data.")
+    ],
+    root_certificates: Annotated[
+        Path, typer.Option(help="The operator's CA certificate (ca.crt).")
+    ],
+    node_key_file: Annotated[
+        Path, typer.Option("--node-key", help="This device's node.key (`device node-key`).")
+    ],
+    name: Annotated[str | None, typer.Option(help="Device name (default: key file name).")] = None,
+    label_column: Annotated[str, typer.Option(help="CSV label column.")] = "label",
+    delta: Annotated[float, typer.Option(help="δ of the device's (ε, δ) guarantee.")] = 1e-5,
+    require_power: Annotated[
+        bool, typer.Option(help="Train only on mains power (where the OS reports a battery).")
+    ] = True,
+    max_cpu_busy: Annotated[
+        float | None, typer.Option(help="Train only while CPU use is at most this percent.")
+    ] = None,
+    memory_budget_mb: Annotated[
+        int, typer.Option(help="Train only while this much memory (MB) is available.")
+    ] = 512,
+    cold: Annotated[
+        bool, typer.Option(help="Start every message's ClientApp as a fresh process (slow).")
+    ] = False,
+) -> None:
+    """Run this machine as a device of the federation at --superlink until Ctrl-C."""
+    source = data_source(data, label_column)
+    device = name or key.stem
+    policy = EligibilityPolicy(
+        require_power=require_power, max_cpu_busy=max_cpu_busy, memory_budget_mb=memory_budget_mb
+    )
+    load_data(source)  # bad data fails before the passphrase prompt
+    account = load_keystore(key, passphrase(confirm=False))
+    role = DeviceRole(
+        name=device,
+        data=source,
+        home=fedmarket_home(),
+        epsilon_cap=epsilon_cap,
+        keystore=key.resolve(),
+        account=account,
+        delta=delta,
+        policy=policy,
+    )
+    typer.echo(f"device {device} ({account.address}) joining {superlink}", err=True)
+    join_federation(
+        role,
+        superlink=superlink,
+        root_certificates=root_certificates,
+        node_key=node_key_file,
+        workdir=fedmarket_home() / "devices" / device,
+        cold=cold,
+    )
+
+
+def data_source(data: str, label_column: str) -> DataSource:
+    """``digits`` (scikit-learn's set), a .csv or .npz file, or a folder of class folders."""
+    if data == "digits":
+        return DataSource()
+    path = Path(data).expanduser().resolve()
+    if path.is_dir():
+        return DataSource(kind="images", path=str(path))
+    kinds: dict[str, DataKind] = {".csv": "csv", ".npz": "npz"}
+    if path.suffix.lower() not in kinds:
+        raise InvalidInput(
+            f"--data {data}: use a .csv or .npz file, a folder of class folders, or digits"
+        )
+    if not path.is_file():
+        raise DataError(f"--data {data}: no such file")
+    return DataSource(kind=kinds[path.suffix.lower()], path=str(path), label_column=label_column)
 
 
 @app.command()

@@ -1,7 +1,9 @@
 """``fedmarket server``: run a task's paid rounds as its aggregator, resumably.
 
+``server start`` runs the task on Flower's deployment engine: a SuperLink (TLS, SuperNode
+authentication) that devices on other machines join with ``fedmarket device join``.
 ``server run`` drives the task's rounds with simulated devices on this machine (Flower's
-simulation engine), storing and committing every round. Its state lives under
+simulation engine). Both store and commit every round. Its state lives under
 ``$FEDMARKET_HOME/server/<chain>-<market>/task-<id>.json``: run it again after a crash and it
 resumes after the last committed round, never committing a round twice nor paying twice.
 """
@@ -25,7 +27,10 @@ from fedmarket.cli.connect import (
 )
 from fedmarket.cli.store import Backend, open_store
 from fedmarket.config import TaskConfig, fedmarket_home
+from fedmarket.deploy.server import ServerRole, start_server
+from fedmarket.deploy.tls import CertificatePaths, make_certificates
 from fedmarket.exceptions import InvalidInput
+from fedmarket.ledger import Web3Ledger
 from fedmarket.market.amounts import to_tokens
 from fedmarket.market.publisher import RoundPublisher
 from fedmarket.market.terms import MarketTerms
@@ -45,6 +50,94 @@ TaskOption = Annotated[int, typer.Option(help="The task on the market this serve
 
 def state_path(market: Market, task: int) -> Path:
     return fedmarket_home() / "server" / f"{market.chain_id}-{market.address}" / f"task-{task}.json"
+
+
+@app.command()
+def certs(
+    out: Annotated[Path, typer.Option(help="Empty folder for ca.crt, server.pem, server.key.")],
+    host: Annotated[
+        list[str], typer.Option(help="DNS name or IP devices dial (repeat for several).")
+    ],
+    as_json: JsonOption = False,
+) -> None:
+    """Make a CA and the SuperLink's TLS certificate; give devices ca.crt only."""
+    paths = make_certificates(out, host)
+    emit(
+        {"ca": str(paths.ca), "certificate": str(paths.certificate)},
+        as_json,
+        f"CA {paths.ca} (give it to devices); server certificate {paths.certificate}",
+    )
+
+
+@app.command()
+def start(
+    config: Annotated[Path, typer.Option(help="Task config (TOML).")],
+    task: TaskOption,
+    key: KeyOption,
+    certificates: Annotated[
+        Path, typer.Option("--certs", help="Folder from `fedmarket server certs`.")
+    ],
+    authorized_keys: Annotated[
+        Path,
+        typer.Option(help="Folder of devices' node public keys (*.pub) to admit."),
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port devices dial (Fleet API).")] = 9092,
+    connect_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the task's devices before round 1.")
+    ] = 300.0,
+    rpc_url: RpcOption = None,
+    backend: BackendOption = Backend.local,
+    ipfs_api: ApiOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a SuperLink and run the task's remaining rounds on the devices that join it."""
+    settings = TaskConfig.load(config)
+    if not settings.market.enabled:
+        raise InvalidInput(f"{config}: [market] enabled = false; a server commits paid rounds")
+    paths = CertificatePaths.in_folder(certificates)
+    paths.check()
+    public_keys = sorted(authorized_keys.glob("*.pub")) if authorized_keys.is_dir() else []
+    if not public_keys:
+        raise InvalidInput(
+            f"no node public keys (*.pub) in {authorized_keys}; collect each device's "
+            "node.pub (`fedmarket device node-key`) there"
+        )
+    market = connect(rpc_url, key)
+    on_chain = market.ledger.task(TaskId(task))  # an unknown task fails here, before starting
+    url, deployment, account = market.rpc_url, market.deployment, market.account
+    state = state_path(market, task)
+
+    def on_round(r: RoundResult) -> None:
+        line = {"round": r.round, "accuracy": r.accuracy, "paid": len(r.receipts)}
+        emit(line, as_json, f"round {r.round}: accuracy {r.accuracy:.3f}, {len(r.receipts)} paid")
+
+    role = ServerRole(
+        settings=settings,
+        task=TaskId(task),
+        chain_id=market.chain_id,
+        market=market.address,
+        open_ledger=lambda: Web3Ledger.connect(url, deployment, account),
+        open_store=lambda: open_store(backend, ipfs_api, 30.0),
+        state_path=state,
+        evaluation_home=fedmarket_home() / "server-evaluation",
+        devices=settings.federation.devices,
+        connect_timeout=connect_timeout,
+        on_round=on_round,
+    )
+    typer.echo(
+        f"task {task}: round {on_chain.last_round} of {settings.federation.rounds} on chain",
+        err=True,
+    )
+    start_server(
+        role,
+        host=host,
+        port=port,
+        certificates=paths,
+        authorized_keys=public_keys,
+        workdir=state.with_suffix(""),
+        on_started=lambda address: typer.echo(f"SuperLink listening on {address}", err=True),
+    )
 
 
 @app.command()

@@ -66,6 +66,9 @@ def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> Tr
         return _trained(profile, result, global_weights, epsilon=float("inf"))
 
     ledger = profile.ledger()
+    if profile.eligibility is not None and (why := profile.eligibility.decline_reason()):
+        log.info("device %s declines round %d: %s", profile.device, server_round, why)
+        return _declined(profile, why, epsilon=ledger.epsilon())
     spend = plan_spend(
         len(profile.data), train_cfg, dp, delta=ledger.delta, accountant=ledger.accountant
     )
@@ -73,17 +76,7 @@ def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> Tr
         reservation = ledger.reserve(spend, round_label=f"run{run}/round{server_round}")
     except PrivacyBudgetExceeded as exc:
         log.info("device %s declines round %d: %s", profile.device, server_round, exc)
-        return TrainReply(
-            device=profile.device,
-            outcome="declined",
-            reason=str(exc),
-            weight=0.0,
-            epsilon=exc.spent,
-            delta=ledger.delta,
-            steps=0,
-            train_loss=float("nan"),
-            update=None,
-        )
+        return _declined(profile, str(exc), epsilon=exc.spent)
     try:
         result = train_private(model, profile.data, train_cfg, dp, spend, seed=seed)
         reply = _trained(profile, result, global_weights, epsilon=reservation.epsilon_after)
@@ -92,6 +85,20 @@ def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> Tr
         raise
     reservation.commit()
     return reply
+
+
+def _declined(profile: DeviceProfile, reason: str, *, epsilon: float) -> TrainReply:
+    return TrainReply(
+        device=profile.device,
+        outcome="declined",
+        reason=reason,
+        weight=0.0,
+        epsilon=epsilon,
+        delta=profile.delta,
+        steps=0,
+        train_loss=float("nan"),
+        update=None,
+    )
 
 
 def _trained(

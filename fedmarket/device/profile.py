@@ -10,6 +10,7 @@ from eth_account.signers.local import LocalAccount
 from flwr.app import Context
 
 from fedmarket.data.dataset import Dataset
+from fedmarket.device.eligibility import EligibilityPolicy
 from fedmarket.privacy.config import AccountantKind
 from fedmarket.privacy.ledger import PrivacyLedger
 from fedmarket.types import DeviceId
@@ -27,6 +28,7 @@ class DeviceProfile:
     accountant: AccountantKind = "prv"
     private: bool = True
     account: LocalAccount | None = None  # payout key: signs receipts, receives rewards
+    eligibility: EligibilityPolicy | None = None  # the owner's conditions (None: always)
 
     def ledger(self) -> PrivacyLedger:
         return PrivacyLedger(

@@ -7,7 +7,10 @@ from collections.abc import Callable
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmarket.models.weights import Weights
+from fedmarket.data.dataset import Dataset
+from fedmarket.models.evaluation import Evaluation, evaluate
+from fedmarket.models.registry import build_model
+from fedmarket.models.weights import Weights, get_weights, set_weights
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import FederationResult
 from fedmarket.server.rounds import Evaluator, ModelObserver, RoundObserver, run_rounds
@@ -37,3 +40,18 @@ def make_server_app(
             on_done(result)
 
     return app
+
+
+def starting_point(
+    plan: FederationPlan, held_out: Dataset, resume: tuple[int, Weights] | None
+) -> tuple[int, Weights, Evaluator]:
+    """(first round, its global model, the server's evaluator on ``held_out``): round 1 from a
+    fresh model, or the round after the last committed one from that round's model."""
+    model = build_model(plan.model, held_out.feature_shape, held_out.num_classes, seed=plan.seed)
+    first_round, initial = resume if resume is not None else (1, get_weights(model))
+
+    def evaluator(weights: Weights) -> Evaluation:
+        set_weights(model, weights)
+        return evaluate(model, held_out)
+
+    return first_round, initial, evaluator

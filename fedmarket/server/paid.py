@@ -14,7 +14,7 @@ from fedmarket.market.publisher import RoundPublisher
 from fedmarket.models.weights import Weights, weights_from_bytes, weights_to_bytes
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import FederationResult, RoundResult
-from fedmarket.server.rounds import RoundObserver
+from fedmarket.server.rounds import ModelObserver, RoundObserver
 from fedmarket.simulation import SimulatedFleet, run_federation
 from strategies import Strategy
 
@@ -39,10 +39,29 @@ def run_paid_federation(
     first = publisher.next_round
     if first > plan.rounds:
         return FederationResult(initial_accuracy=math.nan, initial_loss=math.nan)
-    resume = None
-    if publisher.rounds:
-        last = publisher.rounds[-1]
-        resume = (first, weights_from_bytes(publisher.store.get_bytes(last.model_cid)))
+    return run_federation(
+        fleet,
+        plan,
+        strategy,
+        on_round=on_round,
+        on_model=publishing(publisher),
+        verbose=verbose,
+        resume=resume_point(publisher),
+        client_mods=client_mods,
+    )
+
+
+def resume_point(publisher: RoundPublisher) -> tuple[int, Weights] | None:
+    """(next round, last committed model) when rounds are committed already, else None."""
+    if not publisher.rounds:
+        return None
+    last = publisher.rounds[-1]
+    return publisher.next_round, weights_from_bytes(publisher.store.get_bytes(last.model_cid))
+
+
+def publishing(publisher: RoundPublisher) -> ModelObserver:
+    """The hook that stores and commits each round as it ends; only survivors of secure
+    aggregation with a valid receipt are paid (the publisher checks)."""
 
     def publish(result: RoundResult, weights: Weights) -> None:
         assert result.trained_from is not None  # paid plans always send market terms
@@ -56,16 +75,7 @@ def run_paid_federation(
             evidence=round_evidence(result),
         )
 
-    return run_federation(
-        fleet,
-        plan,
-        strategy,
-        on_round=on_round,
-        on_model=publish,
-        verbose=verbose,
-        resume=resume,
-        client_mods=client_mods,
-    )
+    return publish
 
 
 def round_evidence(result: RoundResult) -> dict[str, Any]:

@@ -57,7 +57,11 @@ class FederationPlan:
 
     @classmethod
     def from_config(
-        cls, config: TaskConfig, *, market: MarketTerms | None = None
+        cls,
+        config: TaskConfig,
+        *,
+        market: MarketTerms | None = None,
+        connect_timeout: float = 120.0,
     ) -> FederationPlan:
         """The server's plan for a task config (``market``: paid rounds of that task)."""
         secagg = config.secagg_config()
@@ -71,6 +75,8 @@ class FederationPlan:
             min_devices=MIN_COHORT if secagg else 1,
             secagg=secagg,
             market=market,
+            round_timeout=config.federation.round_timeout,
+            connect_timeout=connect_timeout,
         )
 
     def train_for(self, server_round: int) -> TrainConfig:

@@ -1,0 +1,1 @@
+"""Running on Flower's deployment engine: SuperLink and SuperNodes as separate processes."""
