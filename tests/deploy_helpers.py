@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from eth_account.signers.local import LocalAccount
 
 from fedmarket.data.loaders import load_digits
 from fedmarket.data.partition import iid_partition
 from fedmarket.deploy.tls import make_certificates, make_node_key
-from fedmarket.keys import KeyStore
+from fedmarket.keys import KeyStore, load_keystore
 from fedmarket.processes import free_port
 
 PASSPHRASE = "device passphrase"
@@ -96,6 +97,9 @@ class Device:
             log=self.home / "join.log",
         )
         return self.process
+
+    def account(self) -> LocalAccount:
+        return load_keystore(self.keystore, PASSPHRASE)
 
     def pending_round(self, round_: int) -> bool:
         """This device has round ``round_``'s privacy spend reserved: it is training now."""

@@ -11,7 +11,9 @@ owner's, read on the device; no server message can change them.
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -34,6 +36,8 @@ from fedmarket.privacy.accounting import check_delta
 from fedmarket.privacy.config import AccountantKind
 from fedmarket.processes import free_port
 from fedmarket.types import DeviceId
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -132,37 +136,22 @@ def join(
             raise InvalidInput(f"{what} {path} does not exist")
     secret_file = workdir / "superexec.secret"
     secret = superexec_secret(secret_file)
-    port = free_port()
-    node = start_supernode(
-        superlink=superlink,
-        root_certificates=root_certificates,
-        node_key=node_key,
-        runtime_port=port,
-        node_config=role.node_config(),
-        secret_file=secret_file,
-        log_path=workdir / "supernode.log",
-    )
     _role = role
     os.environ["FLWR_HOME"] = str(workdir / "flwr")  # task processes install the FAB here
+    backoff = 1.0
     try:
-        serve_tasks(
-            f"127.0.0.1:{port}",
-            task_types=[TaskType.CLIENT_APP],
-            secret=secret,
-            cold=cold,
-            should_stop=lambda: _died(node.process.poll(), node.log_path),
-        )
+        while True:
+            began = time.monotonic()
+            _serve_once(role, superlink, root_certificates, node_key, workdir, secret, cold=cold)
+            # The SuperNode gave up: the SuperLink is down, restarting, or has not admitted
+            # this node's key yet. A device keeps trying, as a phone app would.
+            backoff = 1.0 if time.monotonic() - began > 60 else min(backoff * 2, 10.0)
+            log.warning("starting the SuperNode again in %.0f s", backoff)
+            time.sleep(backoff)
     except KeyboardInterrupt:
         pass
     finally:
         _role = None
-        node.stop()
-
-
-def _died(status: int | None, log_path: Path) -> bool:
-    if status is None:
-        return False
-    raise DeploymentError(f"the SuperNode exited with status {status}; see {log_path}")
 
 
 def _payout_key(address: str, keystore: Path) -> LocalAccount:
@@ -174,3 +163,43 @@ def _payout_key(address: str, keystore: Path) -> LocalAccount:
     if account.address != address:
         raise InvalidInput(f"the node config's payout address {address} is not this device's key")
     return account
+
+
+def _serve_once(
+    role: DeviceRole,
+    superlink: str,
+    root_certificates: Path,
+    node_key: Path,
+    workdir: Path,
+    secret: bytes,
+    *,
+    cold: bool,
+) -> None:
+    """One SuperNode's life: serve its tasks until it exits."""
+    port = free_port()
+    try:
+        node = start_supernode(
+            superlink=superlink,
+            root_certificates=root_certificates,
+            node_key=node_key,
+            runtime_port=port,
+            node_config=role.node_config(),
+            secret_file=workdir / "superexec.secret",
+            log_path=workdir / "supernode.log",
+        )
+    except DeploymentError as exc:
+        log.warning("%s", exc)
+        return
+    try:
+        serve_tasks(
+            f"127.0.0.1:{port}",
+            task_types=[TaskType.CLIENT_APP],
+            secret=secret,
+            cold=cold,
+            should_stop=lambda: node.process.poll() is not None,
+        )
+    finally:
+        node.stop()
+    log.warning(
+        "SuperNode ended (status %s); its log ends:\n%s", node.process.returncode, node.tail(4)
+    )

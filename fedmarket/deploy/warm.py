@@ -145,12 +145,14 @@ def serve_tasks(
     if root_certificates is not None:
         with open(root_certificates, "rb") as file:
             certificates = file.read()
+    retry = make_simple_http_retry_invoker()
+    retry.max_time = 5.0  # then the loop checks should_stop() before trying again
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_address,
         insecure=insecure,
         root_certificates=certificates,
         interceptors=interceptors,
-        retry_invoker=make_simple_http_retry_invoker(),
+        retry_invoker=retry,
     )
     plugin = AutoExecPlugin(
         runtime_api_address=runtime_address,
@@ -164,7 +166,12 @@ def serve_tasks(
     try:
         while not should_stop():
             executor.reconcile()
-            response = client.AcquireTask(AcquireTaskRequest(supported_task_types=wanted))
+            try:
+                response = client.AcquireTask(AcquireTaskRequest(supported_task_types=wanted))
+            except Exception as exc:  # the Runtime API is down for now
+                log.debug("Runtime API at %s unreachable: %s", runtime_address, exc)
+                time.sleep(1.0)
+                continue
             if response.HasField("task") and response.token:
                 plugin.launch_task(token=response.token, task=response.task)
                 continue  # more may be waiting (one per message)
