@@ -63,6 +63,7 @@ bench: $(STAMP) $(IPFS_STAMP) $(CONTRACTS_STAMP)
 	$(BIN)/python -m benchmarks.store
 	$(BIN)/python -m benchmarks.gas
 	$(BIN)/python -m benchmarks.round_overhead
+	$(BIN)/python -m benchmarks.deploy
 	$(BIN)/python -m benchmarks.readme_table
 
 clean:

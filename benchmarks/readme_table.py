@@ -141,6 +141,25 @@ def round_overhead(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def deploy(doc: dict) -> str:
+    lines = [
+        "| ClientApp processes | devices | rounds | s/round deployed | s/round simulation "
+        "| deploy_vs_sim |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        lines.append(
+            f"| {r['mode']} | {r['devices']} | {r['rounds']} | {r['seconds_per_round']:.2f} | "
+            f"{r['simulation_seconds_per_round']:.2f} | {r['deploy_vs_sim']:.2f}x |"
+        )
+    lines += [
+        "",
+        f"Warm ÷ cold start: {1 / doc['warm_speedup']:.2f} (cold is "
+        f"{doc['warm_speedup']:.1f}x slower per round).",
+    ]
+    return "\n".join(lines)
+
+
 def _escape(table: str) -> str:
     return table.replace("\\", "\\\\")
 
@@ -152,6 +171,7 @@ TABLES = {
     "store": store,
     "gas": gas,
     "round_overhead": round_overhead,
+    "deploy": deploy,
 }
 
 

@@ -110,7 +110,12 @@ def start(
 
     def on_round(r: RoundResult) -> None:
         line = {"round": r.round, "accuracy": r.accuracy, "paid": len(r.receipts)}
-        emit(line, as_json, f"round {r.round}: accuracy {r.accuracy:.3f}, {len(r.receipts)} paid")
+        emit(
+            line | {"seconds": r.seconds},
+            as_json,
+            f"round {r.round}: accuracy {r.accuracy:.3f}, {len(r.receipts)} paid, "
+            f"{r.seconds:.1f} s",
+        )
 
     role = ServerRole(
         settings=settings,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fedmarket.deploy.tls import CertificatePaths
-from fedmarket.exceptions import DeploymentError
+from fedmarket.exceptions import DeploymentError, InvalidInput
 from fedmarket.files import read_secret, write_secret
 
 APP_NAME = "fedmarket"  # the SuperLink connection's name in the flwr CLI config
@@ -132,15 +132,23 @@ def start_supernode(
 
 
 def format_node_config(values: Mapping[str, str | int | float | bool]) -> str:
-    """Flower's ``--node-config`` text: space-separated ``key=value``, values as TOML."""
+    """Flower's ``--node-config`` text: space-separated ``key=value``, values as TOML.
+
+    Flower finds a quoted value's end at the next quote of its kind, so strings are TOML literal
+    strings ('...', no escapes: Windows paths pass as they are) or, holding a ', basic ones.
+    """
     parts = []
     for key, value in values.items():
         if isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, int | float):
             text = repr(value)
+        elif "\n" in value or ("'" in value and '"' in value):
+            raise InvalidInput(f"{key} {value!r}: rename it without line breaks or mixed quotes")
+        elif "'" not in value:
+            text = f"'{value}'"
         else:
-            text = json.dumps(value)  # a TOML basic string
+            text = '"' + value.replace("\\", "\\\\") + '"'
         parts.append(f"{key}={text}")
     return " ".join(parts)
 
@@ -162,10 +170,13 @@ class FlwrCli:
             f"root-certificates = {json.dumps(str(self.root_certificates.resolve()))}\n"
         )
 
-    def register_node(self, public_key: Path) -> int:
-        """Admit the SuperNode holding ``public_key``'s private half; return its node id."""
-        result = self.call("supernode", "register", str(public_key), APP_NAME)
-        return int(result["node-id"])
+    def register_node(self, public_key: Path) -> None:
+        """Admit the SuperNode holding ``public_key``'s private half (again: a no-op)."""
+        try:
+            self.call("supernode", "register", str(public_key), APP_NAME)
+        except DeploymentError as exc:
+            if "already in use" not in str(exc):
+                raise
 
     def submit_run(self, app_dir: Path, run_config: Mapping[str, str | int]) -> int:
         """Submit our app (built into a FAB from ``app_dir``) as a run; return the run id."""
@@ -194,8 +205,10 @@ class FlwrCli:
             text=True,
             timeout=120,
         )
-        try:
-            result: dict[str, Any] = json.loads(done.stdout[done.stdout.find("{") :])
+        try:  # the JSON document follows any text the CLI prints first
+            result: dict[str, Any] = json.JSONDecoder().raw_decode(
+                done.stdout[done.stdout.find("{") :]
+            )[0]
         except ValueError:
             result = {}
         if done.returncode != 0 or not result.get("success", False):

@@ -145,10 +145,8 @@ def start_server(
     try:
         flwr = FlwrCli(workdir / "flwr", address, certificates.ca)
         flwr.configure()
-        registered = {str(n.get("owner-public-key", "")) for n in _safe_nodes(flwr)}
         for key in authorized_keys:
-            if key.read_text().strip() not in registered:
-                flwr.register_node(key)
+            flwr.register_node(key)
         _stop_stale_runs(flwr)
         _role = role
         os.environ["FLWR_HOME"] = str(flwr.home)  # task processes install the FAB here
@@ -171,13 +169,6 @@ def start_server(
     finally:
         _role = None
         superlink.stop()
-
-
-def _safe_nodes(flwr: FlwrCli) -> list[dict[str, object]]:
-    try:
-        return flwr.nodes()
-    except DeploymentError:
-        return []
 
 
 def _stop_stale_runs(flwr: FlwrCli) -> None:
