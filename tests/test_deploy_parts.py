@@ -80,7 +80,7 @@ def test_the_server_certificate_is_signed_by_the_ca_for_the_named_hosts(tmp_path
     server = x509.load_pem_x509_certificate(paths.certificate.read_bytes())
     server.verify_directly_issued_by(ca)
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.DNSName) == ["fl.example.org"]
+    assert names.get_values_for_type(x509.DNSName) == ["fl.example.org", "localhost"]
     assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     assert stat.S_IMODE(paths.private_key.stat().st_mode) == 0o600
     assert not list((tmp_path / "certs").glob("ca.key"))  # the CA key is never kept

@@ -94,7 +94,7 @@ def start_superlink(
         "--port",
         str(port),
     ]
-    return _start(command, log_path, f"{_dial(host)}:{port}")
+    return _start(command, log_path, dial_address(host, port))
 
 
 def start_supernode(
@@ -186,11 +186,6 @@ class FlwrCli:
             args += ["--run-config", overrides]
         return int(self.call(*args)["run-id"])
 
-    def nodes(self) -> list[dict[str, Any]]:
-        result = self.call("supernode", "list", APP_NAME)
-        nodes: list[dict[str, Any]] = result.get("nodes", [])
-        return nodes
-
     def runs(self) -> list[dict[str, Any]]:
         result = self.call("list", APP_NAME)
         runs: list[dict[str, Any]] = result.get("runs", [])
@@ -257,9 +252,10 @@ def _start(command: list[str], log_path: Path, address: str) -> Daemon:
     return daemon
 
 
-def _dial(host: str) -> str:
-    """Where to reach a server bound to ``host`` from this machine."""
-    return "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+def dial_address(host: str, port: int) -> str:
+    """Where this machine reaches a server bound to ``host:port``."""
+    near = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+    return f"{near}:{port}"
 
 
 def _tool(name: str) -> str:

@@ -25,6 +25,7 @@ from fedmarket.config import TaskConfig
 from fedmarket.deploy.flower import (
     FlwrCli,
     app_dir,
+    dial_address,
     start_superlink,
     superexec_secret,
 )
@@ -141,7 +142,7 @@ def start_server(
         secret_file=secret_file,
         log_path=workdir / "superlink.log",
     )
-    address = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    address = dial_address(host, port)
     try:
         flwr = FlwrCli(workdir / "flwr", address, certificates.ca)
         flwr.configure()

@@ -24,6 +24,7 @@ from fedmarket.exceptions import InvalidInput
 from fedmarket.files import atomic_write, write_secret
 
 VALID_DAYS = 365
+LOOPBACK = ("127.0.0.1", "localhost")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class NodeKeyPaths:
 
 
 def make_certificates(folder: Path, hosts: Sequence[str]) -> CertificatePaths:
-    """A new CA and a server certificate for ``hosts`` (DNS names or IP addresses)."""
+    """A new CA and a server certificate for ``hosts`` (DNS names or IP addresses) and for
+    loopback, where the server's own tools reach its Control and Runtime APIs."""
     if not hosts:
         raise InvalidInput("name at least one host (DNS name or IP) the devices will dial")
     paths = CertificatePaths.in_folder(folder)
@@ -97,7 +99,10 @@ def make_certificates(folder: Path, hosts: Sequence[str]) -> CertificatePaths:
             server_key.public_key(),
             now,
         )
-        .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([_san(h) for h in dict.fromkeys([*hosts, *LOOPBACK])]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA384())

@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
@@ -79,7 +80,8 @@ class ForkExecutor:
     def launch(self, spec: ExecutionSpec) -> LaunchResult:
         argv = _argv(spec)
         if self.cold or not hasattr(os, "fork"):
-            child = subprocess.Popen(argv)
+            beside = Path(sys.executable).parent / argv[0]  # this environment's command
+            child = subprocess.Popen([str(beside) if beside.exists() else argv[0], *argv[1:]])
             self.children[child.pid] = child
             return LaunchResult.accepted()
         sys.stdout.flush()
