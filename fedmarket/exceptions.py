@@ -37,7 +37,6 @@ EXIT_CODES: dict[int, str] = {
     55: "A contribution receipt's signature does not match its device.",
     56: "A model's lineage does not verify: the message names the broken link.",
     60: "A Flower deployment process (SuperLink, SuperNode, flwr CLI) failed; see its log.",
-    61: "This device declines to train now: an owner's condition does not hold.",
 }
 
 
@@ -223,9 +222,3 @@ class DeploymentError(FedmarketError):
     """A SuperLink, SuperNode or ``flwr`` CLI call failed; the message quotes its log."""
 
     exit_code: ClassVar[int] = 60
-
-
-class NotEligible(FedmarketError):
-    """The device's owner conditions (power, idle CPU, memory) do not hold right now."""
-
-    exit_code: ClassVar[int] = 61
