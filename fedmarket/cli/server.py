@@ -37,6 +37,7 @@ from fedmarket.market.terms import MarketTerms
 from fedmarket.server.paid import run_paid_federation
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import RoundResult
+from fedmarket.server.rounds import RoundObserver
 from fedmarket.simulation import SimulatedFleet
 from fedmarket.types import TaskId
 from strategies import make_strategy
@@ -50,6 +51,29 @@ TaskOption = Annotated[int, typer.Option(help="The task on the market this serve
 
 def state_path(market: Market, task: int) -> Path:
     return fedmarket_home() / "server" / f"{market.chain_id}-{market.address}" / f"task-{task}.json"
+
+
+def paid_task(config: Path) -> TaskConfig:
+    """The task config a server runs: its rounds are paid, so its market must be enabled."""
+    settings = TaskConfig.load(config)
+    if not settings.market.enabled:
+        raise InvalidInput(f"{config}: [market] enabled = false; a server commits paid rounds")
+    return settings
+
+
+def round_printer(as_json: bool) -> RoundObserver:
+    """One line per finished round: accuracy, devices paid, seconds."""
+
+    def on_round(r: RoundResult) -> None:
+        line = {"round": r.round, "accuracy": r.accuracy, "paid": len(r.receipts)}
+        emit(
+            line | {"seconds": r.seconds},
+            as_json,
+            f"round {r.round}: accuracy {r.accuracy:.3f}, {len(r.receipts)} paid, "
+            f"{r.seconds:.1f} s",
+        )
+
+    return on_round
 
 
 @app.command()
@@ -92,9 +116,7 @@ def start(
     as_json: JsonOption = False,
 ) -> None:
     """Start a SuperLink and run the task's remaining rounds on the devices that join it."""
-    settings = TaskConfig.load(config)
-    if not settings.market.enabled:
-        raise InvalidInput(f"{config}: [market] enabled = false; a server commits paid rounds")
+    settings = paid_task(config)
     paths = CertificatePaths.in_folder(certificates)
     paths.check()
     public_keys = sorted(authorized_keys.glob("*.pub")) if authorized_keys.is_dir() else []
@@ -108,15 +130,6 @@ def start(
     url, deployment, account = market.rpc_url, market.deployment, market.account
     state = state_path(market, task)
 
-    def on_round(r: RoundResult) -> None:
-        line = {"round": r.round, "accuracy": r.accuracy, "paid": len(r.receipts)}
-        emit(
-            line | {"seconds": r.seconds},
-            as_json,
-            f"round {r.round}: accuracy {r.accuracy:.3f}, {len(r.receipts)} paid, "
-            f"{r.seconds:.1f} s",
-        )
-
     role = ServerRole(
         settings=settings,
         task=TaskId(task),
@@ -128,7 +141,7 @@ def start(
         evaluation_home=fedmarket_home() / "server-evaluation",
         devices=settings.federation.devices,
         connect_timeout=connect_timeout,
-        on_round=on_round,
+        on_round=round_printer(as_json),
     )
     typer.echo(
         f"task {task}: round {on_chain.last_round} of {settings.federation.rounds} on chain",
@@ -156,9 +169,7 @@ def run(
     as_json: JsonOption = False,
 ) -> None:
     """Run the task's remaining rounds with simulated devices; store and commit each round."""
-    settings = TaskConfig.load(config)
-    if not settings.market.enabled:
-        raise InvalidInput(f"{config}: [market] enabled = false; a server run commits paid rounds")
+    settings = paid_task(config)
     market = connect(rpc_url, key)
     publisher = RoundPublisher(
         store=open_store(backend, ipfs_api, 30.0),
@@ -176,12 +187,12 @@ def run(
     if publisher.next_round > 1:
         typer.echo(f"resuming task {task} at round {publisher.next_round}", err=True)
 
-    def on_round(r: RoundResult) -> None:
-        line = {"round": r.round, "accuracy": r.accuracy, "survivors": len(r.trained)}
-        emit(line, as_json, f"round {r.round}: accuracy {r.accuracy:.3f}, {len(r.trained)} paid")
-
     result = run_paid_federation(
-        fleet, plan, make_strategy(settings.federation.strategy), publisher, on_round=on_round
+        fleet,
+        plan,
+        make_strategy(settings.federation.strategy),
+        publisher,
+        on_round=round_printer(as_json),
     )
     if not result.rounds:
         typer.echo(f"task {task}: all {plan.rounds} rounds are already committed", err=True)

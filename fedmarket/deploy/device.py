@@ -134,15 +134,13 @@ def join(
     for path, what in ((root_certificates, "CA certificate"), (node_key, "node key")):
         if not path.is_file():
             raise InvalidInput(f"{what} {path} does not exist")
-    secret_file = workdir / "superexec.secret"
-    secret = superexec_secret(secret_file)
     _role = role
     os.environ["FLWR_HOME"] = str(workdir / "flwr")  # task processes install the FAB here
     backoff = 1.0
     try:
         while True:
             began = time.monotonic()
-            _serve_once(role, superlink, root_certificates, node_key, workdir, secret, cold=cold)
+            _serve_once(role, superlink, root_certificates, node_key, workdir, cold=cold)
             # The SuperNode gave up: the SuperLink is down, restarting, or has not admitted
             # this node's key yet. A device keeps trying, as a phone app would.
             backoff = 1.0 if time.monotonic() - began > 60 else min(backoff * 2, 10.0)
@@ -171,11 +169,12 @@ def _serve_once(
     root_certificates: Path,
     node_key: Path,
     workdir: Path,
-    secret: bytes,
     *,
     cold: bool,
 ) -> None:
     """One SuperNode's life: serve its tasks until it exits."""
+    secret_file = workdir / "superexec.secret"
+    secret = superexec_secret(secret_file)  # made before the SuperNode, which reads it
     port = free_port()
     try:
         node = start_supernode(
@@ -184,7 +183,7 @@ def _serve_once(
             node_key=node_key,
             runtime_port=port,
             node_config=role.node_config(),
-            secret_file=workdir / "superexec.secret",
+            secret_file=secret_file,
             log_path=workdir / "supernode.log",
         )
     except DeploymentError as exc:

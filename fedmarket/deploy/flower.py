@@ -191,6 +191,9 @@ class FlwrCli:
         runs: list[dict[str, Any]] = result.get("runs", [])
         return runs
 
+    def stop_run(self, run_id: int) -> None:
+        self.call("stop", str(run_id), APP_NAME)
+
     def call(self, *args: str) -> dict[str, Any]:
         env = {**os.environ, "FLWR_HOME": str(self.home), "FLWR_DISABLE_UPDATE_CHECK": "1"}
         done = subprocess.run(

@@ -133,7 +133,7 @@ def start_server(
     RoundFailed when it ended in failure. The SuperLink's state lives in ``workdir``."""
     global _role
     secret_file = workdir / "superexec.secret"
-    superexec_secret(secret_file)
+    secret = superexec_secret(secret_file)
     superlink = start_superlink(
         host=host,
         port=port,
@@ -157,7 +157,7 @@ def start_server(
         serve_tasks(
             address,
             task_types=[TaskType.SERVER_APP],
-            secret=secret_file.read_bytes(),
+            secret=secret,
             root_certificates=str(certificates.ca),
             should_stop=lambda: bool(ended),
             on_exit=lambda pid, status: ended.append(status),
@@ -176,4 +176,4 @@ def _stop_stale_runs(flwr: FlwrCli) -> None:
     """Stop runs a killed server left behind, so devices never train for a dead ServerApp."""
     for run in flwr.runs():
         if not str(run.get("status", "")).startswith("finished"):
-            flwr.call("stop", str(run["run-id"]), "fedmarket")
+            flwr.stop_run(int(run["run-id"]))
