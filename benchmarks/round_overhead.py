@@ -25,7 +25,6 @@ from benchmarks.common import write_results
 from fedmarket.ledger import Web3Ledger, deploy
 from fedmarket.ledger.chain import LocalChain, dev_accounts
 from fedmarket.market.publisher import RoundPublisher
-from fedmarket.market.terms import MarketTerms
 from fedmarket.privacy import DpConfig, TrainConfig
 from fedmarket.processes import free_port
 from fedmarket.server.paid import run_paid_federation
@@ -112,9 +111,7 @@ def run_stage(stage: str, devices: int, rounds: int, folder: Path) -> dict[str, 
         store.put_bytes = timed(store.put_bytes, store_s)  # type: ignore[method-assign]
         aggregator.commit_round = timed(aggregator.commit_round, commit_s)  # type: ignore[method-assign]
         publisher.publish = timed(publisher.publish, publish_s)  # type: ignore[method-assign]
-        plan = FederationPlan(
-            **base, market=MarketTerms(task, deployment.chain_id, deployment.market)
-        )
+        plan = FederationPlan(**base, market=publisher.terms)
         run_paid_federation(fleet, plan, FedAvg(), publisher, on_round=on_round)
     finally:
         chain.down()

@@ -1,12 +1,14 @@
 """The whole story on one machine: chain, store, task, private paid rounds, claims, a sale.
 
 :func:`run_demo` starts a local anvil and a LocalStore under ``out``, deploys the market, lets a
-sponsor open a task, runs the federation under DP + SecAgg+ with every round stored and
-committed, has every device verify its rewards and claim them, lists the final model encrypted,
-and has a buyer buy, decrypt, verify and evaluate it. It returns what happened and stops what
-it started. ``out`` is laid out as a ``$FEDMARKET_HOME`` (``chain/`` with the saved anvil state
-and the deployment, ``store/``, ``privacy/``, ``server/``, ``market/``), so the CLI can inspect a
-finished run: ``FEDMARKET_HOME=<out> fedmarket chain up``, then ``fedmarket verify <model CID>``.
+sponsor open a task, runs the federation under DP + SecAgg+ with every round's model stored
+encrypted and committed by a hiding commitment, lists the final model encrypted, has a buyer buy,
+decrypt, verify the lineage and evaluate it, lets the dispute window pass (anvil time travel) so
+the sale settles, has every device verify its rewards and claim them with its share of the sale,
+and closes the task. It returns what happened and stops what it started. ``out`` is laid out as
+a ``$FEDMARKET_HOME`` (``chain/`` with the saved anvil state and the deployment, ``store/``,
+``privacy/``, ``server/``, ``market/``), so the CLI can inspect a finished run:
+``FEDMARKET_HOME=<out> fedmarket chain up``, then ``fedmarket verify --task 1``.
 
 Roles are anvil's development accounts (local chain only): 0 is the treasury and the sponsor,
 1 the aggregator and seller, 2 the buyer. Devices' payout keys are simulated from a seed.
@@ -25,16 +27,24 @@ from web3 import Web3
 
 from fedmarket.config import TaskConfig
 from fedmarket.contracts import load_artifact
-from fedmarket.crypto import Identity
+from fedmarket.crypto.key_delivery import OneTimeKey
+from fedmarket.device.acks import AckBook
 from fedmarket.ledger import Deployment, Web3Ledger, deploy
 from fedmarket.ledger.chain import LocalChain, dev_accounts, rpc
+from fedmarket.ledger.deploy import DEFAULT_CLOSE_GRACE, DEFAULT_DISPUTE_WINDOW
 from fedmarket.market.amounts import to_tokens
 from fedmarket.market.bundle import canonical_json
 from fedmarket.market.claims import claim_all, rewards_of
 from fedmarket.market.lineage import verify_lineage
 from fedmarket.market.publisher import PublishedRound, RoundPublisher
-from fedmarket.market.sales import Keyring, buy_model, list_model, model_metadata, serve
-from fedmarket.market.terms import MarketTerms
+from fedmarket.market.sales import (
+    Keyring,
+    buy_model,
+    list_model,
+    model_metadata,
+    serve,
+    settle_due,
+)
 from fedmarket.models.evaluation import evaluate
 from fedmarket.models.registry import build_model
 from fedmarket.models.weights import set_weights, weights_from_bytes
@@ -120,9 +130,7 @@ def _paid_story(
         market=deployment.market,
         state_path=out / "server" / "publisher.json",
     )
-    plan = FederationPlan.from_config(
-        config, market=MarketTerms(task, deployment.chain_id, deployment.market)
-    )
+    plan = FederationPlan.from_config(config, market=publisher.terms)
     step(f"{fleet.num_devices} devices train task {task} under DP + SecAgg+")
     result = run_paid_federation(
         fleet,
@@ -133,18 +141,22 @@ def _paid_story(
         verbose=verbose,
     )
     rounds = publisher.rounds
-    final_cid = rounds[-1].model_cid
+    final = rounds[-1]
     names: dict[str, str] = {
         simulated_account(config.market.payout_seed, i).address: f"device-{i}"
         for i in range(fleet.num_devices)
     }
 
-    step("devices verify their rewards from chain and store, then claim")
-    devices = _claim_for_devices(config, fleet, sponsor, store, deployment, chain.rpc_url)
-
-    step("the aggregator lists the final model, encrypted")
+    step("the aggregator lists the final model, encrypted (its plaintext is nowhere public)")
+    sealed = publisher.sealed_model(final.round)
     lineage = verify_lineage(
-        aggregator, store, final_cid, chain_id=deployment.chain_id, market=deployment.market
+        aggregator,
+        store,
+        task,
+        final.round,
+        chain_id=deployment.chain_id,
+        market=deployment.market,
+        model=sealed,
     )
     keyring = Keyring(out / "market" / f"{deployment.chain_id}-{deployment.market}" / "seller-keys")
     final_accuracy = result.rounds[-1].accuracy
@@ -153,39 +165,51 @@ def _paid_story(
         store,
         keyring,
         task=task,
-        model=store.get_bytes(final_cid),
+        round=final.round,
+        model=sealed,
         price=config.price,
         metadata=model_metadata(lineage, accuracy=final_accuracy),
         contributors_bps=config.contributors_bps,
     )
 
-    step("a buyer buys it in one transaction; the seller delivers the key sealed to the buyer")
+    step("a buyer buys it in one transaction; the seller delivers the key by ECDH on chain")
     sponsor.transfer(buyer.address, config.price)
-    escrow_before_sale = sponsor.task(task).escrow
     stop = threading.Event()
     seller = threading.Thread(target=_serve_until, args=(aggregator, keyring, stop), daemon=True)
     seller.start()
     try:
         bought = buy_model(
-            buyer, store, listing, Identity.generate(), timeout=config.market.key_timeout, poll=0.2
+            buyer,
+            store,
+            listing,
+            OneTimeKey.generate(),
+            timeout=config.market.key_timeout,
+            poll=0.2,
         )
     finally:
         stop.set()
         seller.join()
-    verified = verify_lineage(
-        buyer, store, bought.model_cid, chain_id=deployment.chain_id, market=deployment.market
-    )
+    assert bought.lineage is not None  # buy_model verifies it after decryption
     decrypted_accuracy = _evaluate(fleet, plan, bought.model)
+
+    step("the dispute window passes (local chain: time travel); the sale settles")
+    _advance(chain.rpc_url, DEFAULT_DISPUTE_WINDOW + 1)
+    settle_due(aggregator)
     seller_share = aggregator.owed(aggregator.address)
     withdrawn = aggregator.withdraw()
-    contributors_share = sponsor.task(task).escrow - escrow_before_sale
+    contributors_share, _ = sponsor.sales_revenue(task, final.round)
 
-    step("the sponsor closes the task; unspent escrow returns")
+    step("devices verify their rewards from chain and store, then claim them and their sale share")
+    devices = _claim_for_devices(config, fleet, sponsor, store, out, chain.rpc_url)
+
+    step("the sponsor closes the task; after the grace, unspent escrow returns")
+    sponsor.close_task(task)
+    _advance(chain.rpc_url, DEFAULT_CLOSE_GRACE + 1)
     state = sponsor.task(task)
-    refunded = sponsor.close_task(task)
+    refunded = sponsor.refund_unspent(task) if state.escrow > state.reserved else 0
+    sale_paid = sum(d["sale_share"] for d in devices)
 
     market = {
-        "model_cid": final_cid,
         "task": {
             "id": task,
             "spec_cid": spec_cid,
@@ -203,6 +227,7 @@ def _paid_story(
         "rounds_published": [
             {
                 "round": r.round,
+                "model_commitment": r.model_commitment,
                 "model_cid": r.model_cid,
                 "bundle_cid": r.bundle_cid,
                 "evidence_cid": r.evidence_cid,
@@ -211,25 +236,27 @@ def _paid_story(
             }
             for r in rounds
         ],
-        "rewards": devices,
+        "rewards": [{**d, "sale_share": to_tokens(d["sale_share"])} for d in devices],
         "reward_history": _reward_history(rounds, names, config.reward_per_update),
         "escrow": {
             "budget": to_tokens(config.budget),
             "committed": to_tokens(state.committed),
-            "sale_contributors_share": to_tokens(contributors_share),
             "refunded": to_tokens(refunded),
         },
         "purchase": {
             "listing": listing,
             "purchase": bought.purchase,
+            "task": task,
+            "round": final.round,
             "price": to_tokens(bought.price),
             "seller_share": to_tokens(seller_share),
             "withdrawn": to_tokens(withdrawn),
             "contributors_share": to_tokens(contributors_share),
-            "model_cid": bought.model_cid,
+            "contributors_share_paid_to_devices": to_tokens(sale_paid),
+            "model_commitment": bought.sealed.commitment.hex(),
             "decrypted_accuracy": decrypted_accuracy,
             "server_accuracy": final_accuracy,
-            "verified": verified.model_cid == final_cid,
+            "verified": bought.lineage.model_opened,
             "metadata": bought.metadata,
         },
     }
@@ -241,25 +268,25 @@ def _claim_for_devices(
     fleet: SimulatedFleet,
     any_ledger: Web3Ledger,
     store: LocalStore,
-    deployment: Deployment,
+    home: Path,
     rpc_url: str,
 ) -> list[dict[str, Any]]:
-    """Each device rebuilds its rewards from chain and store (verified) and claims them."""
+    """Each device rebuilds its rewards from chain, store and its acknowledgements (verified)
+    and claims them with its share of the sales."""
     rows = []
     for index in range(fleet.num_devices):
         account = simulated_account(config.market.payout_seed, index)
         rpc(rpc_url, "anvil_setBalance", [account.address, hex(_GAS_ETHER)])  # gas for the claim
         device = any_ledger.as_account(account)
-        rewards = rewards_of(
-            device, store, account.address, chain_id=deployment.chain_id, market=deployment.market
-        )
+        rewards = rewards_of(device, store, account.address, acks=AckBook(home, account.address))
         paid = claim_all(device, rewards)
         rows.append(
             {
                 "device": f"device-{index}",
                 "address": account.address,
                 "rounds_paid": sum(r.rounds for r in rewards),
-                "earned": to_tokens(sum(r.earned for r in rewards)),
+                "earned": to_tokens(sum(r.owed for r in rewards)),
+                "sale_share": sum(s.claimable for r in rewards for s in r.sale_shares),
                 "claimed": to_tokens(sum(paid.values())),
                 "balance": to_tokens(device.balance(account.address)),
             }
@@ -279,6 +306,12 @@ def _reward_history(
         for name, total in totals.items():
             history[name].append(float(to_tokens(total)))
     return {"rounds": [r.round for r in rounds], "devices": history}
+
+
+def _advance(rpc_url: str, seconds: int) -> None:
+    """Move the local chain's clock (anvil only): windows of hours pass in an instant."""
+    rpc(rpc_url, "evm_increaseTime", [seconds])
+    rpc(rpc_url, "evm_mine")
 
 
 def _serve_until(seller: Web3Ledger, keyring: Keyring, stop: threading.Event) -> None:

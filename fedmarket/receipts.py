@@ -1,9 +1,10 @@
 """EIP-712 contribution receipts: a device's signed statement of one update it contributed.
 
-The typed data matches ``DataMarket.Receipt`` (domain "fedmarket", version "1", the chain id and
+The typed data matches ``DataMarket.Receipt`` (domain "fedmarket", version "2", the chain id and
 the market's address), so the contract's ``receiptSigner`` view recovers the same signer as
 :func:`recover_signer`. A signature is bound to one task, round, model and upload: replaying it
-for another task or round recovers a different address.
+for another task or round recovers a different address. The model a device trained from is named
+by its hiding commitment (:mod:`fedmarket.market.models`), never by a plaintext CID.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
-from multiformats import CID
 
 from fedmarket.exceptions import InvalidInput, ReceiptInvalid
-from fedmarket.store.cid import parse_cid
 
 _UINT64 = 2**64 - 1
 RECEIPT_TYPES = {
@@ -28,7 +27,7 @@ RECEIPT_TYPES = {
         {"name": "task", "type": "uint256"},
         {"name": "round", "type": "uint64"},
         {"name": "device", "type": "address"},
-        {"name": "modelCid", "type": "bytes"},
+        {"name": "trainedFrom", "type": "bytes32"},
         {"name": "uploadDigest", "type": "bytes32"},
         {"name": "weight", "type": "uint64"},
         {"name": "epsilonMicros", "type": "uint64"},
@@ -44,7 +43,7 @@ class Receipt:
     task: int
     round: int
     device: str
-    model_cid: str
+    trained_from: bytes  # commitment of the global model the update was trained from
     upload_digest: bytes
     weight: int
     epsilon_micros: int
@@ -67,8 +66,9 @@ class Receipt:
             raise InvalidInput(f"receipt delta_e18 must encode 0 < delta < 1, got {self.delta_e18}")
         if len(self.upload_digest) != 32:
             raise InvalidInput(f"upload_digest must be 32 bytes, got {len(self.upload_digest)}")
+        if len(self.trained_from) != 32:
+            raise InvalidInput(f"trained_from must be 32 bytes, got {len(self.trained_from)}")
         object.__setattr__(self, "device", to_checksum_address(self.device))
-        parse_cid(self.model_cid)
 
     @classmethod
     def for_update(
@@ -77,7 +77,7 @@ class Receipt:
         task: int,
         round: int,
         device: str,
-        model_cid: str,
+        trained_from: bytes,
         upload_digest: bytes,
         weight: int,
         epsilon: float,
@@ -90,7 +90,7 @@ class Receipt:
             task=task,
             round=round,
             device=device,
-            model_cid=model_cid,
+            trained_from=trained_from,
             upload_digest=upload_digest,
             weight=weight,
             epsilon_micros=math.ceil(epsilon * 1e6),  # rounded up: never understate the spend
@@ -103,7 +103,7 @@ class Receipt:
             "task": self.task,
             "round": self.round,
             "device": self.device,
-            "modelCid": bytes(CID.decode(self.model_cid)),
+            "trainedFrom": self.trained_from,
             "uploadDigest": self.upload_digest,
             "weight": self.weight,
             "epsilonMicros": self.epsilon_micros,
@@ -111,10 +111,11 @@ class Receipt:
         }
 
 
-def _domain(chain_id: int, market: str) -> dict[str, Any]:
+def eip712_domain(chain_id: int, market: str) -> dict[str, Any]:
+    """The market's EIP-712 domain: receipts and acknowledgements are signed for one contract."""
     return {
         "name": "fedmarket",
-        "version": "1",
+        "version": "2",
         "chainId": chain_id,
         "verifyingContract": to_checksum_address(market),
     }
@@ -126,12 +127,14 @@ def sign_receipt(receipt: Receipt, account: LocalAccount, *, chain_id: int, mark
         raise InvalidInput(
             f"receipt names device {receipt.device}, but the key is {account.address}"
         )
-    signed = account.sign_typed_data(_domain(chain_id, market), RECEIPT_TYPES, receipt.as_struct())
+    signed = account.sign_typed_data(
+        eip712_domain(chain_id, market), RECEIPT_TYPES, receipt.as_struct()
+    )
     return bytes(signed.signature)
 
 
 def recover_signer(receipt: Receipt, signature: bytes, *, chain_id: int, market: str) -> str:
-    message = encode_typed_data(_domain(chain_id, market), RECEIPT_TYPES, receipt.as_struct())
+    message = encode_typed_data(eip712_domain(chain_id, market), RECEIPT_TYPES, receipt.as_struct())
     try:
         return str(Account.recover_message(message, signature=signature))
     except Exception as exc:  # eth_keys raises several types for malformed signatures

@@ -32,7 +32,7 @@ from fedmarket.privacy.config import AccountantKind
 from fedmarket.server.app import make_server_app, starting_point
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import FederationResult
-from fedmarket.server.rounds import ModelObserver, RoundObserver
+from fedmarket.server.rounds import ModelObserver, RoundObserver, RoundPayer
 from fedmarket.types import DeviceId
 from strategies import Strategy
 
@@ -140,6 +140,7 @@ def run_federation(
     verbose: bool = False,
     resume: tuple[int, Weights] | None = None,
     client_mods: Sequence[Mod] = (),
+    payer: RoundPayer | None = None,
 ) -> FederationResult:
     """Simulate the federation with Flower's Ray-backed engine and return every round.
 
@@ -159,6 +160,7 @@ def run_federation(
         on_model=on_model,
         on_done=outcome.append,
         first_round=first_round,
+        payer=payer,
     )
     client_app = make_client_app(
         fleet.resolve, require_secagg=fleet.require_secagg, mods=client_mods

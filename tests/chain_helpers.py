@@ -16,19 +16,25 @@ from fedmarket.ledger import Deployment, Web3Ledger, deploy
 from fedmarket.ledger.chain import LocalChain, dev_accounts, rpc
 from fedmarket.market.publisher import RoundPublisher
 from fedmarket.market.rewards import RewardTree
+from fedmarket.market.sealed_models import model_commitment
 from fedmarket.store import LocalStore
 from fedmarket.types import TaskId
 
 HELPERS = Path(__file__).resolve().parents[1] / "contracts" / "test-artifacts"
 EMPTY_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 MODEL_CID = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
+# A fixed hiding commitment (as sealed_models.model_commitment makes) for the model at MODEL_CID.
+MODEL_COMMITMENT = model_commitment(bytes(32), b"fedmarket test model")
+DELIVERY_WINDOW = DISPUTE_WINDOW = CLOSE_GRACE = 3600  # short windows: tests move chain time
 
 
 def commit(aggregator: Web3Ledger, task: TaskId, round_: int, tree: RewardTree) -> bool:
-    """The aggregator commits ``tree`` as round ``round_`` (fixed model and bundle CIDs)."""
+    """The aggregator commits ``tree`` as round ``round_`` (a fixed model commitment, ciphertext
+    CID and bundle CID)."""
     return aggregator.commit_round(
         task,
         round_,
+        model_commitment=MODEL_COMMITMENT,
         model_cid=MODEL_CID,
         bundle_cid=EMPTY_CID,
         rewards_root=tree.root,
@@ -82,7 +88,13 @@ def start_chain(folder: Path) -> Iterator[Chain]:
     try:
         w3 = Web3(Web3.HTTPProvider(local.rpc_url, request_kwargs={"timeout": 30}))
         accounts = dev_accounts(10)
-        deployment = deploy(w3, accounts[0], delivery_window=3600)
+        deployment = deploy(
+            w3,
+            accounts[0],
+            delivery_window=DELIVERY_WINDOW,
+            dispute_window=DISPUTE_WINDOW,
+            close_grace=CLOSE_GRACE,
+        )
         yield Chain(local, w3, deployment, accounts)
     finally:
         local.down()

@@ -1,33 +1,35 @@
 """``fedmarket market`` and ``fedmarket device`` on a real anvil: the flows a sponsor, seller,
-buyer and device owner run, and bad input that must fail clearly without sending anything."""
+buyer and device owner run; what a cheating seller, buyer or stranger tries, which must take
+nothing; and bad input that must fail clearly without sending anything."""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
-from chain_helpers import Chain, open_publisher
+from chain_helpers import MODEL_CID, Chain
 from cli_invoke import invoke
-from test_publisher import signed
+from test_sales import deliver_wrong_key, nonces, publish_first_round, windows
 
 from fedmarket.crypto import AssetKey, encrypt_bytes
+from fedmarket.crypto.key_delivery import OneTimeKey
 from fedmarket.keys import KeyStore
-from fedmarket.market.bundle import canonical_json
+from fedmarket.ledger.base import PurchaseState
+from fedmarket.market.publisher import RoundPublisher
 from fedmarket.market.sales import Keyring, serve
+from fedmarket.market.sealed_models import TaskSecret
 from fedmarket.store import LocalStore
-from fedmarket.store.cid import canonical
-from fedmarket.store.unixfs import cid_of_bytes
-from fedmarket.types import TaskId
+from fedmarket.types import ListingId, PurchaseId, TaskId
 
 pytestmark = pytest.mark.integration
 
 PASSPHRASE = "correct horse battery"
 TOKEN = 10**18
 MODEL = b"the final model's safetensors bytes" * 100
-MODEL_CID = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
 
 
 @pytest.fixture
@@ -47,43 +49,121 @@ def cli(monkeypatch: pytest.MonkeyPatch, chain: Chain, *args: str) -> tuple[int,
 
 def run_json(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], chain: Chain, *args: str
-) -> object:
+) -> Any:
     code, _ = cli(monkeypatch, chain, *args, "--json")
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return json.loads(captured.out.strip().splitlines()[-1])
 
 
-def committed_model(chain: Chain, home: Path, task: TaskId) -> str:
-    """One published round of ``task`` by the aggregator (account 1), stored in ``home``."""
-    publisher = open_publisher(chain, task, home)
-    a, b = chain.accounts[2:4]
-    published = publisher.publish(
-        1,
-        model=MODEL,
-        trained_from=MODEL_CID,
-        survivors=[a.address, b.address],
-        receipts=[signed(chain, a, 1, task), signed(chain, b, 1, task)],
-        evidence={},
+def refused(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    chain: Chain,
+    *args: str,
+) -> tuple[int, str]:
+    """Run a command that must fail; return (exit code, stderr), checking it sent nothing."""
+    before = nonces(chain)
+    code, _ = cli(monkeypatch, chain, *args)
+    err = capsys.readouterr().err
+    assert code != 0, err
+    assert nonces(chain) == before, f"{args} sent a transaction"
+    return code, err
+
+
+def server_folder(chain: Chain, home: Path) -> Path:
+    """Where `fedmarket server` keeps its task state (fedmarket/cli/server.py: state_path)."""
+    return home / "server" / f"{chain.deployment.chain_id}-{chain.deployment.market}"
+
+
+def market_folder(chain: Chain, home: Path) -> Path:
+    return home / "market" / f"{chain.deployment.chain_id}-{chain.deployment.market}"
+
+
+def committed_round(chain: Chain, home: Path, task: TaskId) -> RoundPublisher:
+    """Round 1 of ``task`` by its aggregator (account 1), paying devices 2 and 3, with its state
+    where `fedmarket server` keeps it and its ciphertext in ``home``'s store."""
+    publisher = RoundPublisher(
+        store=LocalStore(home / "store"),
+        ledger=chain.ledger(1),
+        task=task,
+        chain_id=chain.deployment.chain_id,
+        market=chain.deployment.market,
+        state_path=server_folder(chain, home) / f"task-{task}.json",
     )
-    return published.model_cid
+    publish_first_round(chain, publisher, task, MODEL, chain.accounts[2:4])
+    return publisher
+
+
+def listed_task(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    chain: Chain,
+    home: Path,
+    *,
+    buyer_tokens: int = 3,
+) -> TaskId:
+    """Task 1 (sponsor 0, aggregator 1, 0.5 tokens an update, budget 10) with round 1
+    committed, listed by the aggregator at 3 tokens (20 % to contributors); buyer 8 funded."""
+    task = chain.ledger(0).create_task(
+        aggregator=chain.accounts[1].address,
+        reward_per_update=TOKEN // 2,
+        budget=10 * TOKEN,
+        spec_cid=MODEL_CID,
+    )
+    committed_round(chain, home, task)
+    listed = run_json(
+        monkeypatch, capsys, chain, *f"market list --task {task} --key dev:1 --price 3".split()
+    )
+    assert listed == {"listing": 1, "task": task, "round": 1}
+    chain.ledger(0).transfer(chain.accounts[8].address, buyer_tokens * TOKEN)
+    return task
+
+
+def buy(
+    monkeypatch: pytest.MonkeyPatch, chain: Chain, listing: int, out: Path, timeout: int = 30
+) -> int:
+    args = f"market buy {listing} --key dev:8 --timeout {timeout}".split()
+    code, _ = cli(monkeypatch, chain, *args, "--out", str(out))
+    return code
 
 
 @pytest.fixture
 def seller_online(chain: Chain, home: Path) -> Iterator[None]:
     """The seller (account 1) serving keys from the keyring `market list` wrote."""
-    folder = home / "market" / f"{chain.deployment.chain_id}-{chain.deployment.market}"
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.wait(0.2):
-            serve(chain.ledger(1), Keyring(folder / "seller-keys"))
+            serve(chain.ledger(1), Keyring(market_folder(chain, home) / "seller-keys"))
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     yield
     stop.set()
     thread.join()
+
+
+@pytest.fixture
+def seller_cheats(chain: Chain) -> Iterator[None]:
+    """The seller (account 1) answering every pending purchase with a wrong key."""
+    seller = chain.ledger(1)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(0.2):
+            for p in seller.purchases_of(seller.address):
+                if p.state is PurchaseState.PENDING:
+                    deliver_wrong_key(seller, p.purchase)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join()
+
+
+# -- honest flows ----------------------------------------------------------------------------------
 
 
 def test_sponsor_seller_buyer_and_device_flows(
@@ -112,66 +192,53 @@ def test_sponsor_seller_buyer_and_device_flows(
     )
     assert isinstance(created, dict)
     task = TaskId(created["task"])
-    (listed_task,) = run_json(monkeypatch, capsys, chain, "market", "tasks")  # type: ignore[misc]
-    assert listed_task["escrow"] == "10"
-    assert listed_task["reward_per_update"] == "0.5"
-    model_cid = committed_model(chain, home, task)
+    (listed_task_row,) = run_json(monkeypatch, capsys, chain, "market", "tasks")
+    assert listed_task_row["escrow"] == "10"
+    assert listed_task_row["reward_per_update"] == "0.5"
+    assert (listed_task_row["rounds"], listed_task_row["closes_at"]) == (0, None)
+    publisher = committed_round(chain, home, task)
 
-    listing = run_json(
-        monkeypatch,
-        capsys,
-        chain,
-        "market",
-        "list",
-        model_cid,
-        "--key",
-        "dev:1",
-        "--price",
-        "3",
-        "--accuracy",
-        "0.9",
-    )
-    (offer,) = run_json(monkeypatch, capsys, chain, "market", "listings")  # type: ignore[misc]
-    assert offer["price"] == "3"
+    args = f"market list --task {task} --key dev:1 --price 3 --accuracy 0.9".split()
+    listing = run_json(monkeypatch, capsys, chain, *args)
+    assert listing == {"listing": 1, "task": task, "round": 1}
+    (offer,) = run_json(monkeypatch, capsys, chain, "market", "listings")
+    assert (offer["price"], offer["task"], offer["round"], offer["share"]) == ("3", task, 1, 0.2)
     assert (offer["rounds"], offer["devices"], offer["accuracy"]) == (1, 2, 0.9)
     assert offer["epsilon_max"] == offer["epsilon_median"] == 1.5
     assert offer["delta"] == 1e-5
 
     chain.ledger(0).transfer(chain.accounts[8].address, 5 * TOKEN)
     out = tmp_path / "bought.safetensors"
-    bought = run_json(
-        monkeypatch,
-        capsys,
-        chain,
-        "market",
-        "buy",
-        str(listing["listing"]),  # type: ignore[index]
-        "--key",
-        "dev:8",
-        "--out",
-        str(out),
-        "--timeout",
-        "30",
-    )
+    args = ["market", "buy", "1", "--key", "dev:8", "--timeout", "30"]
+    bought = run_json(monkeypatch, capsys, chain, *args, "--out", str(out))
     assert out.read_bytes() == MODEL
-    assert bought["verified"] is True  # type: ignore[index]
-    assert bought["model_cid"] == model_cid  # type: ignore[index]
+    assert isinstance(bought, dict)
+    assert bought["verified"] is True
+    assert (bought["task"], bought["round"], bought["price"]) == (task, 1, "3")
+    assert bought["model_commitment"] == publisher.rounds[0].model_commitment
+    balance = run_json(monkeypatch, capsys, chain, "market", "balance", "--key", "dev:1")
+    assert balance == {"address": aggregator, "tokens": "0", "withdrawable": "0"}  # disputable
+
+    chain.advance(windows(chain).dispute + 1)
+    settled = run_json(monkeypatch, capsys, chain, "market", "serve", "--once", "--key", "dev:1")
+    assert settled == {"settled": 1}
     balance = run_json(monkeypatch, capsys, chain, "market", "balance", "--key", "dev:1")
     assert balance == {"address": aggregator, "tokens": "0", "withdrawable": "2.4"}
     assert run_json(monkeypatch, capsys, chain, "market", "withdraw", "--key", "dev:1") == {
         "withdrawn": "2.4"
     }
 
-    # a device owner: status, then one claim
+    # a device owner: status, then one claim of its reward and its share of the sale
     device = chain.accounts[2]
     KeyStore(home / "keys").new("phone", PASSPHRASE, private_key=bytes(device.key))
     status = run_json(monkeypatch, capsys, chain, "device", "status", "--key", "phone")
-    (rewards,) = status["rewards"]  # type: ignore[index]
+    (rewards,) = status["rewards"]
     assert (rewards["earned"], rewards["claimable"], rewards["rounds_paid"]) == ("0.5", "0.5", 1)
+    assert rewards["sale_shares"] == "0.3"
     claimed = run_json(monkeypatch, capsys, chain, "device", "claim", "--key", "phone")
-    assert claimed["claimed"] == {str(task): "0.5"}  # type: ignore[index]
+    assert claimed["claimed"] == {str(task): "0.8"}
     again = run_json(monkeypatch, capsys, chain, "market", "claim", "--key", "phone")
-    assert again["claimed"] == {}  # type: ignore[index]
+    assert again["claimed"] == {}
 
 
 def test_seller_offline_buyer_refunds_after_the_deadline_from_the_cli(
@@ -181,43 +248,259 @@ def test_seller_offline_buyer_refunds_after_the_deadline_from_the_cli(
     home: Path,
     tmp_path: Path,
 ) -> None:
+    listed_task(monkeypatch, capsys, chain, home)
+    out = tmp_path / "never.safetensors"
+
+    assert buy(monkeypatch, chain, 1, out, timeout=1) == 52
+    err = capsys.readouterr().err
+    assert "take a refund of purchase 1" in err
+    assert not out.exists()
+    code, err = refused(monkeypatch, capsys, chain, "market", "refund", "1", "--key", "dev:8")
+    assert code == 2
+    assert "to deliver the key of purchase 1" in err
+
+    chain.advance(windows(chain).delivery + 1)
+    assert run_json(monkeypatch, capsys, chain, "market", "refund", "1", "--key", "dev:8") == {
+        "purchase": 1,
+        "refunded": "3",
+    }
+    assert chain.ledger(8).balance(chain.accounts[8].address) == 3 * TOKEN
+    # too late to deliver now: the seller's serve sends nothing
+    sent = nonces(chain)
+    assert cli(monkeypatch, chain, "market", "serve", "--once", "--key", "dev:1")[0] == 0
+    assert nonces(chain) == sent
+
+
+# -- a seller who delivers a wrong key -------------------------------------------------------------
+
+
+def test_a_wrong_key_is_disputed_and_refunded_and_the_seller_keeps_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    chain: Chain,
+    home: Path,
+    tmp_path: Path,
+    seller_cheats: None,
+) -> None:
+    """THREATS, seller: may deliver any bytes as a key, must not keep the payment for it.
+    `market buy` finds the wrong key, disputes it on chain and is refunded in full."""
+    listed_task(monkeypatch, capsys, chain, home)
+    buyer, seller = chain.ledger(8), chain.ledger(1)
+    out = tmp_path / "model"
+
+    assert buy(monkeypatch, chain, 1, out) == 45
+    err = capsys.readouterr().err
+    assert "purchase 1: the seller's key does not match the listing's commitment" in err
+    assert "disputed on chain and refunded 3 tokens" in err
+    assert not out.exists()
+    assert buyer.balance(buyer.address) == 3 * TOKEN
+    assert buyer.purchase(PurchaseId(1)).state is PurchaseState.REFUNDED
+    assert seller.owed(seller.address) == 0
+
+    chain.advance(windows(chain).dispute + 1)
+    code, err = refused(monkeypatch, capsys, chain, "market", "withdraw", "--key", "dev:1")
+    assert code == 2
+    assert f"nothing to withdraw for {seller.address}" in err
+    assert (seller.owed(seller.address), seller.balance(seller.address)) == (0, 0)
+    assert seller.sales_revenue(TaskId(1), 1) == (0, 0)
+
+
+def test_a_wrong_key_found_by_fetch_is_disputed_and_refunded(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    chain: Chain,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    """The key comes after `market buy` gave up waiting; `market fetch` disputes it."""
+    listed_task(monkeypatch, capsys, chain, home)
+    buyer, seller = chain.ledger(8), chain.ledger(1)
+    out = tmp_path / "model"
+    assert buy(monkeypatch, chain, 1, out, timeout=1) == 52
+    capsys.readouterr()
+    deliver_wrong_key(seller, PurchaseId(1))
+
+    args = ["market", "fetch", "1", "--key", "dev:8", "--timeout", "5"]
+    code, _ = cli(monkeypatch, chain, *args, "--out", str(out))
+
+    assert code == 45
+    assert "disputed on chain and refunded 3 tokens" in capsys.readouterr().err
+    assert not out.exists()
+    assert buyer.balance(buyer.address) == 3 * TOKEN
+    assert seller.owed(seller.address) == 0
+
+
+def test_tampered_ciphertext_is_refused_after_paying(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    chain: Chain,
+    home: Path,
+    tmp_path: Path,
+    seller_online: None,
+) -> None:
+    """The seller lists (through the ledger) a ciphertext with one flipped byte under a key it
+    delivers correctly: the buyer's CLI names the failure and writes no model. The contract
+    cannot see this (THREATS: the buyer checks after delivery), so the key stands."""
     task = chain.ledger(0).create_task(
         aggregator=chain.accounts[1].address, reward_per_update=1, budget=10, spec_cid=MODEL_CID
     )
-    model_cid = committed_model(chain, home, task)
-    run_json(
-        monkeypatch, capsys, chain, "market", "list", model_cid, "--key", "dev:1", "--price", "2"
+    committed_round(chain, home, task)
+    seller, store = chain.ledger(1), LocalStore(home / "store")
+    key = AssetKey.generate()
+    ciphertext = bytearray(encrypt_bytes(MODEL, key))
+    ciphertext[-20] ^= 1
+    listing = seller.list_asset(
+        task=task,
+        round=1,
+        asset_cid=store.put_bytes(bytes(ciphertext)),
+        price=TOKEN,
+        key_commitment=key.commitment,
+        metadata_cid=store.put_bytes(b"{}"),
+        contributors_bps=0,
     )
-    chain.ledger(0).transfer(chain.accounts[8].address, 2 * TOKEN)
-    out = tmp_path / "never.safetensors"
+    Keyring(market_folder(chain, home) / "seller-keys").add(listing, key)
+    chain.ledger(0).transfer(chain.accounts[8].address, TOKEN)
+    out = tmp_path / "model"
 
-    code, _ = cli(
-        monkeypatch,
-        chain,
-        "market",
-        "buy",
-        "1",
-        "--key",
-        "dev:8",
-        "--out",
-        str(out),
-        "--timeout",
-        "1",
-    )
-    err = capsys.readouterr().err
-    assert code == 52
-    assert "take a refund of purchase 1" in err
+    assert buy(monkeypatch, chain, listing, out) == 42
+    assert "was modified" in capsys.readouterr().err
     assert not out.exists()
-    code, _ = cli(monkeypatch, chain, "market", "refund", "1", "--key", "dev:8")
+    code, err = refused(monkeypatch, capsys, chain, "market", "dispute", "1", "--key", "dev:8")
     assert code == 2
-    assert "to deliver the key of purchase 1" in capsys.readouterr().err
+    assert "nothing to dispute" in err
 
-    chain.advance(3601)
-    assert run_json(monkeypatch, capsys, chain, "market", "refund", "1", "--key", "dev:8") == {
-        "purchase": 1,
-        "refunded": "2",
+
+# -- a buyer who got a working key -----------------------------------------------------------------
+
+
+def test_a_false_dispute_is_refused_and_reveals_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    chain: Chain,
+    home: Path,
+    tmp_path: Path,
+    seller_online: None,
+) -> None:
+    """THREATS, buyer: may dispute falsely, must not get a refund for a key that works. The CLI
+    refuses before sending: the one-time secret is never revealed on chain."""
+    listed_task(monkeypatch, capsys, chain, home)
+    assert buy(monkeypatch, chain, 1, tmp_path / "model") == 0
+    capsys.readouterr()
+    secret = OneTimeKey.load(market_folder(chain, home) / "buyer-identities" / "purchase-1.id")
+
+    code, err = refused(monkeypatch, capsys, chain, "market", "dispute", "1", "--key", "dev:8")
+
+    assert code == 2
+    assert "key matches the listing's commitment: there is nothing to dispute" in err
+    assert "nothing was sent" in err
+    buyer = chain.ledger(8)
+    assert buyer.purchase(PurchaseId(1)).state is PurchaseState.DELIVERED
+    secret_bytes = secret.secret.to_bytes(32, "big")
+    for number in range(chain.deployment.block, chain.w3.eth.block_number + 1):
+        for tx in chain.w3.eth.get_block(number, full_transactions=True)["transactions"]:
+            assert isinstance(tx, Mapping)
+            assert secret_bytes not in bytes(tx["input"])
+
+
+def test_a_sale_settles_to_the_seller_and_the_contributors_never_the_sponsor(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    chain: Chain,
+    home: Path,
+    tmp_path: Path,
+    seller_online: None,
+) -> None:
+    """A buyer with a working key gets no refund; after the dispute window the seller is paid
+    its share, the contributors' share reaches the devices through `market claim`, and the
+    sponsor's close + reclaim returns exactly the unspent budget, nothing of the sale."""
+    task = listed_task(monkeypatch, capsys, chain, home)
+    assert buy(monkeypatch, chain, 1, tmp_path / "model") == 0
+    capsys.readouterr()
+    sponsor, buyer = chain.ledger(0), chain.ledger(8)
+    sponsor_tokens = sponsor.balance(sponsor.address)
+    market = chain.deployment.market
+
+    code, err = refused(monkeypatch, capsys, chain, "market", "withdraw", "--key", "dev:1")
+    assert code == 2
+    assert "dispute window has passed" in err
+    chain.advance(windows(chain).dispute + 1)
+    code, err = refused(monkeypatch, capsys, chain, "market", "dispute", "1", "--key", "dev:8")
+    assert code == 2  # the key works: still nothing to dispute, window or not
+    assert run_json(monkeypatch, capsys, chain, "market", "serve", "--once", "--key", "dev:1") == {
+        "settled": 1
     }
-    assert chain.ledger(8).balance(chain.accounts[8].address) == 2 * TOKEN
+    assert run_json(monkeypatch, capsys, chain, "market", "withdraw", "--key", "dev:1") == {
+        "withdrawn": "2.4"
+    }
+    assert buyer.balance(buyer.address) == 0
+
+    for device in ("dev:2", "dev:3"):  # 0.5 reward + half of the 0.6 contributors' share
+        claimed = run_json(monkeypatch, capsys, chain, "market", "claim", "--key", device)
+        assert claimed["claimed"] == {str(task): "0.8"}
+    assert sponsor.sales_revenue(task, 1) == (6 * TOKEN // 10, 6 * TOKEN // 10)
+
+    closing = run_json(
+        monkeypatch, capsys, chain, "market", "close-task", "--task", str(task), "--key", "dev:0"
+    )
+    assert isinstance(closing, dict)
+    assert closing["closes_at"] > sponsor.now()
+    code, err = refused(
+        monkeypatch, capsys, chain, "market", "reclaim", "--task", str(task), "--key", "dev:0"
+    )
+    assert code == 2
+    assert "is not closed yet" in err
+    chain.advance(windows(chain).close_grace + 1)
+    assert run_json(
+        monkeypatch, capsys, chain, "market", "reclaim", "--task", str(task), "--key", "dev:0"
+    ) == {"task": task, "refund": "9"}  # budget 10 - 2 updates x 0.5
+
+    assert sponsor.balance(sponsor.address) == sponsor_tokens + 9 * TOKEN
+    assert sponsor.balance(market) == 0  # every token the market took in went out exactly once
+    code, err = refused(
+        monkeypatch, capsys, chain, "market", "reclaim", "--task", str(task), "--key", "dev:0"
+    )
+    assert code == 2
+    assert "nothing unspent" in err
+
+
+# -- a stranger who lists another task's model -----------------------------------------------------
+
+
+def test_a_stranger_cannot_list_a_task_and_a_model_must_open_its_commitment(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    chain: Chain,
+    home: Path,
+) -> None:
+    """THREATS, anyone on chain: must not hijack another task's lineage. Only the task's sponsor
+    or aggregator may list it, and only the model its round committed."""
+    task = chain.ledger(0).create_task(
+        aggregator=chain.accounts[1].address, reward_per_update=1, budget=10, spec_cid=MODEL_CID
+    )
+    committed_round(chain, home, task)
+
+    args = f"market list --task {task} --key dev:5 --price 1".split()
+    code, err = refused(monkeypatch, capsys, chain, *args)
+    assert code == 53
+    assert f"NotTaskOwner: {chain.accounts[5].address} may not list models of task {task}" in err
+
+    # The server's state now names another model for round 1 (a consistent, well-sealed one).
+    state_path = server_folder(chain, home) / f"task-{task}.json"
+    secret = TaskSecret.load(state_path.with_name(f"task-{task}.secret"))
+    ciphertext, commitment = secret.encrypt(1, b"a model round 1 never committed")
+    state = json.loads(state_path.read_text())
+    state["rounds"][0]["model_cid"] = LocalStore(home / "store").put_bytes(ciphertext)
+    state["rounds"][0]["model_commitment"] = commitment.hex()
+    state_path.write_text(json.dumps(state))
+
+    args = f"market list --task {task} --key dev:1 --price 1".split()
+    code, err = refused(monkeypatch, capsys, chain, *args)
+    assert code == 56
+    assert "the decrypted model does not open the committed" in err
+    assert chain.ledger(0).listing_ids() == []
+
+
+# -- bad input -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -230,9 +513,18 @@ def test_seller_offline_buyer_refunds_after_the_deadline_from_the_cli(
             2,
             "above your maximum",
         ),
-        (["market", "list", "not-a-cid", "--key", "dev:1", "--price", "1"], 2, "not-a-cid"),
         (
-            ["market", "list", MODEL_CID, "--key", "dev:1", "--price", "0"],
+            ["market", "list", "--task", "99", "--key", "dev:1", "--price", "1"],
+            2,
+            "holds no committed round",
+        ),
+        (
+            ["market", "list", "--task", "1", "--key", "dev:1", "--price", "1", "--round", "5"],
+            2,
+            "task 1 has no committed round 5",
+        ),
+        (
+            ["market", "list", "--task", "1", "--key", "dev:1", "--price", "0"],
             2,
             "--price must be > 0",
         ),
@@ -285,7 +577,15 @@ def test_seller_offline_buyer_refunds_after_the_deadline_from_the_cli(
             "wrong passphrase",
         ),
         (["market", "refund", "7", "--key", "dev:8"], 2, "purchase 7 does not exist"),
-        (["verify", "bafy-broken"], 2, "bafy-broken"),
+        (["market", "dispute", "7", "--key", "dev:8"], 2, "purchase 7 does not exist"),
+        (["market", "dispute", "1", "--key", "dev:8"], 2, "no buyer identity for purchase 1"),
+        (["market", "dispute", "1", "--key", "dev:9"], 2, "purchase 1 was made by"),
+        (["market", "fetch", "7", "--key", "dev:8", "--out", "x"], 2, "purchase 7 does not exist"),
+        (["market", "reclaim", "--task", "1", "--key", "dev:0"], 2, "task 1 is not closed yet"),
+        (["market", "reclaim", "--task", "99", "--key", "dev:0"], 2, "task 99 does not exist"),
+        (["market", "close-task", "--task", "1", "--key", "dev:1"], 2, "task 1's sponsor is"),
+        (["market", "close-task", "--task", "99", "--key", "dev:0"], 2, "task 99 does not exist"),
+        (["verify", "--task", "99"], 56, "task 99 has no committed round"),
     ],
 )
 def test_bad_market_input_fails_clearly_and_sends_nothing(
@@ -297,98 +597,13 @@ def test_bad_market_input_fails_clearly_and_sends_nothing(
     code: int,
     message: str,
 ) -> None:
-    task = chain.ledger(0).create_task(
-        aggregator=chain.accounts[1].address, reward_per_update=1, budget=10, spec_cid=MODEL_CID
-    )
-    run_json(
-        monkeypatch,
-        capsys,
-        chain,
-        "market",
-        "list",
-        committed_model(chain, home, task),
-        "--key",
-        "dev:1",
-        "--price",
-        "2",
-    )
-    chain.ledger(0).transfer(chain.accounts[8].address, 2 * TOKEN)
+    listed_task(monkeypatch, capsys, chain, home, buyer_tokens=6)
+    # purchase 1: bought by account 8 outside the CLI, so this home has no identity for it
+    chain.ledger(8).buy(ListingId(1), buyer_key=OneTimeKey.generate().public, max_price=3 * TOKEN)
     KeyStore(home / "keys").new("sponsor", "another passphrase")
-    sent = [chain.w3.eth.get_transaction_count(a.address) for a in chain.accounts]
 
-    assert cli(monkeypatch, chain, *args)[0] == code
-    err = capsys.readouterr().err
+    got, err = refused(monkeypatch, capsys, chain, *args)
+
+    assert got == code, err
     assert message in err
     assert PASSPHRASE not in err
-    assert [chain.w3.eth.get_transaction_count(a.address) for a in chain.accounts] == sent
-
-
-def test_tampered_ciphertext_and_a_wrong_key_are_refused_after_paying(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    chain: Chain,
-    home: Path,
-    tmp_path: Path,
-) -> None:
-    """The seller stores a ciphertext with one flipped byte (listing 1) and delivers some other
-    key (listing 2): the buyer's CLI names each failure and writes no model."""
-    seller, store = chain.ledger(1), LocalStore(home / "store")
-    key = AssetKey.generate()
-    metadata = store.put_bytes(
-        canonical_json({"model_cid": canonical(cid_of_bytes(MODEL).to_cid())})
-    )
-    ciphertext = bytearray(encrypt_bytes(MODEL, key))
-    ciphertext[-20] ^= 1
-    for asset in (bytes(ciphertext), encrypt_bytes(MODEL, key)):
-        seller.list_asset(
-            task=None,
-            asset_cid=store.put_bytes(asset),
-            price=TOKEN,
-            key_commitment=key.commitment,
-            metadata_cid=metadata,
-            contributors_bps=0,
-        )
-    chain.ledger(0).transfer(chain.accounts[8].address, 2 * TOKEN)
-    stop = threading.Event()
-    wrong = AssetKey.generate()
-
-    def deliver() -> None:  # the real key for listing 1, a wrong one for listing 2
-        from fedmarket.crypto import seal_key
-
-        done: set[int] = set()
-        while not stop.wait(0.2):
-            for p in seller.purchases_of(seller.address):
-                if p.purchase not in done and p.state.name == "PENDING":
-                    sent_key = key if p.listing == 1 else wrong
-                    seller.deliver_key(p.purchase, seal_key(sent_key, p.buyer_key))
-                    done.add(p.purchase)
-
-    thread = threading.Thread(target=deliver, daemon=True)
-    thread.start()
-    try:
-        for listing, code, message in [
-            (1, 42, "was modified"),
-            (2, 45, "does not hash to the listing's key commitment"),
-        ]:
-            out = tmp_path / f"model-{listing}"
-            assert (
-                cli(
-                    monkeypatch,
-                    chain,
-                    "market",
-                    "buy",
-                    str(listing),
-                    "--key",
-                    "dev:8",
-                    "--out",
-                    str(out),
-                    "--timeout",
-                    "30",
-                )[0]
-                == code
-            )
-            assert message in capsys.readouterr().err
-            assert not out.exists()
-    finally:
-        stop.set()
-        thread.join()

@@ -18,6 +18,8 @@ from web3 import Web3
 from fedmarket.ledger import Deployment, PurchaseState, Web3Ledger
 from fedmarket.ledger.chain import LocalChain, dev_accounts
 from fedmarket.market.amounts import to_base_units
+from fedmarket.market.publisher import stored_model
+from fedmarket.models.weights import weights_from_bytes
 from fedmarket.store import LocalStore
 from fedmarket.types import ListingId, PurchaseId, TaskId
 
@@ -43,13 +45,25 @@ def test_demo_story_leaves_matching_chain_and_store(
 
     # every CID in the report resolves and verifies block by block
     store = LocalStore(out / "store")
-    cids = [report["model_cid"], report["task"]["spec_cid"], report["purchase"]["model_cid"]]
+    cids = [report["task"]["spec_cid"]]
     for r in report["rounds_published"]:
         cids += [r["model_cid"], r["bundle_cid"], r["evidence_cid"]]
     assert all(store.verify(cid) > 0 for cid in cids)
-    evidence = json.loads(store.get_bytes(report["rounds_published"][-1]["evidence_cid"]))
-    assert evidence["model_cid"] == report["model_cid"]
+    last = report["rounds_published"][-1]
+    evidence = json.loads(store.get_bytes(last["evidence_cid"]))
+    assert evidence["model_commitment"] == last["model_commitment"]
     assert evidence["accuracy"] == report["final_accuracy"]
+
+    # nothing of the model is readable from the store without the key
+    round_, sealed = stored_model(out / "server" / "publisher.json", store)
+    assert round_ == 2
+    assert sealed.commitment.hex() == report["purchase"]["model_commitment"]
+    tensors = [t.tobytes() for t in weights_from_bytes(sealed.model).values() if t.nbytes >= 64]
+    for block in (out / "store").rglob("*"):
+        if block.is_file():
+            data = block.read_bytes()
+            assert sealed.model not in data
+            assert not any(t[:64] in data for t in tensors)
 
     # the chain, restarted from the state the demo saved
     monkeypatch.setenv("FEDMARKET_HOME", str(out))
@@ -63,25 +77,31 @@ def test_demo_story_leaves_matching_chain_and_store(
         task = ledger.task(TaskId(report["task"]["id"]))
         reward = to_base_units(report["task"]["reward_per_update"])
         assert [c.round for c in ledger.round_commits(task.task)] == [1, 2]
-        assert task.closed
+        assert task.closing
+        assert task.closes_at <= ledger.now()
         assert task.last_round == 2
-        assert task.committed == reward * 3 * 2
+        assert task.committed == task.paid == reward * 3 * 2
+        revenue, shared = ledger.sales_revenue(task.task, 2)
+        assert revenue == to_base_units(report["purchase"]["contributors_share"]) > 0
+        assert 0 <= revenue - shared < 3  # the devices took it all but rounding dust
         for device in report["rewards"]:
             assert device["rounds_paid"] == 2
             assert ledger.claimed(task.task, device["address"]) == 2 * reward
-            assert ledger.balance(device["address"]) == 2 * reward
+            share = ledger.sale_claimed(task.task, 2, device["address"])
+            assert share == to_base_units(device["sale_share"]) > 0
+            assert ledger.balance(device["address"]) == 2 * reward + share
         purchase = ledger.purchase(PurchaseId(report["purchase"]["purchase"]))
-        assert purchase.state is PurchaseState.DELIVERED
+        assert purchase.state is PurchaseState.SETTLED
         assert ledger.listing(ListingId(report["purchase"]["listing"])).task == task.task
         assert ledger.balance(dev_accounts(3)[2].address) == 0  # the buyer spent the price
         assert report["chain"]["gas_per_update"] > 0
 
         # the CLI reads the same run: verify, listings, device status
-        assert invoke(monkeypatch, "verify", report["model_cid"], "--rpc-url", chain.rpc_url) == 0
+        assert invoke(monkeypatch, "verify", "--task", "1", "--rpc-url", chain.rpc_url) == 0
         assert "verifies back to round 1" in capsys.readouterr().out
         assert invoke(monkeypatch, "market", "listings", "--rpc-url", chain.rpc_url, "--json") == 0
         (listed,) = json.loads(capsys.readouterr().out)
-        assert listed["rounds"] == 2
+        assert (listed["task"], listed["round"], listed["rounds"]) == (1, 2, 2)
         assert listed["devices"] == 3
         assert listed["accuracy"] == report["final_accuracy"]
         assert 0 < listed["epsilon_median"] <= listed["epsilon_max"] <= 8
@@ -95,7 +115,9 @@ def test_demo_story_leaves_matching_chain_and_store(
     purchase_report = report["purchase"]
     assert purchase_report["verified"] is True
     assert purchase_report["decrypted_accuracy"] == report["final_accuracy"]
-    assert report["escrow"]["refunded"] == purchase_report["contributors_share"]
+    # The contributors' share went to the devices, never back to the sponsor.
+    budget, committed = (to_base_units(report["escrow"][k]) for k in ("budget", "committed"))
+    assert to_base_units(report["escrow"]["refunded"]) == budget - committed
     for name in ("accuracy.png", "epsilon.png", "rewards.png"):
         assert (out / name).stat().st_size > 1000
     assert invoke(monkeypatch, "demo", "--out", str(out)) == 2  # never overwrites a report
@@ -118,4 +140,6 @@ def test_examples_run_as_documented(
     assert report["chain"]["rounds_committed"] == 2
     assert report["purchase"]["verified"] is True
     assert report["final_accuracy"] >= minimum
-    assert all(d["claimed"] == d["earned"] for d in report["rewards"])
+    for device in report["rewards"]:
+        earned, share = to_base_units(device["earned"]), to_base_units(device["sale_share"])
+        assert to_base_units(device["claimed"]) == earned + share

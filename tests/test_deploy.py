@@ -14,6 +14,7 @@ from chain_helpers import MODEL_CID, Chain
 from deploy_helpers import Device, Federation, fedmarket, make_federation, stop, wait_for
 from test_faults import committed_rounds
 
+from fedmarket.device.acks import AckBook
 from fedmarket.market.claims import claim_all, rewards_of
 from fedmarket.store import LocalStore
 from fedmarket.types import TaskId
@@ -91,13 +92,7 @@ def evidence(home: Path, state: Path, round_: int) -> dict[str, object]:
 
 def rounds_paid(chain: Chain, home: Path, device: Device) -> int:
     account = chain.ledger(0).as_account(chain.accounts[0])
-    found = rewards_of(
-        account,
-        LocalStore(home / "store"),
-        device.address,
-        chain_id=chain.deployment.chain_id,
-        market=chain.deployment.market,
-    )
+    found = rewards_of(account, LocalStore(home / "store"), device.address)
     return found[0].rounds if found else 0
 
 
@@ -146,13 +141,11 @@ def test_four_supernodes_over_tls_survive_a_server_restart_and_a_dropout(
     # Rewards are claimable: device-0 claims both rounds, once.
     device = chain.ledger(0).as_account(fed.devices[0].account())
     chain.w3.provider.make_request("anvil_setBalance", [device.address, hex(10**18)])
-    rewards = rewards_of(
-        device,
-        LocalStore(home / "store"),
-        device.address,
-        chain_id=chain.deployment.chain_id,
-        market=chain.deployment.market,
-    )
+    # Its own machine kept the aggregator's signed acknowledgement of each upload.
+    book = AckBook(fed.devices[0].home, device.address)
+    acks = book.acks(chain_id=chain.deployment.chain_id, market=chain.deployment.market, task=task)
+    assert {r: a.cumulative_amount for r, (a, _) in acks.items()} == {1: REWARD, 2: 2 * REWARD}
+    rewards = rewards_of(device, LocalStore(home / "store"), device.address, acks=book)
     assert claim_all(device, rewards) == {task: 2 * REWARD}
     assert chain.ledger(0).balance(device.address) == 2 * REWARD
 

@@ -1,5 +1,6 @@
 """Faults around paid rounds: a server killed between and during rounds resumes without a second
-commit or a second payment; a device that drops mid-round is not paid for that round."""
+commit or a second payment; a device that drops mid-round is neither acknowledged nor paid for
+that round."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from chain_helpers import MODEL_CID, Chain
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedmarket.device.acks import AckBook
 from fedmarket.market.claims import claim_all, rewards_of
+from fedmarket.market.lineage import verify_task
 from fedmarket.market.publisher import RoundPublisher
-from fedmarket.market.terms import MarketTerms
 from fedmarket.privacy import DpConfig, TrainConfig
 from fedmarket.protocol import CONFIG
 from fedmarket.secagg import messages
@@ -130,28 +132,28 @@ def test_server_killed_during_and_between_rounds_resumes_without_paying_twice(
     assert chain.w3.eth.get_transaction_count(aggregator) == sent_before + 4  # one per round
     assert committed_rounds(state_file()) == [1, 2, 3, 4]
     store = LocalStore(home / "store")
+    # Every round of the restarted servers verifies: receipts name the previous round's model
+    # commitment, which the restarted servers derived from the same task secret.
+    lineage = verify_task(
+        chain.ledger(0),
+        store,
+        task,
+        chain_id=chain.deployment.chain_id,
+        market=chain.deployment.market,
+    )
+    assert [r.round for r in lineage.rounds] == [1, 2, 3, 4]
     total = 0
     for index in range(3):
         account = simulated_account(SEED, index)
         device = chain.ledger(0).as_account(account)
+        book = AckBook(home / "simulated-devices", account.address)
         chain.w3.provider.make_request("anvil_setBalance", [account.address, hex(10**18)])
-        rewards = rewards_of(
-            device,
-            store,
-            account.address,
-            chain_id=chain.deployment.chain_id,
-            market=chain.deployment.market,
-        )
+        rewards = rewards_of(device, store, account.address, acks=book)
         (paid,) = claim_all(device, rewards).values()
         assert paid == REWARD * rewards[0].rounds <= REWARD * 4  # never more than once a round
+        assert rewards[0].acked <= rewards[0].earned  # no ack promised more than was committed
         total += paid
-        again = rewards_of(
-            device,
-            store,
-            account.address,
-            chain_id=chain.deployment.chain_id,
-            market=chain.deployment.market,
-        )
+        again = rewards_of(device, store, account.address, acks=book)
         assert again[0].claimable == 0
     assert total == on_chain.committed
 
@@ -190,7 +192,7 @@ def test_a_device_that_drops_mid_round_is_not_paid_for_it(chain: Chain, tmp_path
         rounds=2,
         train=TrainConfig(learning_rate=2.5, momentum=0.5, local_epochs=1, batch_size=64),
         dp=DpConfig(noise_multiplier=1.5, max_grad_norm=0.5),
-        market=MarketTerms(task, chain.deployment.chain_id, chain.deployment.market),
+        market=publisher.terms,
     )
 
     result = run_paid_federation(
@@ -205,3 +207,20 @@ def test_a_device_that_drops_mid_round_is_not_paid_for_it(chain: Chain, tmp_path
     assert len(result.rounds[1].dropped) == 1
     assert publisher.cumulative[dropped] == REWARD
     assert chain.ledger(0).task(task).committed == REWARD * (4 + 3)
+    # Acks follow the payments: the dropped device holds round 1's only, each ack says what the
+    # device was paid, and the publisher keeps no ack it still owes.
+    deployment = chain.deployment
+    kept = {
+        index: AckBook(tmp_path, simulated_account(SEED, index).address).acks(
+            chain_id=deployment.chain_id, market=deployment.market, task=task
+        )
+        for index in range(4)
+    }
+    assert sorted(kept[1]) == [1]
+    for index, acks in kept.items():
+        address = simulated_account(SEED, index).address
+        assert sorted(acks) == [r.round for r in (first, second) if address in r.paid]
+        assert acks[max(acks)][0].cumulative_amount == publisher.cumulative[address]
+    state = RoundPublisher.read_state(tmp_path / "publisher.json")
+    assert state is not None
+    assert state.acked == {}

@@ -1,4 +1,5 @@
-"""Publishing rounds: store by CID, pay only valid survivors, commit once, resume after SIGKILL."""
+"""Publishing rounds: store sealed models by CID, pay only valid survivors and every acknowledged
+upload, commit once, resume after SIGKILL with the same model commitments."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from chain_helpers import MODEL_CID, Chain, open_publisher
@@ -21,17 +23,24 @@ from eth_account.signers.local import LocalAccount
 from net import Forward, RpcProxy
 from web3 import Web3
 
-from fedmarket.exceptions import InvalidInput
+from fedmarket.acks import verify_ack
+from fedmarket.exceptions import DataError, DecryptionFailed, InvalidInput
 from fedmarket.ledger import Web3Ledger
+from fedmarket.ledger.errors import NothingToClaim
 from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt
-from fedmarket.market.publisher import RoundPublisher
+from fedmarket.market.publisher import RoundPublisher, default_secret_path
+from fedmarket.models.weights import Weights, weights_to_bytes
 from fedmarket.receipts import Receipt, sign_receipt
+from fedmarket.server.paid import resume_point
 from fedmarket.store import LocalStore
 from fedmarket.types import TaskId
 
 pytestmark = pytest.mark.integration
 
 REWARD = 10
+# What the devices of these tests say they trained from (the publisher checks receipts against
+# what it is told; the sealed commitments themselves are tested below).
+TRAINED_FROM = hashlib.sha256(b"initial model").digest()
 
 
 def new_task(chain: Chain, budget: int = 1000) -> TaskId:
@@ -44,14 +53,20 @@ def new_task(chain: Chain, budget: int = 1000) -> TaskId:
 
 
 def signed(
-    chain: Chain, device: LocalAccount, round_: int, task: TaskId, *, claimed_round: int = 0
+    chain: Chain,
+    device: LocalAccount,
+    round_: int,
+    task: TaskId,
+    *,
+    claimed_round: int = 0,
+    trained_from: bytes = TRAINED_FROM,
 ) -> SignedReceipt:
     """``device``'s receipt for ``round_``; ``claimed_round`` makes it name another round."""
     receipt = Receipt.for_update(
         task=task,
         round=claimed_round or round_,
         device=device.address,
-        model_cid=MODEL_CID,
+        trained_from=trained_from,
         upload_digest=hashlib.sha256(f"{device.address}{round_}".encode()).digest(),
         weight=100,
         epsilon=1.5,
@@ -66,7 +81,7 @@ def signed(
 def test_only_valid_receipts_of_survivors_are_paid(chain: Chain, tmp_path: Path) -> None:
     task = new_task(chain)
     publisher = open_publisher(chain, task, tmp_path)
-    a, b, c, d = chain.accounts[2:6]
+    a, b, c, d, e = chain.accounts[2:7]
     forged = signed(chain, a, 1, task)
     forged = SignedReceipt(
         Receipt(**{**forged.receipt.__dict__, "device": d.address}), forged.signature
@@ -75,21 +90,23 @@ def test_only_valid_receipts_of_survivors_are_paid(chain: Chain, tmp_path: Path)
     published = publisher.publish(
         1,
         model=b"model round 1",
-        trained_from=MODEL_CID,
-        survivors=[a.address, b.address, d.address],
+        trained_from=TRAINED_FROM,
+        survivors=[a.address, b.address, d.address, e.address],
         receipts=[
             signed(chain, a, 1, task),
             signed(chain, b, 1, task, claimed_round=2),  # replayed from another round
             signed(chain, c, 1, task),  # dropped out of secure aggregation
             forged,  # d's name, a's signature
+            signed(chain, e, 1, task, trained_from=bytes(32)),  # trained from another model
         ],
         evidence={"accuracy": 0.5},
     )
 
     assert published.paid == (a.address,)
-    assert set(published.rejected) == {b.address, c.address, d.address}
+    assert set(published.rejected) == {b.address, c.address, d.address, e.address}
     assert "not in the secure-aggregation sum" in published.rejected[c.address]
     assert "altered or replayed" in published.rejected[d.address]
+    assert f"model 0x{bytes(32).hex()}" in published.rejected[e.address]
     state = chain.ledger(0).task(task)
     assert (state.last_round, state.committed) == (1, REWARD)
     store = LocalStore(tmp_path / "store")
@@ -97,7 +114,17 @@ def test_only_valid_receipts_of_survivors_are_paid(chain: Chain, tmp_path: Path)
     assert [s.receipt.device for s in bundle.receipts] == [a.address]
     evidence = json.loads(store.get_bytes(published.evidence_cid))
     assert evidence["model_cid"] == published.model_cid
-    assert store.get_bytes(published.model_cid) == b"model round 1"
+    assert evidence["model_commitment"] == published.model_commitment
+    assert evidence["trained_from"] == TRAINED_FROM.hex()
+    # The model is stored sealed: its CID holds ciphertext, the chain a hiding commitment.
+    assert b"model round 1" not in store.get_bytes(published.model_cid)
+    sealed = publisher.sealed_model(1)
+    assert sealed.model == b"model round 1"
+    on_chain = chain.ledger(0).round_state(task, 1)
+    assert on_chain is not None
+    assert (
+        on_chain.model_commitment == sealed.commitment == bytes.fromhex(published.model_commitment)
+    )
 
 
 def test_rewards_accumulate_and_one_claim_pays_them(chain: Chain, tmp_path: Path) -> None:
@@ -109,7 +136,7 @@ def test_rewards_accumulate_and_one_claim_pays_them(chain: Chain, tmp_path: Path
         publisher.publish(
             round_,
             model=f"model {round_}".encode(),
-            trained_from=MODEL_CID,
+            trained_from=TRAINED_FROM,
             survivors=survivors,
             receipts=[signed(chain, a, round_, task), signed(chain, b, round_, task)],
             evidence={},
@@ -117,10 +144,10 @@ def test_rewards_accumulate_and_one_claim_pays_them(chain: Chain, tmp_path: Path
     amount, proof = publisher.claim_for(b.address)
 
     assert publisher.cumulative == {a.address: 3 * REWARD, b.address: 2 * REWARD}
-    assert chain.ledger(3).claim(task, b.address, amount, proof) == 2 * REWARD
+    assert chain.ledger(3).claim(task, 3, b.address, amount, proof) == 2 * REWARD
     with pytest.raises(InvalidInput, match="already committed"):
         publisher.publish(
-            2, model=b"x", trained_from=MODEL_CID, survivors=[], receipts=[], evidence={}
+            2, model=b"x", trained_from=TRAINED_FROM, survivors=[], receipts=[], evidence={}
         )
 
 
@@ -134,7 +161,7 @@ def test_escrow_shortfall_is_refused_before_anything_is_committed(
         publisher.publish(
             1,
             model=b"m",
-            trained_from=MODEL_CID,
+            trained_from=TRAINED_FROM,
             survivors=[a.address, b.address],
             receipts=[signed(chain, a, 1, task), signed(chain, b, 1, task)],
             evidence={},
@@ -183,8 +210,8 @@ _SERVER = textwrap.dedent(
         chain_id=deployment.chain_id, market=deployment.market,
         state_path=folder / "publisher.json",
     )
-    publisher.publish(1, model=b"round one", trained_from=sys.argv[5], survivors=[], receipts=[],
-        evidence={})
+    publisher.publish(1, model=b"round one", trained_from=bytes.fromhex(sys.argv[5]), survivors=[],
+        receipts=[], evidence={})
     print("published", flush=True)
     """
 )
@@ -207,7 +234,16 @@ def test_server_killed_mid_commit_resumes_with_exactly_one_commit(
     sent_before = chain.w3.eth.get_transaction_count(aggregator)
     deployment = json.dumps(chain.deployment.__dict__)
     server = subprocess.Popen(
-        [sys.executable, "-c", _SERVER, slow.url, deployment, str(task), str(tmp_path), MODEL_CID]
+        [
+            sys.executable,
+            "-c",
+            _SERVER,
+            slow.url,
+            deployment,
+            str(task),
+            str(tmp_path),
+            TRAINED_FROM.hex(),
+        ]
     )
     state = tmp_path / "publisher.json"
     deadline = time.monotonic() + 60
@@ -224,8 +260,14 @@ def test_server_killed_mid_commit_resumes_with_exactly_one_commit(
     assert resumed.next_round == 2
     assert chain.ledger(0).task(task).last_round == 1
     assert chain.w3.eth.get_transaction_count(aggregator) == sent_before + 1  # one commit
+    assert resumed.sealed_model(1).model == b"round one"  # the killed server's sealed model
     resumed.publish(
-        2, model=b"round two", trained_from=MODEL_CID, survivors=[], receipts=[], evidence={}
+        2,
+        model=b"round two",
+        trained_from=resumed.trained_from(2, b"round one"),
+        survivors=[],
+        receipts=[],
+        evidence={},
     )
     assert chain.ledger(0).task(task).last_round == 2
 
@@ -261,7 +303,7 @@ def test_chain_unreachable_during_a_commit_is_retried_into_exactly_one_commit(
         sent_before = chain.w3.eth.get_transaction_count(aggregator)
         with caplog.at_level(logging.WARNING, logger="fedmarket.market.publisher"):
             publisher.publish(
-                1, model=b"m", trained_from=MODEL_CID, survivors=[], receipts=[], evidence={}
+                1, model=b"m", trained_from=TRAINED_FROM, survivors=[], receipts=[], evidence={}
             )
     finally:
         proxy.close()
@@ -270,3 +312,153 @@ def test_chain_unreachable_during_a_commit_is_retried_into_exactly_one_commit(
     assert any("retrying in" in r.message for r in caplog.records)
     assert chain.ledger(0).task(task).last_round == 1
     assert chain.w3.eth.get_transaction_count(aggregator) == sent_before + 1
+
+
+# -- acknowledgements across a crash -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("receipts_again", [False, True], ids=["no-receipts", "receipts-again"])
+def test_uploads_acknowledged_before_a_crash_are_paid_exactly_once(
+    chain: Chain, tmp_path: Path, receipts_again: bool
+) -> None:
+    """The server acknowledges round 1's uploads (in two batches, one device twice), dies before
+    publishing, and a new publisher on the same state file publishes round 1: without any receipt
+    (the crash lost them), or with them all handed in again. Each acknowledged device is paid
+    once, by whichever claim path it uses first."""
+    task = new_task(chain)
+    a, b, c = chain.accounts[2:5]
+    market = chain.deployment
+    publisher = open_publisher(chain, task, tmp_path)
+    first = publisher.acknowledge(1, [signed(chain, a, 1, task), signed(chain, b, 1, task)])
+    second = publisher.acknowledge(1, [signed(chain, b, 1, task), signed(chain, c, 1, task)])
+    assert second[b.address] == first[b.address]  # b's second upload: the same ack, not another
+    acks = second
+    del publisher  # the server dies here: nothing after acknowledge() ran
+
+    resumed = open_publisher(chain, task, tmp_path)
+    again = [signed(chain, d, 1, task) for d in (a, b, c, b)] if receipts_again else []
+    published = resumed.publish(
+        1,
+        model=b"round one",
+        trained_from=TRAINED_FROM,
+        survivors=[d.address for d in (a, b, c)] if receipts_again else [],
+        receipts=again,
+        evidence={},
+    )
+
+    devices = sorted(d.address for d in (a, b, c))
+    assert list(published.paid) == devices
+    assert resumed.cumulative == dict.fromkeys(devices, REWARD)
+    assert chain.ledger(0).task(task).committed == 3 * REWARD
+    bundle = ReceiptsBundle.from_bytes(resumed.store.get_bytes(published.bundle_cid))
+    assert sorted(s.receipt.device for s in bundle.receipts) == devices  # once each
+    state = RoundPublisher.read_state(tmp_path / "publisher.json")
+    assert state is not None
+    assert state.acked == {}  # nothing left to pay twice
+    for device in (a, b, c):
+        ack, signature = acks[device.address]
+        verify_ack(
+            ack,
+            signature,
+            aggregator=chain.accounts[1].address,
+            chain_id=market.chain_id,
+            market=market.market,
+        )
+        assert (ack.round, ack.cumulative_amount) == (1, REWARD)
+    # a claims with its ack first, b and c with the committed tree: then the other path is spent.
+    ack_a, sig_a = acks[a.address]
+    assert chain.ledger(2).claim_acknowledged(ack_a, sig_a) == REWARD
+    amount, proof = resumed.claim_for(a.address)
+    with pytest.raises(NothingToClaim):
+        chain.ledger(2).claim(task, 1, a.address, amount, proof)
+    for device in (b, c):
+        amount, proof = resumed.claim_for(device.address)
+        assert chain.ledger(3).claim(task, 1, device.address, amount, proof) == REWARD
+        with pytest.raises(NothingToClaim):
+            chain.ledger(3).claim_acknowledged(*acks[device.address])
+    assert chain.ledger(0).task(task).paid == 3 * REWARD
+
+
+def test_a_committed_round_takes_no_more_acknowledgements(chain: Chain, tmp_path: Path) -> None:
+    task = new_task(chain)
+    a = chain.accounts[2]
+    publisher = open_publisher(chain, task, tmp_path)
+    publisher.publish(
+        1, model=b"m", trained_from=TRAINED_FROM, survivors=[], receipts=[], evidence={}
+    )
+    with pytest.raises(InvalidInput, match="already committed"):
+        publisher.acknowledge(1, [signed(chain, a, 1, task)])
+    assert publisher.acknowledge(2, [signed(chain, a, 2, task, claimed_round=1)]) == {}
+
+
+# -- restart: the same commitments, the last model back ------------------------------------------
+
+
+def weights(value: float) -> Weights:
+    return {
+        "layer.weight": np.full((4, 3), value, dtype=np.float32),
+        "layer.bias": np.arange(4, dtype=np.float32) + value,
+    }
+
+
+def test_a_resumed_publisher_commits_as_before_and_resumes_from_the_last_model(
+    chain: Chain, tmp_path: Path
+) -> None:
+    task = new_task(chain)
+    initial, after_one = weights_to_bytes(weights(0.0)), weights_to_bytes(weights(1.5))
+    publisher = open_publisher(chain, task, tmp_path)
+    assert resume_point(publisher) is None
+    from_initial = publisher.trained_from(1, initial)
+    publisher.publish(
+        1, model=after_one, trained_from=from_initial, survivors=[], receipts=[], evidence={}
+    )
+
+    resumed = open_publisher(chain, task, tmp_path)  # a restarted server, same state file
+
+    on_chain = chain.ledger(0).round_state(task, 1)
+    assert on_chain is not None
+    assert resumed.trained_from(1, initial) == from_initial
+    # Round 2's devices sign for exactly what round 1 committed, before and after the restart.
+    assert resumed.trained_from(2, after_one) == on_chain.model_commitment
+    assert publisher.trained_from(2, after_one) == on_chain.model_commitment
+    assert resumed.trained_from(2, initial) != on_chain.model_commitment
+    resumed_at = resume_point(resumed)
+    assert resumed_at is not None
+    next_round, model = resumed_at
+    assert next_round == 2
+    assert sorted(model) == sorted(weights(1.5))
+    for name, tensor in weights(1.5).items():
+        np.testing.assert_array_equal(model[name], tensor)
+    # The commitment hides the model: another server's secret commits to it differently.
+    stranger = open_publisher(chain, task, tmp_path / "another-server")
+    assert stranger.trained_from(2, after_one) != on_chain.model_commitment
+
+
+def test_resume_refuses_a_model_that_does_not_open_the_commitment(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """A state file whose commitment was edited, or a lost task secret, stops the resume: it
+    never restarts from a model other than the committed one."""
+    task = new_task(chain)
+    state_path = tmp_path / "publisher.json"
+    publisher = open_publisher(chain, task, tmp_path)
+    publisher.publish(
+        1,
+        model=weights_to_bytes(weights(2.0)),
+        trained_from=TRAINED_FROM,
+        survivors=[],
+        receipts=[],
+        evidence={},
+    )
+    document = json.loads(state_path.read_text())
+    honest = document["rounds"][0]["model_commitment"]
+    document["rounds"][0]["model_commitment"] = hashlib.sha256(b"another model").hexdigest()
+    state_path.write_text(json.dumps(document))
+    with pytest.raises(DataError, match="does not match the committed"):
+        resume_point(open_publisher(chain, task, tmp_path))
+
+    document["rounds"][0]["model_commitment"] = honest
+    state_path.write_text(json.dumps(document))
+    default_secret_path(state_path).unlink()  # the task secret is lost
+    with pytest.raises(DecryptionFailed):
+        resume_point(open_publisher(chain, task, tmp_path))

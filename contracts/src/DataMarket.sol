@@ -6,36 +6,68 @@ import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC2
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 
-/// @title fedmarket's data market
+/// @title fedmarket's data market, v2
 /// @notice Sponsors escrow rewards for federated-learning tasks; each task's aggregator commits
-/// rounds with a Merkle root of cumulative per-device rewards; devices claim any number of rounds
-/// at once. Sellers list encrypted models; buyers pay in one transaction and get the model key
-/// sealed to their X25519 key, or their money back after the delivery window.
-/// @dev Per-round storage is O(1) whatever the cohort size: one commitment hash per round plus
-/// the task's latest root and total. CIDs are bytes in events and in listing storage.
+/// rounds (a hiding commitment to the model, the ciphertext's CID, the receipts bundle and a
+/// Merkle root of cumulative per-device rewards); devices claim any number of rounds at once.
+/// A task's sponsor or aggregator sells a committed round's model, encrypted; buyers pay in one
+/// transaction, get the key by ECDH on alt_bn128, and can prove a wrong key on chain.
+///
+/// Guarantees, each enforced here (README "What each party must trust"):
+/// 1. Escrow isolation. A task pays out (reward claims, acknowledged claims) at most its own
+///    escrow; sale shares pay out at most what that round's sales brought in; a purchase's price
+///    goes only to its buyer (refund) or to its seller and that round's contributors (settle).
+///    No call moves another task's, round's, purchase's or account's funds.
+/// 2. Entitlements never fall. Every committed round keeps its own rewards root, and a claim may
+///    use any of them: a later root cannot erase what an earlier one committed. A signed
+///    acknowledgement of an upload is a claim of its own once a round at or after it is
+///    committed. Claims are cumulative, so nothing is paid twice whichever path is used.
+/// 3. No close front-running. Closing starts a grace period (`closeGrace`) in which the
+///    aggregator may still commit and devices may still claim; the unspent escrow goes back to
+///    the sponsor only after it, and never below what was committed or paid.
+/// 4. Fair sales. Proceeds wait out a dispute window; a buyer whose key does not hash to the
+///    listing's key commitment reveals its one-time secret and the contract recomputes the key
+///    and refunds. A buyer cannot win a dispute for a key that matches.
+/// 5. Sale revenue reaches contributors: a sale's contributors' share accrues to the listed
+///    round and is claimable pro rata to the cumulative rewards that round committed.
+/// 6. Listings name (task, round) of a committed model, and only that task's sponsor or
+///    aggregator may list it.
+/// What the contract cannot check, and parties must trust: that an aggregator's root pays what
+/// its receipts bundle says (anyone can recompute it off chain), and that an asset's ciphertext
+/// opens with its committed key (the buyer checks after delivery).
+/// @dev Per-round storage is O(1) whatever the cohort size (three words). CIDs are bytes in
+/// events; a model is only ever committed by a salted hash and published as ciphertext.
 contract DataMarket is ReentrancyGuardTransient, EIP712 {
     using SafeERC20 for IERC20;
 
     struct Task {
         address sponsor;
-        address aggregator;
         uint64 lastRound;
-        bool closed;
-        uint256 rewardPerUpdate;
-        uint256 escrow; // everything ever deposited for contributors: budget + sales shares
-        uint256 committed; // cumulative rewards of the latest round, never above escrow
-        bytes32 rewardsRoot; // Merkle root of (account, cumulative amount) at the latest round
+        address aggregator;
+        uint64 closesAt; // 0 while open; commits stop and the unspent refund opens at this time
+        uint128 escrow; // the sponsor's deposits still held for this task
+        uint128 paid; // rewards paid out (tree and acknowledged claims)
+        uint128 rewardPerUpdate;
+        uint128 committed; // cumulative rewards at the latest round
+    }
+
+    struct Round {
+        bytes32 rewardsRoot; // Merkle root of (account, cumulative amount) at this round
+        bytes32 modelCommitment; // sha256("fedmarket/model/v1" || salt || model), hiding
+        uint256 cumulativeTotal;
     }
 
     struct Listing {
         address seller;
-        uint64 task; // 0: not tied to a task
-        uint16 contributorsBps; // share of each sale added to the task's reward pool
+        uint64 task;
+        uint16 contributorsBps; // share of each sale paid to the round's contributors
         bool active;
+        uint64 round;
         uint256 price;
         bytes32 keyCommitment; // sha256(asset key)
         bytes assetCid; // the encrypted asset
@@ -43,8 +75,9 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
 
     enum PurchaseState {
         None,
-        Pending,
-        Delivered,
+        Pending, // paid, waiting for the key until `deadline`
+        Delivered, // key posted; the buyer may dispute until `deadline`
+        Settled, // proceeds released to the seller and contributors
         Refunded
     }
 
@@ -54,7 +87,8 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         PurchaseState state;
         address buyer;
         uint256 price;
-        bytes32 buyerKey; // X25519 public key the sealed key is addressed to
+        bytes32 buyerKey; // keccak256 of the buyer's one-time alt_bn128 G1 public key (x, y)
+        bytes32 delivery; // keccak256(ephemeral key x, y, masked key) once delivered
     }
 
     /// @notice A device's signed statement of one contributed update (EIP-712).
@@ -62,31 +96,52 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         uint256 task;
         uint64 round;
         address device;
-        bytes modelCid; // the global model the update was trained from
+        bytes32 trainedFrom; // commitment of the global model the update was trained from
         bytes32 uploadDigest; // sha256 of the masked upload
         uint64 weight; // examples behind the update (capped)
         uint64 epsilonMicros; // epsilon spent so far on this dataset, x 1e6
         uint64 deltaE18; // delta, x 1e18
     }
 
+    /// @notice The aggregator's signed acknowledgement of an accepted upload (EIP-712): once a
+    /// round at or after `round` is committed, `device` is owed at least `cumulativeAmount`.
+    struct Ack {
+        uint256 task;
+        uint64 round;
+        address device;
+        bytes32 uploadDigest;
+        uint256 cumulativeAmount;
+    }
+
     bytes32 public constant RECEIPT_TYPEHASH = keccak256(
-        "Receipt(uint256 task,uint64 round,address device,bytes modelCid,bytes32 uploadDigest,"
+        "Receipt(uint256 task,uint64 round,address device,bytes32 trainedFrom,bytes32 uploadDigest,"
         "uint64 weight,uint64 epsilonMicros,uint64 deltaE18)"
     );
+    bytes32 public constant ACK_TYPEHASH =
+        keccak256("Ack(uint256 task,uint64 round,address device,bytes32 uploadDigest,uint256 cumulativeAmount)");
     uint16 public constant MAX_BPS = 10_000;
+    // alt_bn128 (EIP-196): field modulus and group order; G1's generator is (1, 2).
+    uint256 internal constant FIELD = 21888242871839275222246405745257275088696311157297823662689037894645226208583;
+    uint256 internal constant ORDER = 21888242871839275222246405745257275088548364400416034343698204186575808495617;
 
     IERC20 public immutable token;
-    uint64 public immutable deliveryWindow;
+    uint64 public immutable deliveryWindow; // seconds a seller has to post the key
+    uint64 public immutable disputeWindow; // seconds a buyer has to prove a wrong key
+    uint64 public immutable closeGrace; // seconds between a sponsor's close and its refund
 
     uint64 public taskCount;
     uint64 public listingCount;
     uint64 public purchaseCount;
     mapping(uint256 task => Task) public tasks;
-    mapping(uint256 task => mapping(uint256 round => bytes32 commitment)) public roundCommitments;
+    mapping(uint256 task => mapping(uint256 round => Round)) public rounds;
     mapping(uint256 task => mapping(address account => uint256 amount)) public claimedBy;
+    mapping(uint256 task => mapping(uint256 round => uint256 amount)) public salesRevenue;
+    mapping(uint256 task => mapping(uint256 round => uint256 amount)) public salesPaid;
+    mapping(uint256 task => mapping(uint256 round => mapping(address account => uint256 amount))) public
+        saleClaimedBy;
     mapping(uint256 listing => Listing) public listings;
     mapping(uint256 purchase => Purchase) public purchases;
-    mapping(address account => uint256 amount) public owed; // pull payments to sellers and sponsors
+    mapping(address account => uint256 amount) public owed; // settled seller proceeds
 
     event TaskCreated(
         uint256 indexed task,
@@ -100,17 +155,23 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     event RoundCommitted(
         uint256 indexed task,
         uint256 indexed round,
+        bytes32 modelCommitment,
         bytes modelCid,
         bytes bundleCid,
         bytes32 rewardsRoot,
         uint256 cumulativeTotal
     );
     event Claimed(uint256 indexed task, address indexed account, uint256 amount, uint256 cumulativeAmount);
+    event AckClaimed(uint256 indexed task, uint256 indexed round, address indexed account, bytes32 uploadDigest);
+    event SaleShareClaimed(uint256 indexed task, uint256 indexed round, address indexed account, uint256 amount);
+    event TaskClosing(uint256 indexed task, uint64 closesAt);
     event TaskClosed(uint256 indexed task, uint256 refund);
     event Listed(
         uint256 indexed listing,
         address indexed seller,
         uint256 indexed task,
+        uint256 round,
+        bytes32 modelCommitment,
         bytes assetCid,
         uint256 price,
         bytes32 keyCommitment,
@@ -123,42 +184,64 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         uint256 indexed listing,
         address indexed buyer,
         uint256 price,
-        bytes32 buyerKey,
+        uint256 buyerKeyX,
+        uint256 buyerKeyY,
         uint64 deadline
     );
-    event KeyDelivered(uint256 indexed purchase, bytes sealedKey, uint256 sellerShare, uint256 contributorsShare);
+    event KeyDelivered(
+        uint256 indexed purchase, uint256 ephemeralX, uint256 ephemeralY, bytes32 maskedKey, uint64 disputeDeadline
+    );
+    event Disputed(uint256 indexed purchase, address indexed buyer, uint256 amount);
+    event Settled(uint256 indexed purchase, uint256 sellerShare, uint256 contributorsShare);
     event Refunded(uint256 indexed purchase, address indexed buyer, uint256 amount);
     event Withdrawn(address indexed account, uint256 amount);
 
     error ZeroAddress();
     error ZeroAmount();
     error UnknownTask(uint256 task);
-    error TaskIsClosed(uint256 task);
+    error TaskIsClosed(uint256 task, uint64 closesAt);
+    error TaskNotClosed(uint256 task, uint64 closesAt);
     error NotSponsor(uint256 task, address caller);
     error NotAggregator(uint256 task, address caller);
     error RoundNotIncreasing(uint256 task, uint256 lastRound, uint256 round);
     error CumulativeDecreased(uint256 task, uint256 committed, uint256 cumulativeTotal);
     error ExceedsEscrow(uint256 task, uint256 escrow, uint256 cumulativeTotal);
+    error ZeroCommitment(uint256 task, uint256 round);
+    error UnknownRound(uint256 task, uint256 round);
     error InvalidProof(uint256 task, address account, uint256 cumulativeAmount);
     error NothingToClaim(uint256 task, address account, uint256 alreadyClaimed);
+    error TaskUnderfunded(uint256 task, uint256 escrow, uint256 wouldPay);
+    error NotAcknowledgedByAggregator(uint256 task, address signer);
+    error AckRoundNotCommitted(uint256 task, uint256 round, uint256 lastRound);
+    error NothingToRefund(uint256 task);
     error NotTaskOwner(uint256 task, address caller);
     error BpsTooHigh(uint16 bps);
+    error NoContributors(uint256 task, uint256 round);
     error UnknownListing(uint256 listing);
     error ListingInactive(uint256 listing);
     error NotSeller(uint256 listing, address caller);
     error UnknownPurchase(uint256 purchase);
-    error NotPending(uint256 purchase, PurchaseState state);
+    error WrongPurchaseState(uint256 purchase, PurchaseState state);
     error NotBuyer(uint256 purchase, address caller);
     error DeliveryWindowOpen(uint256 purchase, uint64 deadline);
     error DeliveryWindowClosed(uint256 purchase, uint64 deadline);
-    error EmptySealedKey(uint256 purchase);
+    error DisputeWindowOpen(uint256 purchase, uint64 deadline);
+    error DisputeWindowClosed(uint256 purchase, uint64 deadline);
+    error InvalidCurvePoint(uint256 x, uint256 y);
+    error InvalidSecret(uint256 purchase);
+    error DeliveryMismatch(uint256 purchase);
+    error KeyMatchesCommitment(uint256 purchase);
     error PriceChanged(uint256 listing, uint256 price, uint256 maxPrice);
 
-    constructor(IERC20 token_, uint64 deliveryWindow_) EIP712("fedmarket", "1") {
+    constructor(IERC20 token_, uint64 deliveryWindow_, uint64 disputeWindow_, uint64 closeGrace_)
+        EIP712("fedmarket", "2")
+    {
         if (address(token_) == address(0)) revert ZeroAddress();
-        if (deliveryWindow_ == 0) revert ZeroAmount();
+        if (deliveryWindow_ == 0 || disputeWindow_ == 0 || closeGrace_ == 0) revert ZeroAmount();
         token = token_;
         deliveryWindow = deliveryWindow_;
+        disputeWindow = disputeWindow_;
+        closeGrace = closeGrace_;
     }
 
     // ---------------------------------------------------------------- tasks and rewards
@@ -187,21 +270,23 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         return _createTask(aggregator, rewardPerUpdate, budget, specCid);
     }
 
-    /// @notice Add tokens to a task's escrow.
+    /// @notice Add tokens to an open task's escrow.
     function fundTask(uint256 task, uint256 amount) external nonReentrant {
         Task storage t = _openTask(task);
         if (amount == 0) revert ZeroAmount();
-        t.escrow += amount;
+        t.escrow = SafeCast.toUint128(t.escrow + amount);
         token.safeTransferFrom(msg.sender, address(this), amount);
         emit TaskFunded(task, msg.sender, amount, t.escrow);
     }
 
-    /// @notice Commit a round: its model, receipts bundle and the root of cumulative rewards.
-    /// @dev Only the task's aggregator; rounds strictly increase; totals never decrease and never
-    /// pass the escrow. Stores one hash per round, so the cost does not grow with the cohort.
+    /// @notice Commit a round: a hiding commitment to its model, the model's ciphertext CID, the
+    /// receipts bundle and the root of cumulative rewards.
+    /// @dev Only the task's aggregator, until the close grace ends; rounds strictly increase;
+    /// totals never decrease and never pass the escrow. Three words per round, whatever the cohort.
     function commitRound(
         uint256 task,
         uint256 round,
+        bytes32 modelCommitment,
         bytes calldata modelCid,
         bytes calldata bundleCid,
         bytes32 rewardsRoot,
@@ -212,89 +297,135 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         if (round <= t.lastRound) revert RoundNotIncreasing(task, t.lastRound, round);
         if (cumulativeTotal < t.committed) revert CumulativeDecreased(task, t.committed, cumulativeTotal);
         if (cumulativeTotal > t.escrow) revert ExceedsEscrow(task, t.escrow, cumulativeTotal);
+        if (modelCommitment == bytes32(0)) revert ZeroCommitment(task, round);
         t.lastRound = SafeCast.toUint64(round);
-        t.committed = cumulativeTotal;
-        t.rewardsRoot = rewardsRoot;
-        roundCommitments[task][round] = _roundCommitment(modelCid, bundleCid, rewardsRoot, cumulativeTotal);
-        emit RoundCommitted(task, round, modelCid, bundleCid, rewardsRoot, cumulativeTotal);
+        t.committed = uint128(cumulativeTotal); // <= escrow, which fits
+        rounds[task][round] = Round(rewardsRoot, modelCommitment, cumulativeTotal);
+        emit RoundCommitted(task, round, modelCommitment, modelCid, bundleCid, rewardsRoot, cumulativeTotal);
     }
 
-    /// @notice Pay `account` its cumulative reward minus what it already claimed. One claim
-    /// covers any number of rounds. Anyone may submit it; the tokens go to `account`.
-    function claim(uint256 task, address account, uint256 cumulativeAmount, bytes32[] calldata proof)
+    /// @notice Pay `account` its cumulative reward as committed at `round` (any committed round)
+    /// minus what it already claimed. One claim covers any number of rounds. Anyone may submit
+    /// it; the tokens go to `account`.
+    function claim(uint256 task, uint256 round, address account, uint256 cumulativeAmount, bytes32[] calldata proof)
         external
         nonReentrant
         returns (uint256 amount)
     {
-        // An unknown task has a zero root, which no proof reaches: no separate check needed.
+        // An uncommitted round has a zero root, which no proof reaches.
         bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(account, cumulativeAmount))));
-        if (!MerkleProof.verifyCalldata(proof, tasks[task].rewardsRoot, leaf)) {
+        if (!MerkleProof.verifyCalldata(proof, rounds[task][round].rewardsRoot, leaf)) {
             revert InvalidProof(task, account, cumulativeAmount);
         }
-        uint256 already = claimedBy[task][account];
-        if (cumulativeAmount <= already) revert NothingToClaim(task, account, already);
-        amount = cumulativeAmount - already;
-        claimedBy[task][account] = cumulativeAmount;
-        token.safeTransfer(account, amount);
-        emit Claimed(task, account, amount, cumulativeAmount);
+        amount = _pay(task, account, cumulativeAmount);
     }
 
-    /// @notice Close a task (sponsor only): no more rounds; unspent escrow goes back to the sponsor.
-    /// Committed rewards stay claimable.
-    function closeTask(uint256 task) external nonReentrant {
+    /// @notice Pay what the aggregator acknowledged to `ack.device`, once the task has committed
+    /// `ack.round` or a later round, minus what the device already claimed. This is how a device
+    /// that a committed root leaves out (or underpays) is paid from the task's escrow.
+    function claimAcknowledged(Ack calldata ack, bytes calldata signature)
+        external
+        nonReentrant
+        returns (uint256 amount)
+    {
+        Task storage t = tasks[ack.task];
+        if (t.sponsor == address(0)) revert UnknownTask(ack.task);
+        address signer = ECDSA.recover(ackDigest(ack), signature);
+        if (signer != t.aggregator) revert NotAcknowledgedByAggregator(ack.task, signer);
+        if (ack.round > t.lastRound) revert AckRoundNotCommitted(ack.task, ack.round, t.lastRound);
+        amount = _pay(ack.task, ack.device, ack.cumulativeAmount);
+        emit AckClaimed(ack.task, ack.round, ack.device, ack.uploadDigest);
+    }
+
+    /// @notice Pay `account` its share of the contributors' revenue from sales of `round`'s
+    /// model: revenue x (its cumulative reward at that round) / (that round's cumulative total),
+    /// minus what it already took. Anyone may submit it; the tokens go to `account`.
+    function claimSaleShare(
+        uint256 task,
+        uint256 round,
+        address account,
+        uint256 cumulativeAmount,
+        bytes32[] calldata proof
+    ) external nonReentrant returns (uint256 amount) {
+        Round storage r = rounds[task][round];
+        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(account, cumulativeAmount))));
+        if (!MerkleProof.verifyCalldata(proof, r.rewardsRoot, leaf)) {
+            revert InvalidProof(task, account, cumulativeAmount);
+        }
+        uint256 revenue = salesRevenue[task][round];
+        if (revenue == 0) revert NothingToClaim(task, account, 0);
+        uint256 due = Math.mulDiv(revenue, cumulativeAmount, r.cumulativeTotal);
+        uint256 already = saleClaimedBy[task][round][account];
+        if (due <= already) revert NothingToClaim(task, account, already);
+        amount = due - already;
+        uint256 paidOut = salesPaid[task][round] + amount;
+        // A root whose leaves add up to more than its total cannot pay out more than came in.
+        if (paidOut > revenue) revert TaskUnderfunded(task, revenue, paidOut);
+        salesPaid[task][round] = paidOut;
+        saleClaimedBy[task][round][account] = due;
+        token.safeTransfer(account, amount);
+        emit SaleShareClaimed(task, round, account, amount);
+    }
+
+    /// @notice Start closing a task (sponsor only). The aggregator may still commit, and devices
+    /// claim, for `closeGrace` seconds; then `refundUnspent` returns what nobody is owed.
+    function closeTask(uint256 task) external {
         Task storage t = _openTask(task);
         if (msg.sender != t.sponsor) revert NotSponsor(task, msg.sender);
-        t.closed = true;
-        uint256 unspent = t.escrow - t.committed;
-        t.escrow = t.committed;
-        if (unspent > 0) token.safeTransfer(t.sponsor, unspent);
-        emit TaskClosed(task, unspent);
+        if (t.closesAt != 0) revert TaskIsClosed(task, t.closesAt); // a second close must not extend it
+        t.closesAt = uint64(block.timestamp) + closeGrace;
+        emit TaskClosing(task, t.closesAt);
     }
 
-    /// @notice Whether `commitment` data matches what was committed for a round.
+    /// @notice After the close grace, return to the sponsor the escrow above what was committed
+    /// or already paid. Anyone may call it; the tokens go to the sponsor.
+    function refundUnspent(uint256 task) external nonReentrant returns (uint256 amount) {
+        Task storage t = tasks[task];
+        if (t.sponsor == address(0)) revert UnknownTask(task);
+        if (t.closesAt == 0 || block.timestamp < t.closesAt) revert TaskNotClosed(task, t.closesAt);
+        uint128 reserved = t.committed > t.paid ? t.committed : t.paid;
+        if (t.escrow <= reserved) revert NothingToRefund(task);
+        amount = t.escrow - reserved;
+        t.escrow = reserved;
+        token.safeTransfer(t.sponsor, amount);
+        emit TaskClosed(task, amount);
+    }
+
+    /// @notice Whether `round` of `task` was committed with exactly these values.
     function roundMatches(
         uint256 task,
         uint256 round,
-        bytes calldata modelCid,
-        bytes calldata bundleCid,
+        bytes32 modelCommitment,
         bytes32 rewardsRoot,
         uint256 cumulativeTotal
     ) external view returns (bool) {
-        bytes32 stored = roundCommitments[task][round];
-        return stored != bytes32(0) && stored == _roundCommitment(modelCid, bundleCid, rewardsRoot, cumulativeTotal);
+        Round storage r = rounds[task][round];
+        return r.modelCommitment != bytes32(0) && r.modelCommitment == modelCommitment
+            && r.rewardsRoot == rewardsRoot && r.cumulativeTotal == cumulativeTotal;
     }
 
-    // ---------------------------------------------------------------- receipts
+    // ---------------------------------------------------------------- receipts and acknowledgements
 
-    /// @notice The address that signed `receipt` (EIP-712, domain "fedmarket" v1 on this contract).
+    /// @notice The address that signed `receipt` (EIP-712, domain "fedmarket" v2 on this contract).
     function receiptSigner(Receipt calldata receipt, bytes calldata signature) external view returns (address) {
         return ECDSA.recover(receiptDigest(receipt), signature);
     }
 
     function receiptDigest(Receipt calldata receipt) public view returns (bytes32) {
-        return _hashTypedDataV4(
-            keccak256(
-                abi.encode(
-                    RECEIPT_TYPEHASH,
-                    receipt.task,
-                    receipt.round,
-                    receipt.device,
-                    keccak256(receipt.modelCid),
-                    receipt.uploadDigest,
-                    receipt.weight,
-                    receipt.epsilonMicros,
-                    receipt.deltaE18
-                )
-            )
-        );
+        return _hashTypedDataV4(keccak256(abi.encode(RECEIPT_TYPEHASH, receipt)));
+    }
+
+    function ackDigest(Ack calldata ack) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(ACK_TYPEHASH, ack)));
     }
 
     // ---------------------------------------------------------------- listings and sales
 
-    /// @notice List an encrypted asset. Tied to a task, only its sponsor or aggregator may list,
-    /// and `contributorsBps` of every sale goes to the task's reward pool.
+    /// @notice List the encrypted model of a committed round. Only the task's sponsor or
+    /// aggregator may; `contributorsBps` of every sale goes to that round's contributors.
     function list(
         uint256 task,
+        uint256 round,
         bytes calldata assetCid,
         uint256 price,
         bytes32 keyCommitment,
@@ -303,24 +434,35 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     ) external returns (uint256 listing) {
         if (price == 0) revert ZeroAmount();
         if (contributorsBps > MAX_BPS) revert BpsTooHigh(contributorsBps);
-        if (task != 0) {
-            Task storage t = tasks[task];
-            if (t.sponsor == address(0)) revert UnknownTask(task);
-            if (msg.sender != t.sponsor && msg.sender != t.aggregator) revert NotTaskOwner(task, msg.sender);
-        } else if (contributorsBps != 0) {
-            revert BpsTooHigh(contributorsBps);
-        }
+        Task storage t = tasks[task];
+        if (t.sponsor == address(0)) revert UnknownTask(task);
+        if (msg.sender != t.sponsor && msg.sender != t.aggregator) revert NotTaskOwner(task, msg.sender);
+        Round storage r = rounds[task][round];
+        if (r.modelCommitment == bytes32(0)) revert UnknownRound(task, round);
+        if (contributorsBps > 0 && r.cumulativeTotal == 0) revert NoContributors(task, round);
         listing = ++listingCount;
         listings[listing] = Listing({
             seller: msg.sender,
             task: uint64(task),
             contributorsBps: contributorsBps,
             active: true,
+            round: uint64(round),
             price: price,
             keyCommitment: keyCommitment,
             assetCid: assetCid
         });
-        emit Listed(listing, msg.sender, task, assetCid, price, keyCommitment, metadataCid, contributorsBps);
+        emit Listed(
+            listing,
+            msg.sender,
+            task,
+            round,
+            r.modelCommitment,
+            assetCid,
+            price,
+            keyCommitment,
+            metadataCid,
+            contributorsBps
+        );
     }
 
     /// @notice Stop selling a listing; purchases already made are unaffected.
@@ -331,15 +473,20 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         emit Delisted(listing);
     }
 
-    /// @notice Buy with a prior approval. `maxPrice` guards against a price change in flight.
-    function buy(uint256 listing, bytes32 buyerKey, uint256 maxPrice) external nonReentrant returns (uint256) {
+    /// @notice Buy with a prior approval. `buyerKey` is a one-time alt_bn128 G1 public key;
+    /// `maxPrice` guards against a price change in flight.
+    function buy(uint256 listing, uint256[2] calldata buyerKey, uint256 maxPrice)
+        external
+        nonReentrant
+        returns (uint256)
+    {
         return _buy(listing, buyerKey, maxPrice);
     }
 
     /// @notice Buy in one transaction: EIP-2612 permit, payment into escrow, purchase recorded.
     function buyWithPermit(
         uint256 listing,
-        bytes32 buyerKey,
+        uint256[2] calldata buyerKey,
         uint256 maxPrice,
         uint256 permitDeadline,
         uint8 v,
@@ -350,33 +497,62 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         return _buy(listing, buyerKey, maxPrice);
     }
 
-    /// @notice Deliver the asset key sealed to the buyer's key; releases the payment: the seller's
-    /// share becomes withdrawable and the contributors' share joins the task's reward pool.
-    function deliverKey(uint256 purchase, bytes calldata sealedKey) external nonReentrant {
-        Purchase storage p = _pending(purchase);
+    /// @notice Deliver the asset key: `maskedKey` = key XOR keccak256(chain id, market, purchase,
+    /// e·B) for the buyer's key B and an ephemeral key E = e·G. Opens the dispute window.
+    function deliverKey(uint256 purchase, uint256[2] calldata ephemeralKey, bytes32 maskedKey) external {
+        Purchase storage p = _purchaseIn(purchase, PurchaseState.Pending);
         Listing storage l = listings[p.listing];
         if (msg.sender != l.seller) revert NotSeller(p.listing, msg.sender);
         if (block.timestamp > p.deadline) revert DeliveryWindowClosed(purchase, p.deadline);
-        if (sealedKey.length == 0) revert EmptySealedKey(purchase);
+        _checkPoint(ephemeralKey[0], ephemeralKey[1]);
         p.state = PurchaseState.Delivered;
+        p.deadline = uint64(block.timestamp) + disputeWindow;
+        p.delivery = keccak256(abi.encode(ephemeralKey[0], ephemeralKey[1], maskedKey));
+        emit KeyDelivered(purchase, ephemeralKey[0], ephemeralKey[1], maskedKey, p.deadline);
+    }
+
+    /// @notice Prove the delivered key wrong and take the payment back. The buyer reveals its
+    /// one-time secret b; the contract checks b·G is the key it bought with, recomputes the key
+    /// from the delivery and refunds only if it does not hash to the listing's key commitment.
+    function dispute(uint256 purchase, uint256 buyerSecret, uint256[2] calldata ephemeralKey, bytes32 maskedKey)
+        external
+        nonReentrant
+    {
+        Purchase storage p = _purchaseIn(purchase, PurchaseState.Delivered);
+        if (msg.sender != p.buyer) revert NotBuyer(purchase, msg.sender);
+        if (block.timestamp > p.deadline) revert DisputeWindowClosed(purchase, p.deadline);
+        if (keccak256(abi.encode(ephemeralKey[0], ephemeralKey[1], maskedKey)) != p.delivery) {
+            revert DeliveryMismatch(purchase);
+        }
+        if (buyerSecret == 0 || buyerSecret >= ORDER) revert InvalidSecret(purchase);
+        (uint256 bx, uint256 by) = _ecMul(1, 2, buyerSecret);
+        if (keccak256(abi.encode(bx, by)) != p.buyerKey) revert InvalidSecret(purchase);
+        (uint256 sx, uint256 sy) = _ecMul(ephemeralKey[0], ephemeralKey[1], buyerSecret);
+        bytes32 key = maskedKey ^ keyMask(purchase, sx, sy);
+        if (sha256(abi.encodePacked(key)) == listings[p.listing].keyCommitment) revert KeyMatchesCommitment(purchase);
+        p.state = PurchaseState.Refunded;
+        token.safeTransfer(p.buyer, p.price);
+        emit Disputed(purchase, p.buyer, p.price);
+    }
+
+    /// @notice After an undisputed dispute window, release a delivered purchase's price: the
+    /// seller's share becomes withdrawable and the contributors' share accrues to the listed
+    /// round. Anyone may call it.
+    function settle(uint256 purchase) external {
+        Purchase storage p = _purchaseIn(purchase, PurchaseState.Delivered);
+        if (block.timestamp <= p.deadline) revert DisputeWindowOpen(purchase, p.deadline);
+        p.state = PurchaseState.Settled;
+        Listing storage l = listings[p.listing];
         uint256 contributors = (p.price * l.contributorsBps) / MAX_BPS;
         uint256 seller = p.price - contributors;
-        if (contributors > 0) {
-            Task storage t = tasks[l.task];
-            if (t.closed) {
-                owed[t.sponsor] += contributors; // a closed task takes no more rewards
-            } else {
-                t.escrow += contributors;
-                emit TaskFunded(l.task, address(this), contributors, t.escrow);
-            }
-        }
+        salesRevenue[l.task][l.round] += contributors;
         owed[l.seller] += seller;
-        emit KeyDelivered(purchase, sealedKey, seller, contributors);
+        emit Settled(purchase, seller, contributors);
     }
 
     /// @notice The buyer's money back when no key came within the delivery window.
     function refund(uint256 purchase) external nonReentrant {
-        Purchase storage p = _pending(purchase);
+        Purchase storage p = _purchaseIn(purchase, PurchaseState.Pending);
         if (msg.sender != p.buyer) revert NotBuyer(purchase, msg.sender);
         if (block.timestamp <= p.deadline) revert DeliveryWindowOpen(purchase, p.deadline);
         p.state = PurchaseState.Refunded;
@@ -384,13 +560,18 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         emit Refunded(purchase, p.buyer, p.price);
     }
 
-    /// @notice Withdraw what the market owes the caller (seller proceeds, late contributor shares).
+    /// @notice Withdraw the caller's settled seller proceeds.
     function withdraw() external nonReentrant returns (uint256 amount) {
         amount = owed[msg.sender];
         if (amount == 0) revert ZeroAmount();
         owed[msg.sender] = 0;
         token.safeTransfer(msg.sender, amount);
         emit Withdrawn(msg.sender, amount);
+    }
+
+    /// @notice The mask a delivered key is XORed with, for the shared point (sx, sy).
+    function keyMask(uint256 purchase, uint256 sx, uint256 sy) public view returns (bytes32) {
+        return keccak256(abi.encode(block.chainid, address(this), purchase, sx, sy));
     }
 
     function listingAssetCid(uint256 listing) external view returns (bytes memory) {
@@ -409,16 +590,31 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         Task storage t = tasks[task];
         t.sponsor = msg.sender;
         t.aggregator = aggregator;
-        t.rewardPerUpdate = rewardPerUpdate;
-        t.escrow = budget;
+        t.rewardPerUpdate = SafeCast.toUint128(rewardPerUpdate);
+        t.escrow = SafeCast.toUint128(budget);
         token.safeTransferFrom(msg.sender, address(this), budget);
         emit TaskCreated(task, msg.sender, aggregator, rewardPerUpdate, budget, specCid);
     }
 
-    function _buy(uint256 listing, bytes32 buyerKey, uint256 maxPrice) private returns (uint256 purchase) {
+    /// @dev Pay `account` up to `cumulativeAmount` in `task`, within the task's own escrow.
+    function _pay(uint256 task, address account, uint256 cumulativeAmount) private returns (uint256 amount) {
+        uint256 already = claimedBy[task][account];
+        if (cumulativeAmount <= already) revert NothingToClaim(task, account, already);
+        amount = cumulativeAmount - already;
+        Task storage t = tasks[task];
+        uint256 paid = t.paid + amount;
+        if (paid > t.escrow) revert TaskUnderfunded(task, t.escrow, paid);
+        t.paid = uint128(paid); // <= escrow, which fits
+        claimedBy[task][account] = cumulativeAmount;
+        token.safeTransfer(account, amount);
+        emit Claimed(task, account, amount, cumulativeAmount);
+    }
+
+    function _buy(uint256 listing, uint256[2] calldata buyerKey, uint256 maxPrice) private returns (uint256 purchase) {
         Listing storage l = _listing(listing);
         if (!l.active) revert ListingInactive(listing);
         if (l.price > maxPrice) revert PriceChanged(listing, l.price, maxPrice);
+        _checkPoint(buyerKey[0], buyerKey[1]);
         purchase = ++purchaseCount;
         uint64 deadline = uint64(block.timestamp) + deliveryWindow;
         purchases[purchase] = Purchase({
@@ -427,10 +623,11 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
             state: PurchaseState.Pending,
             buyer: msg.sender,
             price: l.price,
-            buyerKey: buyerKey
+            buyerKey: keccak256(abi.encode(buyerKey[0], buyerKey[1])),
+            delivery: bytes32(0)
         });
         token.safeTransferFrom(msg.sender, address(this), l.price);
-        emit Purchased(purchase, listing, msg.sender, l.price, buyerKey, deadline);
+        emit Purchased(purchase, listing, msg.sender, l.price, buyerKey[0], buyerKey[1], deadline);
     }
 
     /// @dev A front-run permit must not block the payment: fall back to the existing allowance.
@@ -439,19 +636,26 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
             catch {}
     }
 
-    function _roundCommitment(
-        bytes calldata modelCid,
-        bytes calldata bundleCid,
-        bytes32 rewardsRoot,
-        uint256 cumulativeTotal
-    ) private pure returns (bytes32) {
-        return keccak256(abi.encode(keccak256(modelCid), keccak256(bundleCid), rewardsRoot, cumulativeTotal));
+    /// @dev Reject anything but a point of alt_bn128's G1 other than infinity (the cofactor is 1,
+    /// so every such point is in the prime-order group).
+    function _checkPoint(uint256 x, uint256 y) private pure {
+        if (x >= FIELD || y >= FIELD || (x == 0 && y == 0)) revert InvalidCurvePoint(x, y);
+        if (mulmod(y, y, FIELD) != addmod(mulmod(mulmod(x, x, FIELD), x, FIELD), 3, FIELD)) {
+            revert InvalidCurvePoint(x, y);
+        }
+    }
+
+    /// @dev Scalar multiplication on alt_bn128 G1 with the EIP-196 precompile (address 0x07).
+    function _ecMul(uint256 x, uint256 y, uint256 scalar) private view returns (uint256, uint256) {
+        (bool ok, bytes memory out) = address(0x07).staticcall(abi.encode(x, y, scalar));
+        if (!ok || out.length != 64) revert InvalidCurvePoint(x, y);
+        return abi.decode(out, (uint256, uint256));
     }
 
     function _openTask(uint256 task) private view returns (Task storage t) {
         t = tasks[task];
         if (t.sponsor == address(0)) revert UnknownTask(task);
-        if (t.closed) revert TaskIsClosed(task);
+        if (t.closesAt != 0 && block.timestamp >= t.closesAt) revert TaskIsClosed(task, t.closesAt);
     }
 
     function _listing(uint256 listing) private view returns (Listing storage l) {
@@ -459,9 +663,9 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         if (l.seller == address(0)) revert UnknownListing(listing);
     }
 
-    function _pending(uint256 purchase) private view returns (Purchase storage p) {
+    function _purchaseIn(uint256 purchase, PurchaseState wanted) private view returns (Purchase storage p) {
         p = purchases[purchase];
         if (p.state == PurchaseState.None) revert UnknownPurchase(purchase);
-        if (p.state != PurchaseState.Pending) revert NotPending(purchase, p.state);
+        if (p.state != wanted) revert WrongPurchaseState(purchase, p.state);
     }
 }

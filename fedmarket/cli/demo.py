@@ -174,7 +174,8 @@ def _rounds_table(report: dict[str, Any]) -> Table:
 def _devices_table(report: dict[str, Any]) -> Table:
     rewards = {r["device"]: r for r in report.get("rewards", [])}
     table = Table(title="Devices")
-    for column in ("device", "rounds contributed", "reward (tokens)", "claimed", "epsilon", "cap"):
+    columns = ("device", "rounds contributed", "reward", "sale share", "claimed", "epsilon", "cap")
+    for column in columns:
         table.add_column(column, justify="right")
     for d in report["devices"]:
         paid = rewards.get(d["device"])
@@ -182,11 +183,18 @@ def _devices_table(report: dict[str, Any]) -> Table:
             d["device"],
             str(d["rounds_trained"]),
             paid["earned"] if paid else "-",
-            paid["claimed"] if paid else "-",
+            _short(paid["sale_share"]) if paid else "-",
+            _short(paid["claimed"]) if paid else "-",
             f"{d['epsilon']:.3f}",
             f"{d['epsilon_cap']:g}",
         )
     return table
+
+
+def _short(tokens: str) -> str:
+    """Token amounts to 6 decimals for tables (the report keeps every digit)."""
+    whole, _, fraction = tokens.partition(".")
+    return f"{whole}.{fraction[:6]}" if fraction else whole
 
 
 def _market_summary(report: dict[str, Any]) -> Table:
@@ -200,13 +208,17 @@ def _market_summary(report: dict[str, Any]) -> Table:
         ("commit gas per paid update", f"{chain['gas_per_update']:,.0f}"),
         ("escrow budget (tokens)", escrow["budget"]),
         ("paid to devices as rewards", escrow["committed"]),
-        ("refunded to the sponsor at close", escrow["refunded"]),
-        (f"sale of listing {sale['listing']} (price)", sale["price"]),
-        ("  to the seller", sale["seller_share"]),
-        ("  to the task's reward pool", sale["contributors_share"]),
+        ("refunded to the sponsor after the close grace", escrow["refunded"]),
+        (
+            f"sale of listing {sale['listing']}: task {sale['task']} round {sale['round']}",
+            sale["price"],
+        ),
+        ("  to the seller (after the dispute window)", sale["seller_share"]),
+        ("  to the round's contributors", sale["contributors_share"]),
+        ("  claimed by the devices", _short(sale["contributors_share_paid_to_devices"])),
         ("buyer's accuracy of the decrypted model", f"{sale['decrypted_accuracy']:.3f}"),
-        ("lineage verified", str(sale["verified"])),
-        ("model CID", report["model_cid"]),
+        ("lineage verified after decryption", str(sale["verified"])),
+        ("model commitment", "0x" + sale["model_commitment"][:16] + "…"),
     ]
     for row in rows:
         table.add_row(*row)

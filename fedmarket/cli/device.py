@@ -29,6 +29,7 @@ from fedmarket.data.source import DataKind, DataSource
 from fedmarket.deploy.device import DeviceRole, load_data
 from fedmarket.deploy.device import join as join_federation
 from fedmarket.deploy.tls import make_node_key
+from fedmarket.device.acks import AckBook
 from fedmarket.device.eligibility import EligibilityPolicy
 from fedmarket.exceptions import DataError, InvalidInput
 from fedmarket.keys import load_keystore
@@ -172,17 +173,17 @@ def status(
             market.ledger,
             open_store(backend, ipfs_api, 30.0),
             market.ledger.address,
-            chain_id=market.chain_id,
-            market=market.address,
+            acks=AckBook(home, market.ledger.address),
         ):
             rewards.append(
                 {
                     "task": r.task,
                     "account": r.account,
                     "rounds_paid": r.rounds,
-                    "earned": to_tokens(r.earned),
+                    "earned": to_tokens(r.owed),
                     "claimed": to_tokens(r.claimed),
                     "claimable": to_tokens(r.claimable),
+                    "sale_shares": to_tokens(r.sale_claimable),
                 }
             )
     if as_json:
@@ -208,7 +209,7 @@ def status(
         console.print(table)
     if key is not None:
         table = Table(title="Rewards (tokens)")
-        for column in ("task", "rounds paid", "earned", "claimed", "claimable"):
+        for column in ("task", "rounds paid", "earned", "claimed", "claimable", "sale shares"):
             table.add_column(column, justify="right")
         for row in rewards:
             table.add_row(
@@ -217,6 +218,7 @@ def status(
                 row["earned"],
                 row["claimed"],
                 row["claimable"],
+                row["sale_shares"],
             )
         console.print(table if rewards else "no rewards for this key")
 

@@ -25,27 +25,32 @@ from fedmarket.cli.connect import (
     connect,
     emit,
 )
+from fedmarket.cli.server import state_path
 from fedmarket.cli.store import Backend, open_store
 from fedmarket.config import fedmarket_home
-from fedmarket.crypto import Identity
-from fedmarket.exceptions import InvalidInput, LineageBroken
+from fedmarket.crypto.key_delivery import OneTimeKey
+from fedmarket.device.acks import AckBook
+from fedmarket.exceptions import InvalidInput, KeyCommitmentMismatch, LineageBroken
 from fedmarket.files import atomic_write
 from fedmarket.ledger.base import PurchaseState
 from fedmarket.market.amounts import to_base_units, to_tokens
 from fedmarket.market.bundle import canonical_json
 from fedmarket.market.claims import claim_all, rewards_of
 from fedmarket.market.lineage import verify_lineage
+from fedmarket.market.publisher import stored_model
 from fedmarket.market.sales import (
-    Bought,
     Keyring,
+    dispute_key,
     list_model,
     listing_metadata,
     model_metadata,
     pay_for,
     receive,
     serve,
+    settle_due,
+    verify_bought,
 )
-from fedmarket.store import ContentStore, canonical, parse_cid
+from fedmarket.store import ContentStore
 from fedmarket.types import ListingId, PurchaseId, TaskId
 
 app = typer.Typer(
@@ -87,8 +92,9 @@ def tasks(rpc_url: RpcOption = None, as_json: JsonOption = False) -> None:
                 "reward_per_update": to_tokens(t.reward_per_update),
                 "escrow": to_tokens(t.escrow),
                 "committed": to_tokens(t.committed),
+                "paid": to_tokens(t.paid),
                 "rounds": t.last_round,
-                "closed": t.closed,
+                "closes_at": t.closes_at or None,
             }
         )
     if as_json:
@@ -151,7 +157,8 @@ def claim(
     ipfs_api: ApiOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Claim every reward due to this key: one transaction per task, for all its rounds."""
+    """Claim every reward and sale share due to this key: committed rewards for all rounds in
+    one transaction per task (or the aggregator's acknowledgement, if it pays more)."""
     claim_rewards(key, task, rpc_url, backend, ipfs_api, as_json)
 
 
@@ -163,14 +170,14 @@ def claim_rewards(
     ipfs_api: str | None,
     as_json: bool,
 ) -> None:
-    """Rebuild this key's rewards from chain and store (verified), then claim what is due."""
+    """Rebuild this key's rewards from chain, store and its acknowledgements (verified), then
+    claim what is due."""
     market = connect(rpc_url, key)
     rewards = rewards_of(
         market.ledger,
         open_store(backend, ipfs_api, 30.0),
         market.ledger.address,
-        chain_id=market.chain_id,
-        market=market.address,
+        acks=AckBook(fedmarket_home(), market.ledger.address),
         tasks=None if task is None else [TaskId(task)],
     )
     paid = claim_all(market.ledger, rewards)
@@ -213,12 +220,61 @@ def balance(
 
 @app.command()
 def withdraw(key: KeyOption, rpc_url: RpcOption = None, as_json: JsonOption = False) -> None:
-    """Withdraw sale proceeds owed to this key."""
+    """Settle your sales whose dispute window has passed, then withdraw the proceeds."""
     ledger = connect(rpc_url, key).ledger
+    settle_due(ledger)
     if ledger.owed(ledger.address) == 0:
-        raise InvalidInput(f"nothing to withdraw for {ledger.address} (nothing was sent)")
+        raise InvalidInput(
+            f"nothing to withdraw for {ledger.address}: proceeds are released once a sale's "
+            "dispute window has passed (nothing was sent)"
+        )
     amount = ledger.withdraw()
     emit({"withdrawn": to_tokens(amount)}, as_json, f"withdrew {to_tokens(amount)} tokens")
+
+
+@app.command("close-task")
+def close_task(
+    key: KeyOption,
+    task: Annotated[int, typer.Option(help="Your task to close.")],
+    rpc_url: RpcOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Close your task: its aggregator may still commit, and devices claim, during the grace;
+    then `market reclaim` returns the unspent escrow."""
+    ledger = connect(rpc_url, key).ledger
+    state = ledger.task(TaskId(task))
+    if state.sponsor != ledger.address:
+        raise InvalidInput(f"task {task}'s sponsor is {state.sponsor}, not {ledger.address}")
+    if state.closing:
+        raise InvalidInput(f"task {task} is already closing (at unix time {state.closes_at})")
+    closes_at = ledger.close_task(TaskId(task))
+    emit(
+        {"task": task, "closes_at": closes_at},
+        as_json,
+        f"task {task} closes at unix time {closes_at}; reclaim its unspent escrow after that",
+    )
+
+
+@app.command()
+def reclaim(
+    key: KeyOption,
+    task: Annotated[int, typer.Option(help="A closed task of yours.")],
+    rpc_url: RpcOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Return a closed task's escrow that no device is owed to its sponsor."""
+    ledger = connect(rpc_url, key).ledger
+    state = ledger.task(TaskId(task))
+    now = ledger.now()
+    if not state.closing or now < state.closes_at:
+        raise InvalidInput(
+            f"task {task} is not closed yet (closes at unix time {state.closes_at or 'never'}: "
+            "close it with `market close-task` and wait out the grace; nothing was sent)"
+        )
+    if state.escrow <= state.reserved:
+        raise InvalidInput(f"task {task} has nothing unspent to return (nothing was sent)")
+    amount = ledger.refund_unspent(TaskId(task))
+    emit({"task": task, "refund": to_tokens(amount)}, as_json, f"returned {to_tokens(amount)}")
 
 
 # -- sales -----------------------------------------------------------------------------------------
@@ -245,6 +301,7 @@ def listings(
                 "listing": listing,
                 "seller": offer.seller,
                 "task": offer.task,
+                "round": offer.round,
                 "price": to_tokens(offer.price),
                 "epsilon_max": meta.get("epsilon_max"),
                 "epsilon_median": meta.get("epsilon_median"),
@@ -252,22 +309,25 @@ def listings(
                 "devices": meta.get("devices"),
                 "rounds": meta.get("rounds"),
                 "accuracy": meta.get("accuracy"),
-                "model_cid": meta.get("model_cid"),
+                "share": offer.contributors_bps / 10_000,
             }
         )
     if as_json:
         emit(rows, True, "")
         return
-    _table("Listings", rows, skip=("seller", "model_cid"))
+    _table("Listings", rows, skip=("seller",))
 
 
 @app.command(name="list")
 def list_command(
-    model_cid: Annotated[str, typer.Argument(help="CID of a committed model in the store.")],
     key: KeyOption,
+    task: Annotated[int, typer.Option(help="The task whose model you sell (you aggregate it).")],
     price: Annotated[str, typer.Option(help="Price in tokens.")],
+    round_: Annotated[
+        int | None, typer.Option("--round", help="The committed round (default: the last).")
+    ] = None,
     contributors_share: Annotated[
-        float, typer.Option(help="Share of each sale paid into the task's reward pool (0..1).")
+        float, typer.Option(help="Share of each sale paid to the round's contributors (0..1).")
     ] = 0.2,
     accuracy: Annotated[
         float | None, typer.Option(help="Accuracy you declare for the model (shown to buyers).")
@@ -277,8 +337,8 @@ def list_command(
     ipfs_api: ApiOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Encrypt a committed model with a fresh key, store it, and list it with its lineage."""
-    cid = canonical(parse_cid(model_cid))
+    """List a committed round's model: decrypted from your server's state, checked against its
+    commitment and lineage, encrypted with a fresh key, stored and listed (task, round)."""
     price_units = to_base_units(price, what="--price")
     if price_units == 0:
         raise InvalidInput("--price must be > 0")
@@ -286,20 +346,32 @@ def list_command(
         raise InvalidInput(f"--contributors-share must be in 0..1, got {contributors_share}")
     market = connect(rpc_url, key)
     store = open_store(backend, ipfs_api, 30.0)
+    round_, sealed = stored_model(state_path(market, task), store, round_)
     lineage = verify_lineage(
-        market.ledger, store, cid, chain_id=market.chain_id, market=market.address
+        market.ledger,
+        store,
+        TaskId(task),
+        round_,
+        chain_id=market.chain_id,
+        market=market.address,
+        model=sealed,
     )
     listing = list_model(
         market.ledger,
         store,
         keyring(market),
-        task=lineage.task,
-        model=store.get_bytes(cid),
+        task=TaskId(task),
+        round=round_,
+        model=sealed,
         price=price_units,
         metadata=model_metadata(lineage, accuracy=accuracy),
         contributors_bps=round(contributors_share * 10_000),
     )
-    emit({"listing": listing, "model_cid": cid}, as_json, f"listing {listing}: {cid}")
+    emit(
+        {"listing": listing, "task": task, "round": round_},
+        as_json,
+        f"listing {listing}: task {task} round {round_}",
+    )
 
 
 @app.command(name="serve")
@@ -310,7 +382,8 @@ def serve_keys(
     rpc_url: RpcOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Deliver sealed keys for paid purchases of your listings (idempotent; safe to restart)."""
+    """Deliver keys for paid purchases of your listings and settle sales whose dispute window
+    has passed (idempotent; safe to restart)."""
     if interval <= 0:
         raise InvalidInput(f"--interval must be > 0 seconds, got {interval}")
     market = connect(rpc_url, key)
@@ -318,6 +391,8 @@ def serve_keys(
     while True:
         for purchase in serve(market.ledger, ring):
             emit({"delivered": purchase}, as_json, f"delivered the key of purchase {purchase}")
+        for purchase in settle_due(market.ledger):
+            emit({"settled": purchase}, as_json, f"settled purchase {purchase}")
         if once:
             return
         time.sleep(interval)
@@ -345,11 +420,12 @@ def buy(
     cap = None if max_price is None else to_base_units(max_price, what="--max-price")
     market = connect(rpc_url, key)
     store = open_store(backend, ipfs_api, 30.0)
-    identity = Identity.generate()
-    # Saved before paying, so a paid purchase can always be completed later (`market fetch`).
+    identity = OneTimeKey.generate()
+    # Saved before paying, so a paid purchase can always be completed (`market fetch`) or
+    # disputed (`market dispute`) later.
     folder = market_folder(market, "buyer-identities")
     folder.mkdir(parents=True, exist_ok=True)
-    unpaid = folder / f"unpaid-{identity.public_key.hex()[:16]}.id"
+    unpaid = folder / f"unpaid-{identity.public.to_text()[2:18]}.id"
     identity.save(unpaid)
     try:
         purchase = pay_for(market.ledger, ListingId(listing), identity, max_price=cap)
@@ -375,11 +451,29 @@ def fetch(
     if out.exists():
         raise InvalidInput(f"--out {out} exists; choose a new path")
     market = connect(rpc_url, key)
-    path = _identity_path(market, PurchaseId(purchase))
-    if not path.exists():
-        raise InvalidInput(f"no buyer identity for purchase {purchase} in {path.parent}")
+    identity = _own_identity(market, PurchaseId(purchase))
     store = open_store(backend, ipfs_api, 30.0)
-    _finish(market, store, PurchaseId(purchase), Identity.load(path), out, timeout, as_json)
+    _finish(market, store, PurchaseId(purchase), identity, out, timeout, as_json)
+
+
+@app.command()
+def dispute(
+    purchase: Annotated[int, typer.Argument(help="Your purchase whose key does not match.")],
+    key: KeyOption,
+    rpc_url: RpcOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Prove on chain that a delivered key misses the listing's commitment; get a full refund.
+
+    `market buy` and `market fetch` do this themselves when they find a wrong key."""
+    market = connect(rpc_url, key)
+    identity = _own_identity(market, PurchaseId(purchase))
+    amount = dispute_key(market.ledger, PurchaseId(purchase), identity)
+    emit(
+        {"purchase": purchase, "refunded": to_tokens(amount)},
+        as_json,
+        f"the key was wrong: refunded {to_tokens(amount)} tokens",
+    )
 
 
 @app.command()
@@ -417,11 +511,29 @@ def _identity_path(market: Market, purchase: PurchaseId) -> Path:
     return market_folder(market, "buyer-identities") / f"purchase-{purchase}.id"
 
 
+def _own_identity(market: Market, purchase: PurchaseId) -> OneTimeKey:
+    """The one-time key this account bought ``purchase`` with; an unknown purchase, another
+    buyer's or one without a saved key is refused by name before anything is sent."""
+    record = market.ledger.purchase(purchase)  # unknown: "purchase N does not exist"
+    if record.buyer != market.ledger.address:
+        raise InvalidInput(
+            f"purchase {purchase} was made by {record.buyer}, not {market.ledger.address}; "
+            "use the buyer's key (nothing was sent)"
+        )
+    path = _identity_path(market, purchase)
+    if not path.exists():
+        raise InvalidInput(
+            f"no buyer identity for purchase {purchase} in {path.parent}: it was bought "
+            "elsewhere; run the command where it was bought (nothing was sent)"
+        )
+    return OneTimeKey.load(path)
+
+
 def _finish(
     market: Market,
     store: ContentStore,
     purchase: PurchaseId,
-    identity: Identity,
+    identity: OneTimeKey,
     out: Path,
     timeout: float,
     as_json: bool,
@@ -433,37 +545,40 @@ def _finish(
                 f"purchase {purchase}: waiting for the seller's key ({waited:.0f}/{timeout:g} s)"
             )
 
-        bought = receive(
-            market.ledger, store, purchase, identity, timeout=timeout, progress=progress
-        )
+        try:
+            bought = receive(
+                market.ledger, store, purchase, identity, timeout=timeout, progress=progress
+            )
+        except KeyCommitmentMismatch:
+            refunded = dispute_key(market.ledger, purchase, identity)
+            raise KeyCommitmentMismatch(
+                f"purchase {purchase}: the seller's key does not match the listing's "
+                f"commitment; disputed on chain and refunded {to_tokens(refunded)} tokens"
+            ) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda handle: handle.write(bought.model))  # paid for: keep it first
-    verified = _lineage(market, store, bought)
-    payload = {
-        "listing": bought.listing,
-        "purchase": purchase,
-        "price": to_tokens(bought.price),
-        "model_cid": bought.model_cid,
-        "out": str(out),
-        "verified": verified,
-        "metadata": bought.metadata,
-    }
-    emit(payload, as_json, f"wrote {out} ({bought.model_cid}); lineage verified: {verified}")
-
-
-def _lineage(market: Market, store: ContentStore, bought: Bought) -> bool:
-    """Verify the bought model's lineage; False when its listing names no task."""
-    if market.ledger.listing(bought.listing).task is None:
-        return False
     try:
-        verify_lineage(
-            market.ledger, store, bought.model_cid, chain_id=market.chain_id, market=market.address
-        )
+        verify_bought(market.ledger, store, bought)
     except LineageBroken as exc:
         raise LineageBroken(
             f"the model is written, but its lineage does not verify: {exc}"
         ) from None
-    return True
+    payload = {
+        "listing": bought.listing,
+        "purchase": purchase,
+        "task": bought.task,
+        "round": bought.round,
+        "price": to_tokens(bought.price),
+        "model_commitment": bought.sealed.commitment.hex(),
+        "out": str(out),
+        "verified": True,
+        "metadata": bought.metadata,
+    }
+    emit(
+        payload,
+        as_json,
+        f"wrote {out} (task {bought.task} round {bought.round}); lineage verified after decryption",
+    )
 
 
 def _table(title: str, rows: list[dict[str, Any]], skip: tuple[str, ...] = ()) -> None:

@@ -33,7 +33,6 @@ from fedmarket.exceptions import InvalidInput
 from fedmarket.ledger import Web3Ledger
 from fedmarket.market.amounts import to_tokens
 from fedmarket.market.publisher import RoundPublisher
-from fedmarket.market.terms import MarketTerms
 from fedmarket.server.paid import run_paid_federation
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import RoundResult
@@ -181,9 +180,7 @@ def run(
     )
     fleet = SimulatedFleet.from_config(settings, fedmarket_home() / "simulated-devices")
     fleet.split()
-    plan = FederationPlan.from_config(
-        settings, market=MarketTerms(task, market.chain_id, market.address)
-    )
+    plan = FederationPlan.from_config(settings, market=publisher.terms)
     if publisher.next_round > 1:
         typer.echo(f"resuming task {task} at round {publisher.next_round}", err=True)
 

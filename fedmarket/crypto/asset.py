@@ -88,7 +88,8 @@ class AssetKey:
         if not hmac.compare_digest(self.commitment, commitment):
             raise KeyCommitmentMismatch(
                 "the delivered key does not hash to the listing's key commitment "
-                f"({commitment.hex()}); do not use it — ask for a refund after the deadline"
+                f"({commitment.hex()}); do not use it — dispute it on chain for a full refund "
+                "(`fedmarket market dispute`)"
             )
 
 

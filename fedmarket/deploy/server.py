@@ -34,7 +34,6 @@ from fedmarket.deploy.warm import serve_tasks
 from fedmarket.exceptions import DeploymentError, RoundFailed
 from fedmarket.ledger.base import Ledger
 from fedmarket.market.publisher import RoundPublisher
-from fedmarket.market.terms import MarketTerms
 from fedmarket.server.app import starting_point
 from fedmarket.server.paid import publishing, resume_point
 from fedmarket.server.plan import FederationPlan
@@ -83,7 +82,7 @@ def server_main(grid: Grid, context: Context) -> None:
     )
     plan = FederationPlan.from_config(
         role.settings,
-        market=MarketTerms(role.task, role.chain_id, role.market),
+        market=publisher.terms,
         connect_timeout=role.connect_timeout,
     )
     if publisher.next_round > plan.rounds:
@@ -101,6 +100,7 @@ def server_main(grid: Grid, context: Context) -> None:
         role.on_round,
         publishing(publisher),
         first_round=first,
+        payer=publisher,
     )
 
 

@@ -11,6 +11,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from fedmarket.device.acks import AckBook, make_ack_mod
 from fedmarket.device.profile import DeviceProfile, DeviceResolver
 from fedmarket.exceptions import InvalidInput, PrivacyBudgetExceeded
 from fedmarket.models.registry import build_model, parse_model_name
@@ -32,13 +33,24 @@ def make_client_app(
 
     Updates leave the device masked under SecAgg+ when the server runs it; with
     ``require_secagg`` (the default) the device refuses rounds that do not. A device with a
-    payout key (``profile.account``) signs a receipt for every masked upload in paid rounds.
+    payout key (``profile.account``) signs a receipt for every masked upload in paid rounds and
+    keeps the aggregator's acknowledgement of it (:mod:`fedmarket.device.acks`).
     """
 
     def payout_key(context: Context) -> LocalAccount | None:
         return resolve(context).account
 
-    app = ClientApp(mods=[*mods, make_secagg_mod(required=require_secagg, signer=payout_key)])
+    def ack_book(context: Context) -> AckBook | None:
+        profile = resolve(context)
+        return None if profile.account is None else AckBook(profile.home, profile.account.address)
+
+    app = ClientApp(
+        mods=[
+            *mods,
+            make_ack_mod(ack_book),
+            make_secagg_mod(required=require_secagg, signer=payout_key),
+        ]
+    )
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -6,15 +6,18 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import IntEnum
 
+from fedmarket.acks import Ack
+from fedmarket.crypto.key_delivery import G1Point, KeyDelivery, OneTimeKey
 from fedmarket.receipts import Receipt
 from fedmarket.types import Address, ListingId, PurchaseId, TaskId
 
 
 class PurchaseState(IntEnum):
     NONE = 0
-    PENDING = 1
-    DELIVERED = 2
-    REFUNDED = 3
+    PENDING = 1  # paid; the key is due by the deadline
+    DELIVERED = 2  # key posted; the buyer may dispute until the deadline
+    SETTLED = 3  # proceeds released to the seller and the round's contributors
+    REFUNDED = 4  # money back to the buyer (no key in time, or a key proven wrong)
 
 
 @dataclass(frozen=True)
@@ -23,11 +26,29 @@ class TaskState:
     sponsor: Address
     aggregator: Address
     last_round: int
-    closed: bool
+    closes_at: int  # 0 while open; chain time when commits stop and the unspent refund opens
+    escrow: int  # the sponsor's deposits still held for the task
+    paid: int  # rewards paid out so far
     reward_per_update: int
-    escrow: int  # all deposits for contributors so far (budget + sales shares)
     committed: int  # cumulative rewards at the latest round
+
+    @property
+    def closing(self) -> bool:
+        return self.closes_at != 0
+
+    @property
+    def reserved(self) -> int:
+        """What the sponsor can never take back: committed rewards, or more if more was paid."""
+        return max(self.committed, self.paid)
+
+
+@dataclass(frozen=True)
+class RoundState:
+    """What the contract stores for one committed round."""
+
     rewards_root: bytes
+    model_commitment: bytes
+    cumulative_total: int
 
 
 @dataclass(frozen=True)
@@ -36,7 +57,8 @@ class RoundCommit:
 
     task: TaskId
     round: int
-    model_cid: str
+    model_commitment: bytes  # hiding commitment to the plaintext model
+    model_cid: str  # the model's ciphertext
     bundle_cid: str
     rewards_root: bytes
     cumulative_total: int
@@ -47,7 +69,8 @@ class RoundCommit:
 class ListingState:
     listing: ListingId
     seller: Address
-    task: TaskId | None
+    task: TaskId
+    round: int
     contributors_bps: int
     active: bool
     price: int
@@ -59,11 +82,11 @@ class ListingState:
 class PurchaseRecord:
     purchase: PurchaseId
     listing: ListingId
-    deadline: int
+    deadline: int  # delivery deadline while pending, dispute deadline once delivered
     state: PurchaseState
     buyer: Address
     price: int
-    buyer_key: bytes
+    buyer_key_hash: bytes  # keccak256 of the buyer's one-time public key
 
 
 class Ledger(ABC):
@@ -78,6 +101,19 @@ class Ledger(ABC):
     @abstractmethod
     def address(self) -> Address: ...
 
+    @property
+    @abstractmethod
+    def chain_id(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def market_address(self) -> Address:
+        """The market contract: the EIP-712 domain of receipts and acks, and of key masks."""
+
+    @abstractmethod
+    def sign_ack(self, ack: Ack) -> bytes:
+        """Sign ``ack`` with this account for this market (EIP-712), as a task's aggregator."""
+
     # tasks and rewards
     @abstractmethod
     def create_task(
@@ -90,6 +126,7 @@ class Ledger(ABC):
         task: TaskId,
         round: int,
         *,
+        model_commitment: bytes,
         model_cid: str,
         bundle_cid: str,
         rewards_root: bytes,
@@ -99,18 +136,35 @@ class Ledger(ABC):
 
     @abstractmethod
     def claim(
-        self, task: TaskId, account: str, cumulative_amount: int, proof: list[bytes]
-    ) -> int: ...
+        self, task: TaskId, round: int, account: str, cumulative_amount: int, proof: list[bytes]
+    ) -> int:
+        """Claim ``account``'s rewards as committed at ``round`` (any committed round)."""
 
     @abstractmethod
-    def close_task(self, task: TaskId) -> int: ...
+    def claim_acknowledged(self, ack: Ack, signature: bytes) -> int:
+        """Claim what the aggregator acknowledged to ``ack.device``."""
+
+    @abstractmethod
+    def claim_sale_share(
+        self, task: TaskId, round: int, account: str, cumulative_amount: int, proof: list[bytes]
+    ) -> int:
+        """Claim ``account``'s share of the contributors' revenue from ``round``'s sales."""
+
+    @abstractmethod
+    def close_task(self, task: TaskId) -> int:
+        """Start closing ``task``; return the chain time at which it closes."""
+
+    @abstractmethod
+    def refund_unspent(self, task: TaskId) -> int:
+        """After the close grace, send the sponsor what nobody is owed; return the amount."""
 
     # sales
     @abstractmethod
     def list_asset(
         self,
         *,
-        task: TaskId | None,
+        task: TaskId,
+        round: int,
         asset_cid: str,
         price: int,
         key_commitment: bytes,
@@ -119,10 +173,18 @@ class Ledger(ABC):
     ) -> ListingId: ...
 
     @abstractmethod
-    def buy(self, listing: ListingId, *, buyer_key: bytes, max_price: int) -> PurchaseId: ...
+    def buy(self, listing: ListingId, *, buyer_key: G1Point, max_price: int) -> PurchaseId: ...
 
     @abstractmethod
-    def deliver_key(self, purchase: PurchaseId, sealed_key: bytes) -> None: ...
+    def deliver_key(self, purchase: PurchaseId, delivery: KeyDelivery) -> None: ...
+
+    @abstractmethod
+    def dispute(self, purchase: PurchaseId, secret: OneTimeKey, delivery: KeyDelivery) -> int:
+        """Prove the delivered key wrong on chain; return the refunded amount."""
+
+    @abstractmethod
+    def settle(self, purchase: PurchaseId) -> int:
+        """Release a delivered purchase after its dispute window; return the seller's share."""
 
     @abstractmethod
     def refund(self, purchase: PurchaseId) -> int: ...
@@ -135,7 +197,18 @@ class Ledger(ABC):
     def task(self, task: TaskId) -> TaskState: ...
 
     @abstractmethod
+    def round_state(self, task: TaskId, round: int) -> RoundState | None:
+        """What the contract stores for ``round`` of ``task``; None if it was not committed."""
+
+    @abstractmethod
     def claimed(self, task: TaskId, account: str) -> int: ...
+
+    @abstractmethod
+    def sale_claimed(self, task: TaskId, round: int, account: str) -> int: ...
+
+    @abstractmethod
+    def sales_revenue(self, task: TaskId, round: int) -> tuple[int, int]:
+        """(contributors' revenue from ``round``'s sales, how much of it was paid out)."""
 
     @abstractmethod
     def listing(self, listing: ListingId) -> ListingState: ...
@@ -173,13 +246,17 @@ class Ledger(ABC):
         """The metadata CID a listing was published with (kept in its ``Listed`` event)."""
 
     @abstractmethod
+    def buyer_key(self, purchase: PurchaseId) -> G1Point:
+        """The one-time public key ``purchase`` was bought with (from its ``Purchased`` event)."""
+
+    @abstractmethod
     def now(self) -> int:
         """The chain's latest block time (unix seconds): deadlines are in chain time."""
 
     @abstractmethod
-    def sealed_key(self, purchase: PurchaseId) -> bytes | None:
-        """The sealed key delivered for ``purchase``, or None while none has come."""
+    def key_delivery(self, purchase: PurchaseId) -> KeyDelivery | None:
+        """The key delivery posted for ``purchase``, or None while none has come."""
 
     @abstractmethod
     def round_matches(self, commit: RoundCommit) -> bool:
-        """Whether the contract's stored hash for that round matches ``commit``."""
+        """Whether the contract's stored values for that round match ``commit``."""

@@ -14,6 +14,8 @@ from fedmarket.ledger.deployment import Deployment
 
 DEFAULT_SUPPLY = 10**9 * 10**18  # one billion tokens with 18 decimals, all to the deployer
 DEFAULT_DELIVERY_WINDOW = 24 * 3600  # seconds a seller has to deliver a bought key
+DEFAULT_DISPUTE_WINDOW = 24 * 3600  # seconds a buyer has to prove a delivered key wrong
+DEFAULT_CLOSE_GRACE = 24 * 3600  # seconds between a sponsor's close and its refund
 
 
 def deploy(
@@ -22,11 +24,20 @@ def deploy(
     *,
     supply: int = DEFAULT_SUPPLY,
     delivery_window: int = DEFAULT_DELIVERY_WINDOW,
+    dispute_window: int = DEFAULT_DISPUTE_WINDOW,
+    close_grace: int = DEFAULT_CLOSE_GRACE,
     timeout: float = 120.0,
 ) -> Deployment:
-    """Deploy the token (whole supply to ``deployer``) and the market; return their addresses."""
-    if supply <= 0 or delivery_window <= 0:
-        raise InvalidInput("supply and delivery_window must be positive")
+    """Deploy the token (whole supply to ``deployer``) and the market; return their addresses.
+
+    Windows are in seconds of chain time: ``delivery_window`` for a seller to post a bought key,
+    ``dispute_window`` for a buyer to prove it wrong, ``close_grace`` between a sponsor's close
+    and the unspent refund (the aggregator may still commit, devices claim).
+    """
+    if supply <= 0 or min(delivery_window, dispute_window, close_grace) <= 0:
+        raise InvalidInput(
+            "supply, delivery_window, dispute_window and close_grace must be positive"
+        )
     token_artifact, market_artifact = load_artifact("FedToken"), load_artifact("DataMarket")
     token = deploy_contract(
         w3,
@@ -44,6 +55,8 @@ def deploy(
         market_artifact.bytecode,
         token,
         delivery_window,
+        dispute_window,
+        close_grace,
         timeout=timeout,
     )
     return Deployment(

@@ -38,7 +38,58 @@ class UnknownTask(MarketRejected):
 
 
 class TaskIsClosed(MarketRejected):
-    advice = "task {task} is closed: it takes no more rounds or funds (claims still work)"
+    advice = (
+        "task {task} is closing or closed (at unix time {closesAt}): it takes no more rounds, "
+        "funds or closes; claims still work"
+    )
+
+
+class TaskNotClosed(MarketRejected):
+    advice = (
+        "task {task} has not finished closing (closes at unix time {closesAt}, 0: not closing); "
+        "its unspent escrow is refunded only after the close grace"
+    )
+
+
+class NothingToRefund(MarketRejected):
+    advice = "task {task}: everything it holds is committed to devices or already refunded"
+
+
+class ZeroCommitment(MarketRejected):
+    advice = "task {task} round {round}: the model commitment is zero; commit the model's hash"
+
+
+class UnknownRound(MarketRejected):
+    advice = "task {task} has no committed round {round}; list or claim a committed round"
+
+
+class TaskUnderfunded(MarketRejected):
+    advice = (
+        "task {task} holds {escrow} for these payouts (its escrow or, for a sale share, the "
+        "round's sales revenue) but this claim would bring them to {wouldPay}: the root promises "
+        "more than that; no other task's or round's funds can pay it"
+    )
+
+
+class NotAcknowledgedByAggregator(MarketRejected):
+    advice = (
+        "the acknowledgement was signed by {signer}, not by task {task}'s aggregator; it "
+        "proves nothing"
+    )
+
+
+class AckRoundNotCommitted(MarketRejected):
+    advice = (
+        "task {task} has committed rounds up to {lastRound}, not yet round {round} of the "
+        "acknowledgement; claim it once that round (or a later one) is committed"
+    )
+
+
+class NoContributors(MarketRejected):
+    advice = (
+        "task {task} round {round} paid nobody, so a contributors' share has nobody to go to; "
+        "list it with a share of 0"
+    )
 
 
 class NotSponsor(MarketRejected):
@@ -72,15 +123,16 @@ class ExceedsEscrow(MarketRejected):
 
 class InvalidProof(MarketRejected):
     advice = (
-        "the proof does not show {account} earning {cumulativeAmount} in task {task}'s latest "
-        "reward tree; fetch the proof for the latest committed round"
+        "the proof does not show {account} earning {cumulativeAmount} in the given round's "
+        "reward tree of task {task}; rebuild the proof for that committed round"
     )
 
 
 class NothingToClaim(MarketRejected):
     advice = (
-        "{account} already claimed {alreadyClaimed} of task {task}; nothing new until a later "
-        "round raises its cumulative reward"
+        "{account} already claimed {alreadyClaimed} of task {task} (for a sale share: of that "
+        "round's revenue); nothing new until a later round raises its cumulative reward, or "
+        "more sales of the round settle"
     )
 
 
@@ -89,10 +141,7 @@ class NotTaskOwner(MarketRejected):
 
 
 class BpsTooHigh(MarketRejected):
-    advice = (
-        "contributors' share {bps} basis points is not allowed: at most 10000, and 0 for "
-        "listings tied to no task"
-    )
+    advice = "contributors' share {bps} basis points is not allowed: at most 10000"
 
 
 class UnknownListing(MarketRejected):
@@ -111,15 +160,15 @@ class UnknownPurchase(MarketRejected):
     advice = "purchase {purchase} does not exist"
 
 
-class NotPending(MarketRejected):
+class WrongPurchaseState(MarketRejected):
     advice = (
-        "purchase {purchase} is already settled (state {state}: 2 delivered, 3 refunded); "
-        "nothing to deliver or refund"
+        "purchase {purchase} is in state {state} (1 pending, 2 delivered, 3 settled, "
+        "4 refunded), where this is not possible"
     )
 
 
 class NotBuyer(MarketRejected):
-    advice = "{caller} did not make purchase {purchase}; only its buyer may ask for a refund"
+    advice = "{caller} did not make purchase {purchase}; only its buyer may refund or dispute"
 
 
 class DeliveryWindowOpen(MarketRejected):
@@ -136,8 +185,42 @@ class DeliveryWindowClosed(MarketRejected):
     )
 
 
-class EmptySealedKey(MarketRejected):
-    advice = "purchase {purchase}: the sealed key is empty; seal the asset key to the buyer"
+class DisputeWindowOpen(MarketRejected):
+    advice = (
+        "purchase {purchase} can be settled only after its dispute deadline {deadline} (unix time)"
+    )
+
+
+class DisputeWindowClosed(MarketRejected):
+    advice = (
+        "the dispute deadline {deadline} of purchase {purchase} has passed; the key can no "
+        "longer be disputed"
+    )
+
+
+class InvalidCurvePoint(MarketRejected):
+    advice = (
+        "({x}, {y}) is not a point of alt_bn128's G1 (or is the point at infinity); make the "
+        "key with `fedmarket` again"
+    )
+
+
+class InvalidSecret(MarketRejected):
+    advice = (
+        "purchase {purchase}: the revealed secret is not the one-time key the purchase was "
+        "made with; use the key file saved when buying"
+    )
+
+
+class DeliveryMismatch(MarketRejected):
+    advice = "purchase {purchase}: that is not the delivery posted on chain; read it again"
+
+
+class KeyMatchesCommitment(MarketRejected):
+    advice = (
+        "purchase {purchase}: the delivered key does hash to the listing's commitment, so "
+        "there is nothing to dispute"
+    )
 
 
 class PriceChanged(MarketRejected):

@@ -33,7 +33,9 @@ from web3.exceptions import (
 from web3.logs import DISCARD
 from web3.types import Nonce, TxParams, TxReceipt
 
+from fedmarket.acks import Ack, sign_ack
 from fedmarket.contracts import load_artifact
+from fedmarket.crypto.key_delivery import G1Point, KeyDelivery, OneTimeKey
 from fedmarket.exceptions import ChainUnavailable, InvalidInput, TransactionFailed
 from fedmarket.ledger.base import (
     Ledger,
@@ -41,6 +43,7 @@ from fedmarket.ledger.base import (
     PurchaseRecord,
     PurchaseState,
     RoundCommit,
+    RoundState,
     TaskState,
 )
 from fedmarket.ledger.deployment import Deployment
@@ -186,6 +189,18 @@ class Web3Ledger(Ledger):
         return Address(self._account.address)
 
     @property
+    def chain_id(self) -> int:
+        return self._c.deployment.chain_id
+
+    @property
+    def market_address(self) -> Address:
+        return Address(self._c.deployment.market)
+
+    def sign_ack(self, ack: Ack) -> bytes:
+        deployment = self._c.deployment
+        return sign_ack(ack, self._account, chain_id=deployment.chain_id, market=deployment.market)
+
+    @property
     def w3(self) -> Web3:
         return self._c.w3
 
@@ -226,6 +241,7 @@ class Web3Ledger(Ledger):
         task: TaskId,
         round: int,
         *,
+        model_commitment: bytes,
         model_cid: str,
         bundle_cid: str,
         rewards_root: bytes,
@@ -234,31 +250,70 @@ class Web3Ledger(Ledger):
         _positive("round", round)
         _amount("cumulative_total", cumulative_total)
         _bytes32("rewards_root", rewards_root)
-        args = (task, round, cid_bytes(model_cid), cid_bytes(bundle_cid), rewards_root)
+        _bytes32("model_commitment", model_commitment)
         with self._rpc("roundMatches"):
-            done = self._c.market.functions.roundMatches(*args, cumulative_total).call()
+            done = self._c.market.functions.roundMatches(
+                task, round, model_commitment, rewards_root, cumulative_total
+            ).call()
         if done:
             return False  # idempotent: exactly this round is on chain already
         self._transact(
-            self._c.market.functions.commitRound(*args, cumulative_total),
+            self._c.market.functions.commitRound(
+                task,
+                round,
+                model_commitment,
+                cid_bytes(model_cid),
+                cid_bytes(bundle_cid),
+                rewards_root,
+                cumulative_total,
+            ),
             f"commit round {round} of task {task}",
         )
         return True
 
-    def claim(self, task: TaskId, account: str, cumulative_amount: int, proof: list[bytes]) -> int:
+    def claim(
+        self, task: TaskId, round: int, account: str, cumulative_amount: int, proof: list[bytes]
+    ) -> int:
         _amount("cumulative_amount", cumulative_amount)
         for node in proof:
             _bytes32("each proof node", node)
         receipt = self._transact(
             self._c.market.functions.claim(
-                task, to_checksum_address(account), cumulative_amount, proof
+                task, round, to_checksum_address(account), cumulative_amount, proof
             ),
             f"claim task {task} rewards for {account}",
         )
         return int(self._event(receipt, "Claimed")["amount"])
 
+    def claim_acknowledged(self, ack: Ack, signature: bytes) -> int:
+        receipt = self._transact(
+            self._c.market.functions.claimAcknowledged(tuple(ack.as_struct().values()), signature),
+            f"claim task {ack.task} round {ack.round} acknowledged rewards for {ack.device}",
+        )
+        return int(self._event(receipt, "Claimed")["amount"])
+
+    def claim_sale_share(
+        self, task: TaskId, round: int, account: str, cumulative_amount: int, proof: list[bytes]
+    ) -> int:
+        _amount("cumulative_amount", cumulative_amount)
+        for node in proof:
+            _bytes32("each proof node", node)
+        receipt = self._transact(
+            self._c.market.functions.claimSaleShare(
+                task, round, to_checksum_address(account), cumulative_amount, proof
+            ),
+            f"claim {account}'s share of task {task} round {round} sales",
+        )
+        return int(self._event(receipt, "SaleShareClaimed")["amount"])
+
     def close_task(self, task: TaskId) -> int:
         receipt = self._transact(self._c.market.functions.closeTask(task), f"close task {task}")
+        return int(self._event(receipt, "TaskClosing")["closesAt"])
+
+    def refund_unspent(self, task: TaskId) -> int:
+        receipt = self._transact(
+            self._c.market.functions.refundUnspent(task), f"refund task {task}'s unspent escrow"
+        )
         return int(self._event(receipt, "TaskClosed")["refund"])
 
     # -- sales ---------------------------------------------------------------------------------
@@ -266,7 +321,8 @@ class Web3Ledger(Ledger):
     def list_asset(
         self,
         *,
-        task: TaskId | None,
+        task: TaskId,
+        round: int,
         asset_cid: str,
         price: int,
         key_commitment: bytes,
@@ -275,11 +331,13 @@ class Web3Ledger(Ledger):
     ) -> ListingId:
         _bytes32("key_commitment", key_commitment)
         _positive("price", price)
+        _positive("round", round)
         if not 0 <= contributors_bps <= 10_000:
             raise InvalidInput(f"contributors_bps must be in 0..10000, got {contributors_bps}")
         receipt = self._transact(
             self._c.market.functions.list(
-                task or 0,
+                task,
+                round,
                 cid_bytes(asset_cid),
                 price,
                 key_commitment,
@@ -293,23 +351,39 @@ class Web3Ledger(Ledger):
     def delist(self, listing: ListingId) -> None:
         self._transact(self._c.market.functions.delist(listing), f"delist listing {listing}")
 
-    def buy(self, listing: ListingId, *, buyer_key: bytes, max_price: int) -> PurchaseId:
-        _bytes32("buyer_key (an X25519 public key)", buyer_key)
+    def buy(self, listing: ListingId, *, buyer_key: G1Point, max_price: int) -> PurchaseId:
         _positive("max_price", max_price)
         deadline, v, r, s = self._permit(max_price)
         receipt = self._transact(
             self._c.market.functions.buyWithPermit(
-                listing, buyer_key, max_price, deadline, v, r, s
+                listing, list(buyer_key.as_tuple()), max_price, deadline, v, r, s
             ),
             f"buy listing {listing}",
         )
         return PurchaseId(self._event(receipt, "Purchased")["purchase"])
 
-    def deliver_key(self, purchase: PurchaseId, sealed_key: bytes) -> None:
+    def deliver_key(self, purchase: PurchaseId, delivery: KeyDelivery) -> None:
         self._transact(
-            self._c.market.functions.deliverKey(purchase, sealed_key),
+            self._c.market.functions.deliverKey(
+                purchase, list(delivery.ephemeral.as_tuple()), delivery.masked_key
+            ),
             f"deliver the key of purchase {purchase}",
         )
+
+    def dispute(self, purchase: PurchaseId, secret: OneTimeKey, delivery: KeyDelivery) -> int:
+        receipt = self._transact(
+            self._c.market.functions.dispute(
+                purchase, secret.secret, list(delivery.ephemeral.as_tuple()), delivery.masked_key
+            ),
+            f"dispute the key of purchase {purchase}",
+        )
+        return int(self._event(receipt, "Disputed")["amount"])
+
+    def settle(self, purchase: PurchaseId) -> int:
+        receipt = self._transact(
+            self._c.market.functions.settle(purchase), f"settle purchase {purchase}"
+        )
+        return int(self._event(receipt, "Settled")["sellerShare"])
 
     def refund(self, purchase: PurchaseId) -> int:
         receipt = self._transact(
@@ -340,7 +414,7 @@ class Web3Ledger(Ledger):
     def task(self, task: TaskId) -> TaskState:
         with self._rpc("tasks"):
             raw = self._c.market.functions.tasks(task).call()
-        sponsor, aggregator, last_round, closed, reward, escrow, committed, root = raw
+        sponsor, last_round, aggregator, closes_at, escrow, paid, reward, committed = raw
         if int(sponsor, 16) == 0:
             raise InvalidInput(f"task {task} does not exist on this market")
         return TaskState(
@@ -348,29 +422,50 @@ class Web3Ledger(Ledger):
             Address(sponsor),
             Address(aggregator),
             last_round,
-            closed,
-            reward,
+            closes_at,
             escrow,
+            paid,
+            reward,
             committed,
-            bytes(root),
         )
+
+    def round_state(self, task: TaskId, round: int) -> RoundState | None:
+        with self._rpc("rounds"):
+            root, commitment, total = self._c.market.functions.rounds(task, round).call()
+        if bytes(commitment) == bytes(32):
+            return None
+        return RoundState(bytes(root), bytes(commitment), int(total))
 
     def claimed(self, task: TaskId, account: str) -> int:
         with self._rpc("claimedBy"):
             value = self._c.market.functions.claimedBy(task, to_checksum_address(account)).call()
         return int(value)
 
+    def sale_claimed(self, task: TaskId, round: int, account: str) -> int:
+        with self._rpc("saleClaimedBy"):
+            value = self._c.market.functions.saleClaimedBy(
+                task, round, to_checksum_address(account)
+            ).call()
+        return int(value)
+
+    def sales_revenue(self, task: TaskId, round: int) -> tuple[int, int]:
+        with self._rpc("salesRevenue"):
+            revenue = self._c.market.functions.salesRevenue(task, round).call()
+            paid = self._c.market.functions.salesPaid(task, round).call()
+        return int(revenue), int(paid)
+
     def listing(self, listing: ListingId) -> ListingState:
         with self._rpc("listings"):
-            seller, task, bps, active, price, commitment, asset = self._c.market.functions.listings(
-                listing
-            ).call()
+            seller, task, bps, active, round_, price, commitment, asset = (
+                self._c.market.functions.listings(listing).call()
+            )
         if int(seller, 16) == 0:
             raise InvalidInput(f"listing {listing} does not exist on this market")
         return ListingState(
             ListingId(listing),
             Address(seller),
-            TaskId(task) if task else None,
+            TaskId(task),
+            round_,
             bps,
             active,
             price,
@@ -380,9 +475,9 @@ class Web3Ledger(Ledger):
 
     def purchase(self, purchase: PurchaseId) -> PurchaseRecord:
         with self._rpc("purchases"):
-            listing, deadline, state, buyer, price, key = self._c.market.functions.purchases(
-                purchase
-            ).call()
+            listing, deadline, state, buyer, price, key_hash, _ = (
+                self._c.market.functions.purchases(purchase).call()
+            )
         if state == PurchaseState.NONE:
             raise InvalidInput(f"purchase {purchase} does not exist on this market")
         return PurchaseRecord(
@@ -392,7 +487,7 @@ class Web3Ledger(Ledger):
             PurchaseState(state),
             Address(buyer),
             price,
-            bytes(key),
+            bytes(key_hash),
         )
 
     def owed(self, account: str) -> int:
@@ -430,6 +525,7 @@ class Web3Ledger(Ledger):
             RoundCommit(
                 task=TaskId(log["args"]["task"]),
                 round=int(log["args"]["round"]),
+                model_commitment=bytes(log["args"]["modelCommitment"]),
                 model_cid=cid_text(log["args"]["modelCid"]),
                 bundle_cid=cid_text(log["args"]["bundleCid"]),
                 rewards_root=bytes(log["args"]["rewardsRoot"]),
@@ -468,12 +564,25 @@ class Web3Ledger(Ledger):
         with self._rpc("read the latest block"):
             return int(self._c.w3.eth.get_block("latest")["timestamp"])
 
-    def sealed_key(self, purchase: PurchaseId) -> bytes | None:
+    def key_delivery(self, purchase: PurchaseId) -> KeyDelivery | None:
         with self._rpc("read KeyDelivered events"):
             logs = self._c.market.events.KeyDelivered.get_logs(
                 from_block=self._c.deployment.block, argument_filters={"purchase": purchase}
             )
-        return bytes(logs[-1]["args"]["sealedKey"]) if logs else None
+        if not logs:
+            return None
+        args = logs[-1]["args"]
+        ephemeral = G1Point(int(args["ephemeralX"]), int(args["ephemeralY"]))
+        return KeyDelivery(ephemeral, bytes(args["maskedKey"]))
+
+    def buyer_key(self, purchase: PurchaseId) -> G1Point:
+        with self._rpc("read Purchased events"):
+            logs = self._c.market.events.Purchased.get_logs(
+                from_block=self._c.deployment.block, argument_filters={"purchase": purchase}
+            )
+        if not logs:
+            raise InvalidInput(f"purchase {purchase} does not exist on this market")
+        return G1Point(int(logs[0]["args"]["buyerKeyX"]), int(logs[0]["args"]["buyerKeyY"]))
 
     def round_matches(self, commit: RoundCommit) -> bool:
         with self._rpc("roundMatches"):
@@ -481,8 +590,7 @@ class Web3Ledger(Ledger):
                 self._c.market.functions.roundMatches(
                     commit.task,
                     commit.round,
-                    cid_bytes(commit.model_cid),
-                    cid_bytes(commit.bundle_cid),
+                    commit.model_commitment,
                     commit.rewards_root,
                     commit.cumulative_total,
                 ).call()

@@ -15,7 +15,7 @@ import rfc8785
 from fedmarket.exceptions import DataError
 from fedmarket.receipts import Receipt
 
-BUNDLE_FORMAT = "fedmarket.receipts/1"
+BUNDLE_FORMAT = "fedmarket.receipts/2"
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class SignedReceipt:
             "task": r.task,
             "round": r.round,
             "device": r.device,
-            "model_cid": r.model_cid,
+            "trained_from": r.trained_from.hex(),
             "upload_digest": r.upload_digest.hex(),
             "weight": r.weight,
             "epsilon_micros": r.epsilon_micros,
@@ -43,7 +43,7 @@ class SignedReceipt:
             task=item["task"],
             round=item["round"],
             device=item["device"],
-            model_cid=item["model_cid"],
+            trained_from=bytes.fromhex(item["trained_from"]),
             upload_digest=bytes.fromhex(item["upload_digest"]),
             weight=item["weight"],
             epsilon_micros=item["epsilon_micros"],

@@ -1,32 +1,36 @@
 """Verifying where a model came from: chain commits, stored artifacts, receipts and rewards.
 
-Given a model CID, :func:`verify_lineage` finds the round that committed it and walks that
-task's rounds from the first: each commit must match the contract's stored hash; each bundle
-must resolve in the store, verify block by block and belong to its round; every receipt must be
-signed by its device, for that task and round, and name the previous round's model as the one it
-trained from; and the rewards recomputed from the receipts (the task's reward per update, per
-receipt, accumulated) must give exactly the committed Merkle root and total. The first link
-that fails raises :class:`~fedmarket.exceptions.LineageBroken` naming it.
+:func:`verify_lineage` walks one task's rounds from the first up to a given round, and follows
+that task only (a listing names its task and round, so another task committing the same model
+cannot hijack the walk): each commit must match the contract's stored values; each bundle must
+resolve in the store, verify block by block and belong to its round; every receipt must be
+signed by its device, for that task and round, and name the previous round's model commitment
+as the one it trained from; the rewards recomputed from the receipts (the task's reward per
+update, per receipt, accumulated) must give exactly the committed Merkle root and total; and
+each round's model ciphertext must be in the store. Given the decrypted model (a buyer, after
+paying), it must open the last round's commitment. The first link that fails raises
+:class:`~fedmarket.exceptions.LineageBroken` naming it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fedmarket.exceptions import LineageBroken, ReceiptInvalid, StoreError
 from fedmarket.ledger.base import Ledger, RoundCommit
 from fedmarket.market.bundle import ReceiptsBundle
 from fedmarket.market.rewards import RewardTree
+from fedmarket.market.sealed_models import SealedModel
 from fedmarket.receipts import verify_receipt
 from fedmarket.store.base import ContentStore
-from fedmarket.store.cid import canonical, parse_cid
 from fedmarket.types import TaskId
 
 
 @dataclass(frozen=True)
 class VerifiedRound:
     round: int
-    model_cid: str
+    model_commitment: bytes
+    model_cid: str  # the model's ciphertext
     bundle_cid: str
     receipts: int
     cumulative_total: int
@@ -35,47 +39,58 @@ class VerifiedRound:
 @dataclass(frozen=True)
 class Lineage:
     task: TaskId
-    model_cid: str
+    round: int  # the last verified round
+    model_commitment: bytes  # that round's model
     rounds: tuple[VerifiedRound, ...]
     devices: tuple[str, ...]  # every device paid along the way
     rewards: dict[str, int]  # cumulative reward per device at the last verified round
+    rewards_at: dict[int, dict[str, int]]  # the same at every verified round
     epsilon: dict[str, float]  # each paid device's epsilon as its latest receipt states it
     delta: float | None  # the receipts' delta (None when nobody was paid)
+    model_opened: bool  # whether a decrypted model was checked against the commitment
 
 
 def verify_lineage(
-    ledger: Ledger, store: ContentStore, model_cid: str, *, chain_id: int, market: str
+    ledger: Ledger,
+    store: ContentStore,
+    task: TaskId,
+    round: int | None = None,
+    *,
+    chain_id: int,
+    market: str,
+    model: SealedModel | None = None,
 ) -> Lineage:
-    """Verify the whole history behind ``model_cid``; raise naming the first broken link."""
-    wanted = canonical(parse_cid(model_cid))
-    every = ledger.round_commits()  # one event scan serves both lookups
-    commits = [c for c in every if c.model_cid == wanted]
-    if not commits:
-        raise LineageBroken(f"no round on this market committed model {wanted}")
-    task = commits[0].task
-    # A round that trained nobody keeps the model, so several rounds may commit it: take the last.
-    last = max(c.round for c in commits if c.task == task)
-    history = [c for c in every if c.task == task and c.round <= last]
-    return _verify(ledger, store, task, wanted, history, chain_id=chain_id, market=market)
+    """Verify ``task``'s rounds up to ``round`` (default: the latest committed) and, given the
+    decrypted ``model``, that it is the one that round committed; raise naming the first broken
+    link."""
+    history = ledger.round_commits(task)
+    if round is not None:
+        history = [c for c in history if c.round <= round]
+    if not history or (round is not None and history[-1].round != round):
+        what = f"round {round}" if round is not None else "round yet"
+        raise LineageBroken(f"task {task} has no committed {what}")
+    lineage = _verify(ledger, store, task, history, chain_id=chain_id, market=market)
+    if model is None:
+        return lineage
+    if model.commitment != lineage.model_commitment:
+        raise LineageBroken(
+            f"task {task} round {lineage.round}: the decrypted model does not open the "
+            f"committed 0x{lineage.model_commitment.hex()}; it is not the committed model"
+        )
+    return replace(lineage, model_opened=True)
 
 
 def verify_task(
     ledger: Ledger, store: ContentStore, task: TaskId, *, chain_id: int, market: str
 ) -> Lineage:
     """Verify every committed round of ``task``: what a device checks before it claims."""
-    history = ledger.round_commits(task)
-    if not history:
-        raise LineageBroken(f"task {task} has no committed round yet")
-    return _verify(
-        ledger, store, task, history[-1].model_cid, history, chain_id=chain_id, market=market
-    )
+    return verify_lineage(ledger, store, task, chain_id=chain_id, market=market)
 
 
 def _verify(
     ledger: Ledger,
     store: ContentStore,
     task: TaskId,
-    wanted: str,
     history: list[RoundCommit],
     *,
     chain_id: int,
@@ -83,10 +98,11 @@ def _verify(
 ) -> Lineage:
     reward = ledger.task(task).reward_per_update
     cumulative: dict[str, int] = {}
+    rewards_at: dict[int, dict[str, int]] = {}
     epsilon: dict[str, float] = {}
     deltas: set[float] = set()
     verified: list[VerifiedRound] = []
-    previous_model: str | None = None
+    previous_model: bytes | None = None
     for commit in history:
         where = f"task {task} round {commit.round}"
         if not ledger.round_matches(commit):
@@ -96,7 +112,7 @@ def _verify(
             bundle.market.lower() != market.lower()
         ):
             raise LineageBroken(f"{where}: bundle {commit.bundle_cid} belongs to another round")
-        if len({s.receipt.model_cid for s in bundle.receipts}) > 1:
+        if len({s.receipt.trained_from for s in bundle.receipts}) > 1:
             raise LineageBroken(f"{where}: receipts disagree on the model they trained from")
         for signed in bundle.receipts:
             receipt = signed.receipt
@@ -106,34 +122,39 @@ def _verify(
                 raise LineageBroken(f"{where}: receipt of {receipt.device}: {exc}") from None
             if (receipt.task, receipt.round) != (task, commit.round):
                 raise LineageBroken(f"{where}: receipt of {receipt.device} names another round")
-            if previous_model is not None and receipt.model_cid != previous_model:
+            if previous_model is not None and receipt.trained_from != previous_model:
                 raise LineageBroken(
-                    f"{where}: {receipt.device} trained from {receipt.model_cid}, not from "
-                    f"round {commit.round - 1}'s model {previous_model}"
+                    f"{where}: {receipt.device} trained from 0x{receipt.trained_from.hex()}, "
+                    f"not from the previous round's model 0x{previous_model.hex()}"
                 )
             cumulative[receipt.device] = cumulative.get(receipt.device, 0) + reward
             epsilon[receipt.device] = receipt.epsilon_micros / 1e6
             deltas.add(receipt.delta_e18 / 1e18)
         _check_rewards(cumulative, commit, where)
-        _check_stored(store, commit.model_cid, f"{where}: model")
+        _check_stored(store, commit.model_cid, f"{where}: model ciphertext")
+        rewards_at[commit.round] = dict(cumulative)
         verified.append(
             VerifiedRound(
                 commit.round,
+                commit.model_commitment,
                 commit.model_cid,
                 commit.bundle_cid,
                 len(bundle.receipts),
                 commit.cumulative_total,
             )
         )
-        previous_model = commit.model_cid
+        previous_model = commit.model_commitment
     return Lineage(
         task,
-        wanted,
+        history[-1].round,
+        history[-1].model_commitment,
         tuple(verified),
         tuple(sorted(cumulative)),
         cumulative,
+        rewards_at,
         epsilon,
         max(deltas) if deltas else None,  # the weakest guarantee, should devices differ
+        model_opened=False,
     )
 
 

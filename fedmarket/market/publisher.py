@@ -1,9 +1,14 @@
-"""Publishing a round: store its artifacts by CID and commit it on chain, exactly once.
+"""Publishing a round: acknowledge uploads, store the round's artifacts and commit it, exactly once.
 
-For each round the publisher keeps only receipts that are valid (signed by their device, for
-this task, round and model) from devices that survived secure aggregation, credits each such
-device the task's reward per update, stores the model, the receipts bundle and the round's
-evidence, and commits ``(model, bundle, rewards root, cumulative total)`` on chain.
+During a round the publisher acknowledges every upload with a valid receipt (signed by its
+device, for this task and round): it signs an :class:`~fedmarket.acks.Ack` with the device's
+cumulative reward once the round is paid, writing it down before it is sent. When the round
+ends it pays exactly the acknowledged devices (and any other valid survivor receipt it is
+given) the task's reward per update, stores the model *encrypted* (its plaintext is never at a
+public CID; see :mod:`fedmarket.market.sealed_models`), the receipts bundle and the round's
+evidence, and commits ``(model commitment, model ciphertext, bundle, rewards root, cumulative
+total)`` on chain. Since the tree pays every ack, an honest publisher's acks are never needed on
+chain; they protect devices from a publisher that would leave them out.
 
 Crash safety: the commit it is about to send is written to the state file (atomically) before it
 is sent, and the round counts as done only after the chain has it. A publisher opened on a state
@@ -23,16 +28,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fedmarket.acks import Ack
 from fedmarket.exceptions import ChainUnavailable, DataError, InvalidInput, ReceiptInvalid
 from fedmarket.files import atomic_write
 from fedmarket.ledger.base import Ledger
 from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt, canonical_json
 from fedmarket.market.rewards import RewardTree
+from fedmarket.market.sealed_models import SealedModel, TaskSecret
+from fedmarket.market.terms import MarketTerms
 from fedmarket.receipts import verify_receipt
 from fedmarket.store.base import ContentStore
 from fedmarket.types import TaskId
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
@@ -40,7 +48,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PublishedRound:
     round: int
-    model_cid: str
+    model_commitment: str  # hex
+    model_cid: str  # the model's ciphertext
     bundle_cid: str
     evidence_cid: str
     rewards_root: str  # hex
@@ -58,10 +67,15 @@ class PublisherState:
     cumulative: dict[str, int] = field(default_factory=dict)
     rounds: list[PublishedRound] = field(default_factory=list)
     pending: dict[str, Any] | None = None  # a commit written down but not yet known on chain
+    # Acks sent for rounds not committed yet: round -> device -> {receipt, ack}. Written before
+    # the acks are sent, so a restarted server still pays every upload it acknowledged.
+    acked: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 class RoundPublisher:
-    """Stores and commits the rounds of one task; its state file makes it crash-safe."""
+    """Acknowledges, stores and commits the rounds of one task; its state file makes it
+    crash-safe. The task secret (``secret_path``, default beside the state file, 0600) seals
+    every round's model."""
 
     def __init__(
         self,
@@ -72,6 +86,7 @@ class RoundPublisher:
         chain_id: int,
         market: str,
         state_path: Path,
+        secret_path: Path | None = None,
         retry_for: float = 300.0,
     ) -> None:
         if retry_for < 0:
@@ -97,10 +112,17 @@ class RoundPublisher:
                 f"{state_path} belongs to task {self._state.task} on {self._state.market}, "
                 f"not task {task} on {market}; use another state file"
             )
+        self.secret = TaskSecret.load_or_create(secret_path or default_secret_path(state_path))
         if self._state.pending is not None:
             self._commit_pending()
 
     # -- what is known -------------------------------------------------------------------------
+
+    @property
+    def terms(self) -> MarketTerms:
+        """The market terms the task's rounds carry to the devices."""
+        s = self._state
+        return MarketTerms(s.task, s.chain_id, s.market, self.ledger.address)
 
     @property
     def rounds(self) -> list[PublishedRound]:
@@ -119,6 +141,64 @@ class RoundPublisher:
         tree = RewardTree.build(self._state.cumulative)
         return tree.amounts[account], tree.proof(account)
 
+    def trained_from(self, round: int, model: bytes) -> bytes:
+        """The commitment devices sign as the model they train from in ``round``: that of
+        ``model`` as the global model after round ``round - 1`` (0: the initial model)."""
+        return self.secret.seal(round - 1, model).commitment
+
+    def sealed_model(self, round: int) -> SealedModel:
+        """The decrypted model of committed ``round``, with its commitment's salt."""
+        return _open_round(self._state, self.secret, self.store, round)
+
+    # -- acknowledging -------------------------------------------------------------------------
+
+    def acknowledge(
+        self, round: int, receipts: Iterable[SignedReceipt]
+    ) -> dict[str, tuple[Ack, bytes]]:
+        """Sign an acknowledgement for each valid receipt of ``round`` (one per device); return
+        them by device. They are written down before they are returned, and the round, once
+        published, pays every device acknowledged for it."""
+        if round < self.next_round:
+            raise InvalidInput(f"round {round} of task {self._state.task} is already committed")
+        acked = self._state.acked.setdefault(str(round), {})
+        fresh = [s for s in receipts if s.receipt.device not in acked]
+        valid, rejected = self._valid(round, None, None, fresh)
+        for device, why in rejected.items():
+            log.warning("round %d: not acknowledging %s: %s", round, device, why)
+        escrow = self._retrying(
+            "read the task's escrow", lambda: self.ledger.task(TaskId(self._state.task))
+        ).escrow
+        reward = self._state.reward_per_update
+        promised = sum(self._state.cumulative.values()) + reward * len(acked)
+        for signed in valid:
+            if promised + reward > escrow:
+                log.warning(
+                    "round %d: escrow %d exhausted; %s not acknowledged",
+                    round,
+                    escrow,
+                    signed.receipt.device,
+                )
+                continue
+            promised += reward
+            device = signed.receipt.device
+            ack = Ack(
+                task=self._state.task,
+                round=round,
+                device=device,
+                upload_digest=signed.receipt.upload_digest,
+                cumulative_amount=self._state.cumulative.get(device, 0) + reward,
+            )
+            acked[device] = {
+                "receipt": signed.to_json(),
+                "ack": ack.to_json(),
+                "signature": self.ledger.sign_ack(ack).hex(),
+            }
+        self._save()  # written down before any ack leaves
+        return {
+            device: (Ack.from_json(entry["ack"]), bytes.fromhex(entry["signature"]))
+            for device, entry in acked.items()
+        }
+
     # -- publishing ----------------------------------------------------------------------------
 
     def publish(
@@ -126,18 +206,25 @@ class RoundPublisher:
         round: int,
         *,
         model: bytes,
-        trained_from: str,
+        trained_from: bytes,
         survivors: Iterable[str],
         receipts: Iterable[SignedReceipt],
         evidence: Mapping[str, Any],
     ) -> PublishedRound:
-        """Store and commit one round; return what was committed."""
+        """Store and commit one round; return what was committed.
+
+        Pays every device acknowledged for ``round`` plus the valid ``receipts`` of
+        ``survivors``; ``model`` is the global model after the round (safetensors)."""
         if round < self.next_round:
             raise InvalidInput(
                 f"round {round} of task {self._state.task} is already committed; "
                 f"the next round is {self.next_round}"
             )
-        paid, rejected = self._valid(round, trained_from, set(survivors), receipts)
+        acked = self._state.acked.get(str(round), {})
+        paid = [SignedReceipt.from_json(entry["receipt"]) for entry in acked.values()]
+        others = [s for s in receipts if s.receipt.device not in acked]
+        more, rejected = self._valid(round, trained_from, set(survivors), others)
+        paid += more
         cumulative = dict(self._state.cumulative)
         for signed in paid:
             device = signed.receipt.device
@@ -155,7 +242,8 @@ class RoundPublisher:
         bundle = ReceiptsBundle(
             self._state.task, round, self._state.chain_id, self._state.market, tuple(paid)
         )
-        model_cid = self.store.put_bytes(model)
+        ciphertext, commitment = self.secret.encrypt(round, model)
+        model_cid = self.store.put_bytes(ciphertext)
         bundle_cid = self.store.put_bytes(bundle.to_bytes())
         root = tree.root if tree else bytes(32)
         evidence_cid = self.store.put_bytes(
@@ -164,7 +252,8 @@ class RoundPublisher:
                     **evidence,
                     "task": self._state.task,
                     "round": round,
-                    "trained_from": trained_from,
+                    "trained_from": trained_from.hex(),
+                    "model_commitment": commitment.hex(),
                     "model_cid": model_cid,
                     "bundle_cid": bundle_cid,
                     "paid": sorted(s.receipt.device for s in paid),
@@ -177,6 +266,7 @@ class RoundPublisher:
         )
         published = PublishedRound(
             round=round,
+            model_commitment=commitment.hex(),
             model_cid=model_cid,
             bundle_cid=bundle_cid,
             evidence_cid=evidence_cid,
@@ -193,19 +283,23 @@ class RoundPublisher:
     def _valid(
         self,
         round: int,
-        trained_from: str,
-        survivors: set[str],
+        trained_from: bytes | None,
+        survivors: set[str] | None,
         receipts: Iterable[SignedReceipt],
     ) -> tuple[list[SignedReceipt], dict[str, str]]:
+        """Valid receipts of ``round`` (from ``survivors``, trained from ``trained_from``; None:
+        any) at one per device, and why each other one was rejected."""
         paid: dict[str, SignedReceipt] = {}
         rejected: dict[str, str] = {}
         for signed in receipts:
             r = signed.receipt
             why = None
-            if r.device not in survivors:
+            if survivors is not None and r.device not in survivors:
                 why = "not in the secure-aggregation sum (dropped or declined)"
-            elif (r.task, r.round, r.model_cid) != (self._state.task, round, trained_from):
-                why = f"receipt is for task {r.task} round {r.round} model {r.model_cid}"
+            elif (r.task, r.round) != (self._state.task, round) or (
+                trained_from is not None and r.trained_from != trained_from
+            ):
+                why = f"receipt is for task {r.task} round {r.round} model 0x{r.trained_from.hex()}"
             elif r.device in paid:
                 why = "second receipt for the same round"
             else:
@@ -233,6 +327,7 @@ class RoundPublisher:
             lambda: self.ledger.commit_round(  # idempotent: a retry never commits twice
                 TaskId(self._state.task),
                 published.round,
+                model_commitment=bytes.fromhex(published.model_commitment),
                 model_cid=published.model_cid,
                 bundle_cid=published.bundle_cid,
                 rewards_root=bytes.fromhex(published.rewards_root),
@@ -241,6 +336,7 @@ class RoundPublisher:
         )
         self._state.rounds.append(published)
         self._state.cumulative = dict(pending["cumulative"])
+        self._state.acked.pop(str(published.round), None)
         self._state.pending = None
         self._save()
 
@@ -279,3 +375,32 @@ class RoundPublisher:
             raise DataError(f"{path} has an unknown state version")
         rounds = [PublishedRound(**{**r, "paid": tuple(r["paid"])}) for r in document.pop("rounds")]
         return PublisherState(**document, rounds=rounds)
+
+
+def default_secret_path(state_path: Path) -> Path:
+    """Where a publisher keeps its task secret: beside its state file."""
+    return state_path.with_name(state_path.stem + ".secret")
+
+
+def stored_model(
+    state_path: Path, store: ContentStore, round: int | None = None
+) -> tuple[int, SealedModel]:
+    """(round, decrypted model) of committed ``round`` (default: the last) from a publisher's
+    state and task secret, without the chain: what its aggregator lists for sale."""
+    state = RoundPublisher.read_state(state_path)
+    if state is None or not state.rounds:
+        raise InvalidInput(f"{state_path} holds no committed round; run the task's rounds first")
+    wanted = state.rounds[-1].round if round is None else round
+    secret = TaskSecret.load(default_secret_path(state_path))
+    return wanted, _open_round(state, secret, store, wanted)
+
+
+def _open_round(
+    state: PublisherState, secret: TaskSecret, store: ContentStore, round: int
+) -> SealedModel:
+    for published in state.rounds:
+        if published.round == round:
+            sealed = secret.decrypt(round, store.get_bytes(published.model_cid))
+            sealed.check(bytes.fromhex(published.model_commitment), what=f"round {round}")
+            return sealed
+    raise InvalidInput(f"task {state.task} has no committed round {round} here")

@@ -1,46 +1,71 @@
 """Selling and buying encrypted models over a Ledger and a ContentStore.
 
-Seller: :func:`list_model` encrypts the model with a fresh key, stores the ciphertext and a
-metadata document (canonical JSON: the plaintext model's CID, ε, δ, devices, rounds, accuracy)
-by CID, and lists it with the key's sha256 commitment; the key goes to the seller's keyring.
-:func:`serve` delivers the key, sealed to each buyer's X25519 key, for every paid purchase still
-pending: run it again after a restart and it delivers what is missing, never twice.
+Seller: :func:`list_model` takes a committed round's sealed model (model + salt, see
+:mod:`fedmarket.market.sealed_models`), checks it opens that round's on-chain commitment,
+encrypts it with a fresh key, stores the ciphertext and a metadata document (canonical JSON:
+task, round, model commitment, ε, δ, devices, accuracy) by CID, and lists (task, round) with the
+key's sha256 commitment; the key goes to the seller's keyring. Nothing of the model is ever
+stored in the clear. :func:`serve` delivers the key to every paid purchase still pending, by
+ECDH on alt_bn128 to the buyer's one-time key (:mod:`fedmarket.crypto.key_delivery`): run it
+again after a restart and it delivers what is missing, never twice. :func:`settle_due` releases
+the proceeds of deliveries whose dispute window has passed.
 
-Buyer: :func:`buy_model` pays in one transaction, waits for the sealed key (with a timeout),
-checks it against the commitment, fetches and decrypts the ciphertext, and checks that the
-plaintext has the model CID the metadata names (whose lineage ``fedmarket verify`` walks).
+Buyer: :func:`buy_model` pays in one transaction, waits for the key (with a timeout), checks it
+against the commitment, fetches and decrypts the ciphertext, and verifies the lineage of the
+listed task up to the listed round, ending with the decrypted model opening that round's
+commitment. A key that misses the commitment raises :class:`KeyCommitmentMismatch`:
+:func:`dispute_key` then proves it on chain and takes the payment back.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fedmarket.crypto import AssetKey, Identity, decrypt_bytes, encrypt_bytes
-from fedmarket.crypto.sealed import open_sealed_key, seal_key
-from fedmarket.exceptions import DataError, InvalidInput, TransactionFailed
+from eth_abi.abi import encode
+from eth_utils.crypto import keccak
+
+from fedmarket.crypto import AssetKey, decrypt_bytes, encrypt_bytes
+from fedmarket.crypto.key_delivery import KeyDelivery, OneTimeKey, deliver_key, open_delivery
+from fedmarket.exceptions import (
+    DataError,
+    DecryptionFailed,
+    InvalidInput,
+    KeyCommitmentMismatch,
+    TransactionFailed,
+)
 from fedmarket.ledger.base import Ledger, PurchaseState
+from fedmarket.ledger.errors import DeliveryWindowClosed, WrongPurchaseState
 from fedmarket.market.bundle import canonical_json
-from fedmarket.market.lineage import Lineage
+from fedmarket.market.lineage import Lineage, verify_lineage
+from fedmarket.market.sealed_models import SealedModel
 from fedmarket.store.base import ContentStore
-from fedmarket.store.cid import canonical
-from fedmarket.store.unixfs import cid_of_bytes
 from fedmarket.types import ListingId, PurchaseId, TaskId
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Bought:
     listing: ListingId
     purchase: PurchaseId
+    task: TaskId
+    round: int
     price: int
-    model: bytes
-    model_cid: str
+    sealed: SealedModel  # the decrypted model with its commitment's salt
     metadata: dict[str, Any]
+    lineage: Lineage | None = None  # once verified (the model opens the round's commitment)
+
+    @property
+    def model(self) -> bytes:
+        """The model (safetensors)."""
+        return self.sealed.model
 
 
 class Keyring:
@@ -63,19 +88,34 @@ def list_model(
     store: ContentStore,
     keyring: Keyring,
     *,
-    task: TaskId | None,
-    model: bytes,
+    task: TaskId,
+    round: int,
+    model: SealedModel,
     price: int,
     metadata: Mapping[str, Any],
     contributors_bps: int,
 ) -> ListingId:
-    """Encrypt, store and list ``model``; return the listing."""
+    """Encrypt, store and list the model of ``round`` of ``task``; return the listing."""
+    committed = ledger.round_state(task, round)
+    if committed is None:
+        raise InvalidInput(f"task {task} has no committed round {round}; list a committed one")
+    if model.commitment != committed.model_commitment:
+        raise InvalidInput(
+            f"that model does not open task {task} round {round}'s commitment "
+            f"0x{committed.model_commitment.hex()}; list the model that round committed"
+        )
     key = AssetKey.generate()
-    asset_cid = store.put_bytes(encrypt_bytes(model, key))
-    model_cid = canonical(cid_of_bytes(model).to_cid())
-    metadata_cid = store.put_bytes(canonical_json({**metadata, "model_cid": model_cid}))
+    asset_cid = store.put_bytes(encrypt_bytes(model.to_bytes(), key))
+    document = {
+        **metadata,
+        "task": task,
+        "round": round,
+        "model_commitment": committed.model_commitment.hex(),
+    }
+    metadata_cid = store.put_bytes(canonical_json(document))
     listing = ledger.list_asset(
         task=task,
+        round=round,
         asset_cid=asset_cid,
         price=price,
         key_commitment=key.commitment,
@@ -87,7 +127,7 @@ def list_model(
 
 
 def serve(ledger: Ledger, keyring: Keyring) -> list[PurchaseId]:
-    """Deliver sealed keys for every pending purchase of our listings; return those served."""
+    """Deliver keys for every pending purchase of our listings; return those served."""
     served = []
     now = ledger.now()
     for purchase in ledger.purchases_of(ledger.address):
@@ -96,29 +136,73 @@ def serve(ledger: Ledger, keyring: Keyring) -> list[PurchaseId]:
         key = keyring.get(purchase.listing)
         if key is None:
             continue  # listed from another keyring
-        ledger.deliver_key(purchase.purchase, seal_key(key, purchase.buyer_key))
+        buyer = ledger.buyer_key(purchase.purchase)
+        if keccak(encode(["uint256", "uint256"], list(buyer.as_tuple()))) != (
+            purchase.buyer_key_hash
+        ):
+            continue  # not the key the contract holds for this purchase: never deliver to it
+        delivery = deliver_key(
+            key,
+            buyer,
+            purchase=purchase.purchase,
+            chain_id=ledger.chain_id,
+            market=ledger.market_address,
+        )
+        try:
+            ledger.deliver_key(purchase.purchase, delivery)
+        except (DeliveryWindowClosed, WrongPurchaseState) as exc:
+            # Its window closed (or its buyer refunded) after we read the chain: skip it, so
+            # one purchase never stops delivery to the others.
+            log.warning("purchase %d: key not delivered: %s", purchase.purchase, exc)
+            continue
         served.append(purchase.purchase)
     return served
+
+
+def settle_due(ledger: Ledger) -> list[PurchaseId]:
+    """Release every delivered purchase of our listings whose dispute window has passed; return
+    those this call settled (anyone may settle: one settled first by someone else is skipped,
+    its proceeds released all the same)."""
+    now = ledger.now()
+    due = [
+        p.purchase
+        for p in ledger.purchases_of(ledger.address)
+        if p.state is PurchaseState.DELIVERED and now > p.deadline
+    ]
+    settled = []
+    for purchase in due:
+        try:
+            ledger.settle(purchase)
+        except WrongPurchaseState:
+            if ledger.purchase(purchase).state is not PurchaseState.SETTLED:
+                raise
+            continue  # front-run or settled concurrently: not an error
+        settled.append(purchase)
+    return settled
 
 
 def buy_model(
     ledger: Ledger,
     store: ContentStore,
     listing: ListingId,
-    identity: Identity,
+    identity: OneTimeKey,
     *,
     max_price: int | None = None,
     timeout: float = 120.0,
     poll: float = 1.0,
     progress: Callable[[float], None] | None = None,
 ) -> Bought:
-    """Buy ``listing`` and return the decrypted, checked model."""
+    """Buy ``listing`` with the one-time key ``identity`` (saved by the caller beforehand) and
+    return the decrypted model, its lineage verified."""
     purchase = pay_for(ledger, listing, identity, max_price=max_price)
-    return receive(ledger, store, purchase, identity, timeout=timeout, poll=poll, progress=progress)
+    bought = receive(
+        ledger, store, purchase, identity, timeout=timeout, poll=poll, progress=progress
+    )
+    return replace(bought, lineage=verify_bought(ledger, store, bought))
 
 
 def pay_for(
-    ledger: Ledger, listing: ListingId, identity: Identity, *, max_price: int | None = None
+    ledger: Ledger, listing: ListingId, identity: OneTimeKey, *, max_price: int | None = None
 ) -> PurchaseId:
     """Pay for ``listing`` in one transaction, after checking everything that can be checked."""
     offer = ledger.listing(listing)  # unknown listing: a clear error before paying
@@ -135,34 +219,94 @@ def pay_for(
             f"listing {listing} costs {offer.price} but {ledger.address} holds {balance}; "
             "top up the account first (nothing was sent)"
         )
-    return ledger.buy(listing, buyer_key=identity.public_key, max_price=offer.price)
+    return ledger.buy(listing, buyer_key=identity.public, max_price=offer.price)
+
+
+def delivered_key(ledger: Ledger, purchase: PurchaseId, identity: OneTimeKey) -> AssetKey | None:
+    """The key delivered for ``purchase``, opened with ``identity``; None while none came."""
+    delivery = ledger.key_delivery(purchase)
+    if delivery is None:
+        return None
+    return _open(ledger, purchase, identity, delivery)
 
 
 def receive(
     ledger: Ledger,
     store: ContentStore,
     purchase: PurchaseId,
-    identity: Identity,
+    identity: OneTimeKey,
     *,
     timeout: float = 120.0,
     poll: float = 1.0,
     progress: Callable[[float], None] | None = None,
 ) -> Bought:
-    """Wait for ``purchase``'s sealed key, check it, fetch and decrypt the model, check its CID."""
+    """Wait for ``purchase``'s key, check it against the listing's commitment (a mismatch
+    raises :class:`KeyCommitmentMismatch`: dispute it), fetch and decrypt the model. The
+    lineage is checked separately (:func:`verify_bought`), so a paid model is never lost to a
+    failed check."""
     record = ledger.purchase(purchase)
     offer = ledger.listing(record.listing)
-    sealed = _wait_for_key(ledger, purchase, timeout, poll, progress)
-    key = open_sealed_key(sealed, identity)
+    delivery = _wait_for_key(ledger, purchase, timeout, poll, progress)
+    key = _open(ledger, purchase, identity, delivery)
     key.check_commitment(offer.key_commitment)
-    model = decrypt_bytes(store.get_bytes(offer.asset_cid), key)
+    try:
+        plaintext = decrypt_bytes(store.get_bytes(offer.asset_cid), key)
+    except DecryptionFailed as exc:
+        raise type(exc)(
+            f"listing {record.listing}: the key matches the listing's commitment but does not "
+            f"open its asset {offer.asset_cid} ({exc}); the seller published a bad asset, which "
+            "cannot be proven on chain (see README, 'What each party must trust')"
+        ) from None
+    try:
+        sealed = SealedModel.from_bytes(plaintext)
+    except DataError as exc:
+        raise DataError(f"listing {record.listing}: the decrypted asset is {exc}") from None
     metadata = listing_metadata(store, ledger, record.listing)
-    model_cid = canonical(cid_of_bytes(model).to_cid())
-    if metadata.get("model_cid") != model_cid:
-        raise DataError(
-            f"listing {record.listing}: the decrypted model is {model_cid}, but its metadata "
-            f"names {metadata.get('model_cid')}; the seller listed something else"
-        )
-    return Bought(record.listing, purchase, record.price, model, model_cid, metadata)
+    return Bought(record.listing, purchase, offer.task, offer.round, record.price, sealed, metadata)
+
+
+def verify_bought(ledger: Ledger, store: ContentStore, bought: Bought) -> Lineage:
+    """Verify the listed task's lineage up to the listed round, ending with the decrypted model
+    opening that round's commitment; raise :class:`LineageBroken` naming the broken link."""
+    return verify_lineage(
+        ledger,
+        store,
+        bought.task,
+        bought.round,
+        chain_id=ledger.chain_id,
+        market=ledger.market_address,
+        model=bought.sealed,
+    )
+
+
+def dispute_key(ledger: Ledger, purchase: PurchaseId, identity: OneTimeKey) -> int:
+    """Prove on chain that ``purchase``'s delivered key misses the listing's commitment; return
+    the refund. Refuses locally, before revealing ``identity``, if the key is in fact right."""
+    delivery = ledger.key_delivery(purchase)
+    if delivery is None:
+        raise InvalidInput(f"purchase {purchase} has no delivered key to dispute")
+    key = _open(ledger, purchase, identity, delivery)
+    offer = ledger.listing(ledger.purchase(purchase).listing)
+    try:
+        key.check_commitment(offer.key_commitment)
+    except KeyCommitmentMismatch:
+        return ledger.dispute(purchase, identity, delivery)
+    raise InvalidInput(
+        f"purchase {purchase}'s key matches the listing's commitment: there is nothing to "
+        "dispute (nothing was sent)"
+    )
+
+
+def _open(
+    ledger: Ledger, purchase: PurchaseId, identity: OneTimeKey, delivery: KeyDelivery
+) -> AssetKey:
+    return open_delivery(
+        delivery,
+        identity,
+        purchase=purchase,
+        chain_id=ledger.chain_id,
+        market=ledger.market_address,
+    )
 
 
 def model_metadata(lineage: Lineage, **declared: Any) -> dict[str, Any]:
@@ -170,6 +314,7 @@ def model_metadata(lineage: Lineage, **declared: Any) -> dict[str, Any]:
     epsilons = sorted(lineage.epsilon.values())
     facts: dict[str, Any] = {
         "task": lineage.task,
+        "round": lineage.round,
         "rounds": len(lineage.rounds),
         "devices": len(lineage.devices),
         "epsilon_max": epsilons[-1] if epsilons else None,
@@ -186,9 +331,9 @@ def _wait_for_key(
     timeout: float,
     poll: float,
     progress: Callable[[float], None] | None,
-) -> bytes:
+) -> KeyDelivery:
     started = time.monotonic()
-    while (sealed := ledger.sealed_key(purchase)) is None:
+    while (delivery := ledger.key_delivery(purchase)) is None:
         waited = time.monotonic() - started
         if waited > timeout:
             deadline = ledger.purchase(purchase).deadline
@@ -200,7 +345,7 @@ def _wait_for_key(
         if progress is not None:
             progress(waited)
         time.sleep(poll)
-    return sealed
+    return delivery
 
 
 def listing_metadata(store: ContentStore, ledger: Ledger, listing: ListingId) -> dict[str, Any]:

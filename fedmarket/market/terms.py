@@ -1,10 +1,12 @@
-"""The market terms of a round on the wire, and the receipt a device signs for its upload.
+"""The market terms of a round on the wire, the receipt a device signs for its upload, and the
+acknowledgement the aggregator signs back.
 
-The server adds ``market`` (task, chain, market contract, round, CID of the model it sends) to
-the round config; a device that trained signs an EIP-712 receipt over those terms and the
-sha256 of its masked upload, and returns it beside the upload as ``receipt``. The server rebuilds
-the receipt from the terms and the upload it actually received, so a receipt only verifies for
-the bytes the device really sent.
+The server adds ``market`` (task, chain, market contract, aggregator, round, commitment of the
+model it sends) to the round config; a device that trained signs an EIP-712 receipt over those
+terms and the sha256 of its masked upload, and returns it beside the upload as ``receipt``. The
+server rebuilds the receipt from the terms and the upload it actually received, so a receipt only
+verifies for the bytes the device really sent. For each upload it accepts, the server sends an
+``ack`` record (:class:`~fedmarket.acks.Ack` and the aggregator's signature) with the next stage.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import numpy as np
 from eth_account.signers.local import LocalAccount
 from flwr.app import ConfigRecord, RecordDict
 
+from fedmarket.acks import Ack
 from fedmarket.exceptions import ProtocolViolation
 from fedmarket.market.bundle import SignedReceipt
 from fedmarket.receipts import Receipt, sign_receipt
 
 MARKET = "market"
 RECEIPT = "receipt"
+ACK = "ack"
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class MarketTerms:
     task: int
     chain_id: int
     market: str
+    aggregator: str  # the task's aggregator: the key that signs acknowledgements
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class RoundTerms:
 
     terms: MarketTerms
     round: int
-    model_cid: str  # the global model the devices train from
+    trained_from: bytes  # commitment of the global model the devices train from
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -47,21 +52,29 @@ class RoundTerms:
                 "task": self.terms.task,
                 "chain_id": self.terms.chain_id,
                 "market": self.terms.market,
+                "aggregator": self.terms.aggregator,
                 "round": self.round,
-                "model_cid": self.model_cid,
+                "trained_from": self.trained_from,
             }
         )
 
     @classmethod
     def from_content(cls, content: RecordDict) -> RoundTerms | None:
         record = content.config_records.get(MARKET)
-        if record is None:
-            return None
-        return cls(
-            MarketTerms(_int(record, "task"), _int(record, "chain_id"), _str(record, "market")),
-            _int(record, "round"),
-            _str(record, "model_cid"),
+        return None if record is None else cls.from_record(record)
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> RoundTerms:
+        terms = MarketTerms(
+            _int(record, "task"),
+            _int(record, "chain_id"),
+            _str(record, "market"),
+            _str(record, "aggregator"),
         )
+        trained_from = record.get("trained_from")
+        if not isinstance(trained_from, bytes) or len(trained_from) != 32:
+            raise ProtocolViolation("market terms: trained_from must be 32 bytes")
+        return cls(terms, _int(record, "round"), trained_from)
 
     def receipt(
         self, device: str, upload: np.ndarray, *, weight: int, epsilon_micros: int, delta_e18: int
@@ -70,7 +83,7 @@ class RoundTerms:
             task=self.terms.task,
             round=self.round,
             device=device,
-            model_cid=self.model_cid,
+            trained_from=self.trained_from,
             upload_digest=upload_digest(upload),
             weight=weight,
             epsilon_micros=epsilon_micros,
@@ -97,7 +110,7 @@ def sign_upload(
         task=terms.terms.task,
         round=terms.round,
         device=account.address,
-        model_cid=terms.model_cid,
+        trained_from=terms.trained_from,
         upload_digest=upload_digest(upload),
         weight=weight,
         epsilon=epsilon,
@@ -145,3 +158,22 @@ def _str(record: ConfigRecord, key: str) -> str:
     if not isinstance(value, str):
         raise ProtocolViolation(f"{key} must be text, got {value!r}")
     return value
+
+
+def ack_record(ack: Ack, signature: bytes) -> ConfigRecord:
+    """The server's side: an acknowledgement as the record sent to the device."""
+    return ConfigRecord({**ack.to_json(), "signature": signature})
+
+
+def read_ack(content: RecordDict) -> tuple[Ack, bytes] | None:
+    """The device's side: the acknowledgement in a message, if any (not yet verified)."""
+    record = content.config_records.get(ACK)
+    if record is None:
+        return None
+    signature = record.get("signature")
+    if not isinstance(signature, bytes):
+        raise ProtocolViolation("ack has no signature bytes")
+    try:
+        return Ack.from_json(dict(record)), signature
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolViolation(f"ack is malformed: {exc}") from None

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedmarket.acks import Ack
 from fedmarket.exceptions import InvalidInput, ProtocolViolation, SecAggAborted
 from fedmarket.market.bundle import SignedReceipt
-from fedmarket.market.terms import RECEIPT, RoundTerms, read_receipt
+from fedmarket.market.terms import ACK, RECEIPT, RoundTerms, ack_record, read_receipt
 from fedmarket.models.weights import Weights
 from fedmarket.protocol import RoundOutcome, TrainReply
 from fedmarket.secagg import messages as m
@@ -32,6 +33,9 @@ from strategies import AggregatedUpdate
 
 log = logging.getLogger(__name__)
 
+Acknowledger = Callable[[Iterable[SignedReceipt]], Mapping[str, tuple[Ack, bytes]]]
+"""Signs acknowledgements of the receipts' uploads (by device); see RoundPublisher.acknowledge."""
+
 
 def secure_round(
     grid: Grid,
@@ -43,10 +47,13 @@ def secure_round(
     train_timeout: float,
     group_id: str,
     rng: random.Random,
+    acknowledge: Acknowledger | None = None,
 ) -> RoundOutcome:
     """Train ``cohort`` on ``train_content`` and return the securely aggregated weighted sum.
 
     If too few devices survive a stage the result has no update and says why in ``error``.
+    With ``acknowledge``, every device whose masked upload and receipt were accepted gets the
+    aggregator's signed acknowledgement with its unmask-stage request.
     """
     params = config.for_cohort(len(cohort), session=rng.randbytes(16))
     length = sum(a.size for a in like.values()) + 1
@@ -56,7 +63,12 @@ def secure_round(
     trained, declined, clip = replies.trained, replies.declined, replies.clip
     try:
         result = _stages(
-            aggregation, exchange, config, (train_content, like, train_timeout), replies
+            aggregation,
+            exchange,
+            config,
+            (train_content, like, train_timeout),
+            replies,
+            acknowledge,
         )
     except SecAggAborted as exc:
         log.error("secure aggregation aborted, global model unchanged: %s", exc)
@@ -104,6 +116,7 @@ def _stages(
     config: SecAggConfig,
     training: tuple[RecordDict, Weights, float],
     replies: _Replies,
+    acknowledge: Acknowledger | None,
 ) -> SecureSum:
     cohort, params = aggregation.cohort, aggregation.params
     train_content, like, train_timeout = training
@@ -164,7 +177,10 @@ def _stages(
         node: {"survivors": list(r.survivors), "dropped": list(r.dropped)}
         for node, r in aggregation.close_masking().items()
     }
-    for node, reply in exchange.run(Stage.UNMASK, requests, config.unmask_timeout).items():
+    acks = _acks(acknowledge, {n: replies.receipts[n] for n in requests if n in replies.receipts})
+    for node, reply in exchange.run(
+        Stage.UNMASK, requests, config.unmask_timeout, extra=acks
+    ).items():
         cfg = reply.content.config_records[m.SECAGG]
         with exchange.guard(node):
             seed_shares = m.mapping(cfg, "seed_owners", "seed_shares", bytes)
@@ -172,6 +188,21 @@ def _stages(
             aggregation.receive_unmask(node, seed_shares, key_shares)
 
     return aggregation.finish()
+
+
+def _acks(
+    acknowledge: Acknowledger | None, receipts: Mapping[int, SignedReceipt]
+) -> dict[int, dict[str, ConfigRecord]]:
+    """Each accepted node's acknowledgement record, signed before the unmask stage is sent."""
+    if acknowledge is None or not receipts:
+        return {}
+    signed = acknowledge(receipts.values())
+    by_device = {r.receipt.device: node for node, r in receipts.items()}
+    return {
+        by_device[device]: {ACK: ack_record(ack, signature)}
+        for device, (ack, signature) in signed.items()
+        if device in by_device
+    }
 
 
 def _masked_vector(reply: Message) -> np.ndarray:
@@ -198,10 +229,13 @@ class _Exchange:
         timeout: float,
         *,
         base: RecordDict | None = None,
+        extra: Mapping[int, Mapping[str, ConfigRecord]] | None = None,
     ) -> dict[int, Message]:
         messages = []
         for node, fields in requests.items():
             content = RecordDict(dict(base.items()) if base is not None else {})
+            for name, record in (extra or {}).get(node, {}).items():
+                content[name] = record
             content[m.SECAGG] = m.record(stage, self.session, fields)  # type: ignore[arg-type]
             messages.append(
                 Message(

@@ -13,7 +13,13 @@ from fedmarket.models.registry import build_model
 from fedmarket.models.weights import Weights, get_weights, set_weights
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import FederationResult
-from fedmarket.server.rounds import Evaluator, ModelObserver, RoundObserver, run_rounds
+from fedmarket.server.rounds import (
+    Evaluator,
+    ModelObserver,
+    RoundObserver,
+    RoundPayer,
+    run_rounds,
+)
 from strategies import Strategy
 
 
@@ -27,6 +33,7 @@ def make_server_app(
     on_model: ModelObserver | None = None,
     on_done: Callable[[FederationResult], None] | None = None,
     first_round: int = 1,
+    payer: RoundPayer | None = None,
 ) -> ServerApp:
     """A ServerApp that runs ``plan`` and hands the result to ``on_done``."""
     app = ServerApp()
@@ -34,7 +41,15 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         result = run_rounds(
-            grid, plan, strategy, initial, evaluate, on_round, on_model, first_round=first_round
+            grid,
+            plan,
+            strategy,
+            initial,
+            evaluate,
+            on_round,
+            on_model,
+            first_round=first_round,
+            payer=payer,
         )
         if on_done is not None:
             on_done(result)

@@ -48,6 +48,7 @@ def run_paid_federation(
         verbose=verbose,
         resume=resume_point(publisher),
         client_mods=client_mods,
+        payer=publisher,
     )
 
 
@@ -56,12 +57,12 @@ def resume_point(publisher: RoundPublisher) -> tuple[int, Weights] | None:
     if not publisher.rounds:
         return None
     last = publisher.rounds[-1]
-    return publisher.next_round, weights_from_bytes(publisher.store.get_bytes(last.model_cid))
+    return publisher.next_round, weights_from_bytes(publisher.sealed_model(last.round).model)
 
 
 def publishing(publisher: RoundPublisher) -> ModelObserver:
-    """The hook that stores and commits each round as it ends; only survivors of secure
-    aggregation with a valid receipt are paid (the publisher checks)."""
+    """The hook that stores and commits each round as it ends; the devices acknowledged during
+    the round (survivors of its mask stage with a valid receipt) are paid."""
 
     def publish(result: RoundResult, weights: Weights) -> None:
         assert result.trained_from is not None  # paid plans always send market terms

@@ -29,7 +29,7 @@ class RoundResult:
     dropped: dict[int, str] = field(default_factory=dict)
     clip_fraction: float | None = None
     error: str | None = None
-    trained_from: str | None = None  # paid rounds: CID of the model the devices trained from
+    trained_from: bytes | None = None  # paid rounds: commitment of the model trained from
     receipts: tuple[SignedReceipt, ...] = ()  # paid rounds: survivors' signed receipts
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 import numpy as np
 from flwr.app import ConfigRecord, ConfigRecordValues, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedmarket.acks import Ack
 from fedmarket.exceptions import InvalidInput, RoundFailed
+from fedmarket.market.bundle import SignedReceipt
 from fedmarket.market.terms import MARKET, RoundTerms
 from fedmarket.models.evaluation import Evaluation
 from fedmarket.models.weights import Weights, weights_to_bytes
@@ -20,8 +23,6 @@ from fedmarket.protocol import CONFIG, GLOBAL, RoundOutcome, TrainReply, weights
 from fedmarket.secagg.workflow import secure_round
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import FederationResult, RoundResult
-from fedmarket.store.cid import canonical
-from fedmarket.store.unixfs import cid_of_bytes
 from strategies import AggregatedUpdate, Strategy
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,20 @@ Evaluator = Callable[[Weights], Evaluation]
 RoundObserver = Callable[[RoundResult], None]
 ModelObserver = Callable[[RoundResult, Weights], None]
 """Called after each round with the new global model (e.g. to store and commit it)."""
+
+
+class RoundPayer(Protocol):
+    """Who pays a task's rounds (:class:`~fedmarket.market.publisher.RoundPublisher`)."""
+
+    def trained_from(self, round: int, model: bytes) -> bytes:
+        """The commitment devices sign for ``model``, the global model they train from."""
+        ...
+
+    def acknowledge(
+        self, round: int, receipts: Iterable[SignedReceipt]
+    ) -> Mapping[str, tuple[Ack, bytes]]:
+        """Signed acknowledgements of the valid receipts' uploads, by device."""
+        ...
 
 
 def run_rounds(
@@ -42,10 +57,14 @@ def run_rounds(
     on_model: ModelObserver | None = None,
     *,
     first_round: int = 1,
+    payer: RoundPayer | None = None,
 ) -> FederationResult:
     """Run rounds ``first_round`` .. ``plan.rounds`` from ``initial``; the global model moves
     only when some device trained. A resumed federation passes the last committed model and the
-    round after it."""
+    round after it. Paid plans (``plan.market``) need the ``payer`` that commits to each model
+    and acknowledges uploads."""
+    if plan.market is not None and payer is None:
+        raise InvalidInput("a paid plan needs a payer (the task's RoundPublisher)")
     if not 1 <= first_round <= plan.rounds + 1:
         raise InvalidInput(f"first_round must be in 1..{plan.rounds + 1}, got {first_round}")
     # A resumed run draws fresh cohorts and rings rather than replaying round 1's.
@@ -58,10 +77,11 @@ def run_rounds(
         cohort = _sample(grid, plan, rng)
         content = _train_content(plan, strategy, weights, server_round)
         trained_from = None
-        if plan.market is not None:
-            trained_from = canonical(cid_of_bytes(weights_to_bytes(weights)).to_cid())
-            terms = RoundTerms(plan.market, server_round, trained_from)
-            content[MARKET] = terms.to_record()
+        acknowledge = None
+        if plan.market is not None and payer is not None:
+            trained_from = payer.trained_from(server_round, weights_to_bytes(weights))
+            content[MARKET] = RoundTerms(plan.market, server_round, trained_from).to_record()
+            acknowledge = _bind_round(payer, server_round)
         if plan.secagg is None:
             outcome = _plain_round(grid, plan, cohort, content, weights, server_round)
         else:
@@ -74,6 +94,7 @@ def run_rounds(
                 train_timeout=plan.round_timeout,
                 group_id=str(server_round),
                 rng=rng,
+                acknowledge=acknowledge,
             )
         if outcome.update is not None:
             weights = strategy.apply(weights, outcome.update)
@@ -110,6 +131,12 @@ def run_rounds(
         if on_round is not None:
             on_round(round_result)
     return result
+
+
+def _bind_round(
+    payer: RoundPayer, server_round: int
+) -> Callable[[Iterable[SignedReceipt]], Mapping[str, tuple[Ack, bytes]]]:
+    return lambda receipts: payer.acknowledge(server_round, receipts)
 
 
 def _plain_round(
