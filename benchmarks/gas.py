@@ -7,6 +7,9 @@
 - ``claim_gas`` for a device claiming 1, 10 or 100 rounds at once from a 100-device tree, as a
   first claim (fresh storage, fresh token holder) and as a later claim (goal: <= 60,000 gas;
   Uniswap's MerkleDistributor: 62.8k-91.6k).
+- v2's other payouts and the sale's steps: ``claimAcknowledged``, ``claimSaleShare``,
+  ``buyWithPermit`` and ``deliverKey`` with a one-time alt_bn128 key, ``dispute`` (two ``ecMul``
+  precompile calls), ``settle``, ``closeTask`` and ``refundUnspent``.
 
 Run: ``python -m benchmarks.gas``.
 """
@@ -23,7 +26,8 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from benchmarks.common import write_results
-from fedmarket.crypto import AssetKey, Identity, seal_key
+from fedmarket.acks import Ack, sign_ack
+from fedmarket.crypto import AssetKey, OneTimeKey, deliver_key
 from fedmarket.ledger import Web3Ledger, deploy
 from fedmarket.ledger.chain import LocalChain, dev_accounts, rpc
 from fedmarket.ledger.deploy import deploy_contract, send_call
@@ -32,7 +36,16 @@ from fedmarket.receipts import Receipt, sign_receipt
 from fedmarket.types import TaskId
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from chain_helpers import EMPTY_CID, MODEL_CID, commit, helper_artifact
+from chain_helpers import (
+    CLOSE_GRACE,
+    DELIVERY_WINDOW,
+    DISPUTE_WINDOW,
+    EMPTY_CID,
+    MODEL_CID,
+    MODEL_COMMITMENT,
+    commit,
+    helper_artifact,
+)
 from net import free_port
 
 COHORTS = (10, 100, 1000)
@@ -53,6 +66,11 @@ def addresses(count: int, seed: int) -> list[str]:
     return [
         Account.from_key(((seed << 32) + i + 1).to_bytes(32, "big")).address for i in range(count)
     ]
+
+
+def advance(rpc_url: str, seconds: int) -> None:
+    rpc(rpc_url, "evm_increaseTime", [seconds])
+    rpc(rpc_url, "evm_mine")
 
 
 def commit_gas(aggregator: Web3Ledger, task: TaskId, round_: int, tree: RewardTree) -> int:
@@ -85,7 +103,13 @@ def main() -> None:
         try:
             w3 = Web3(Web3.HTTPProvider(chain.rpc_url, request_kwargs={"timeout": 60}))
             accounts = dev_accounts(6)
-            deployment = deploy(w3, accounts[0], delivery_window=3600)
+            deployment = deploy(
+                w3,
+                accounts[0],
+                delivery_window=DELIVERY_WINDOW,
+                dispute_window=DISPUTE_WINDOW,
+                close_grace=CLOSE_GRACE,
+            )
             sponsor = Web3Ledger(w3, deployment, accounts[0])
             aggregator = sponsor.as_account(accounts[1])
             device = sponsor.as_account(accounts[2])
@@ -144,11 +168,12 @@ def main() -> None:
                     commit(aggregator, claim_task, round_, tree)
                 proof = tree.proof(fresh.address)
                 # anyone may submit a claim: the device pays gas, the tokens go to the account
-                device.claim(claim_task, fresh.address, TOKEN * k, proof)
+                device.claim(claim_task, k, fresh.address, TOKEN * k, proof)
                 first = last_gas(w3, device.address)
                 tree = RewardTree.build(dict.fromkeys(cohort, TOKEN * (k + 1)))
                 commit(aggregator, claim_task, k + 1, tree)
-                device.claim(claim_task, fresh.address, TOKEN * (k + 1), tree.proof(fresh.address))
+                later_proof = tree.proof(fresh.address)
+                device.claim(claim_task, k + 1, fresh.address, TOKEN * (k + 1), later_proof)
                 later = last_gas(w3, device.address)
                 rows.append(
                     {
@@ -163,11 +188,19 @@ def main() -> None:
                 )
                 print(f"claim after {k:>3d} rounds     first {first:,} / later {later:,} gas")
 
-            # Sales.
+            # Other payouts: an acknowledged device the root left out; a device's sale share.
+            market = deployment.market
+            acked = Ack(task, 3, addresses(1, seed=99)[0], bytes(32), 5 * TOKEN)
+            signature = sign_ack(acked, accounts[1], chain_id=deployment.chain_id, market=market)
+            device.claim_acknowledged(acked, signature)
+            op("claimAcknowledged", device, "first claim: fresh storage, fresh token holder")
+
+            # Sales: round 2 (100 devices) sold with 20 % to its devices.
             sponsor.transfer(buyer.address, 1000 * TOKEN)
-            key, identity = AssetKey.generate(), Identity.generate()
+            key = AssetKey.generate()
             listing = seller.list_asset(
                 task=task,
+                round=2,
                 asset_cid=MODEL_CID,
                 price=100 * TOKEN,
                 key_commitment=key.commitment,
@@ -175,24 +208,61 @@ def main() -> None:
                 contributors_bps=2000,
             )
             op("list", seller)
-            purchase = buyer.buy(listing, buyer_key=identity.public_key, max_price=100 * TOKEN)
-            op("buyWithPermit", buyer, "permit + payment + purchase in one transaction")
-            seller.deliver_key(purchase, seal_key(key, identity.public_key))
-            op("deliverKey", seller, "80-byte sealed key in the event")
+
+            def bought(note: str = "") -> tuple[int, OneTimeKey]:
+                one_time = OneTimeKey.generate()
+                purchase = buyer.buy(listing, buyer_key=one_time.public, max_price=100 * TOKEN)
+                if note:
+                    op("buyWithPermit", buyer, note)
+                return purchase, one_time
+
+            def delivered(purchase: int, asset_key: AssetKey, note: str = "") -> None:
+                delivery = deliver_key(
+                    asset_key,
+                    buyer.buyer_key(purchase),
+                    purchase=purchase,
+                    chain_id=deployment.chain_id,
+                    market=market,
+                )
+                seller.deliver_key(purchase, delivery)
+                if note:
+                    op("deliverKey", seller, note)
+
+            sold, _ = bought("permit + payment + one-time alt_bn128 key, one transaction")
+            delivered(sold, key, "ephemeral point checked on the curve + 32-byte masked key")
+            wrong, one_time = bought()
+            wrong_delivery = deliver_key(
+                AssetKey.generate(),
+                buyer.buyer_key(wrong),
+                purchase=wrong,
+                chain_id=deployment.chain_id,
+                market=market,
+            )
+            seller.deliver_key(wrong, wrong_delivery)
+            buyer.dispute(wrong, one_time, wrong_delivery)
+            op("dispute", buyer, "wrong key proven: 2 ecMul precompile calls + sha256, refund")
+            unsent, _ = bought()
+            advance(chain.rpc_url, DISPUTE_WINDOW + 1)
+            seller.settle(sold)
+            op("settle", seller, "seller share to owed, contributors' share to the round")
             seller.withdraw()
             op("withdraw", seller)
-            refunded = buyer.buy(listing, buyer_key=identity.public_key, max_price=100 * TOKEN)
-            rpc(chain.rpc_url, "evm_increaseTime", [3601])
-            rpc(chain.rpc_url, "evm_mine")
-            buyer.refund(refunded)
-            op("refund", buyer)
+            buyer.refund(unsent)
+            op("refund", buyer, "no key within the delivery window")
+            member = addresses(100, seed=7)[0]
+            round2 = RewardTree.build(dict.fromkeys(addresses(100, seed=7), TOKEN * 2))
+            device.claim_sale_share(task, 2, member, 2 * TOKEN, round2.proof(member))
+            op("claimSaleShare", device, "100-device round, first share: fresh storage and holder")
             sponsor.close_task(task)
-            op("closeTask", sponsor, "returns unspent escrow")
+            op("closeTask", sponsor, "starts the close grace")
+            advance(chain.rpc_url, CLOSE_GRACE + 1)
+            sponsor.refund_unspent(task)
+            op("refundUnspent", sponsor, "after the grace: escrow above committed or paid")
             receipt = Receipt.for_update(
                 task=1,
                 round=1,
                 device=accounts[2].address,
-                model_cid=MODEL_CID,
+                trained_from=MODEL_COMMITMENT,
                 upload_digest=bytes(32),
                 weight=100,
                 epsilon=1.0,

@@ -387,7 +387,7 @@ def test_a_device_left_out_after_its_ack_is_paid_by_the_ack(
     else:  # a consistent commit that simply omits d
         assert d.address not in verify(chain, store, task).devices
     device = chain.ledger(4)
-    assert device.address == d.address
+    assert str(device.address) == d.address
     assert rewards_of(device, store, d.address) == []  # without its ack d is owed nothing
 
     rewards = rewards_of(device, store, d.address, acks=book)

@@ -419,10 +419,45 @@ class MarketMachine(RuleBasedStateMachine):
             sales.paid += paid
             self.received[self._index(account)] += paid
 
+    @precondition(lambda self: any(m.honest and m.rounds for m in self.tasks.values()))
+    @rule(data=st.data())
+    def honest_devices_collect(self, data: st.DataObject) -> None:
+        """Every honest device takes all it is owed in an honest task, by tree and sale share:
+        whatever the hostile actors did before, each of these must go through."""
+        task = data.draw(
+            st.sampled_from([t for t, m in self.tasks.items() if m.honest and m.rounds])
+        )
+        model = self.tasks[task]
+        for index in DEVICES:
+            device = self.address[index]
+            best = max(model.rounds, key=lambda r: model.rounds[r].leaf(device) or 0)
+            tree = model.rounds[best].tree
+            amount = tree.amounts.get(device, 0)
+            if amount > model.claimed.get(device, 0):
+                expected, pay = self._pay_outcome(model, device, amount)
+                assert expected is None, "an honest device could not be paid its reward"
+                paid = self.ledgers[index].claim(task, best, device, amount, tree.proof(device))
+                assert paid == pay
+                self._paid(model, device, amount, pay)
+            for round_, root in model.rounds.items():
+                sales = self.sales.get((task, round_))
+                leaf = root.leaf(device)
+                if sales is None or not leaf or not sales.revenue:
+                    continue
+                due = sales.revenue * leaf // root.total
+                if due > sales.claimed.get(device, 0):
+                    paid = self.ledgers[index].claim_sale_share(
+                        task, round_, device, leaf, root.tree.proof(device)
+                    )
+                    assert paid == due - sales.claimed.get(device, 0)
+                    sales.claimed[device] = due
+                    sales.paid += paid
+                    self.received[index] += paid
+
     # -- closing -------------------------------------------------------------------------------
 
     @precondition(lambda self: self.tasks)
-    @rule(data=st.data(), by_sponsor=st.booleans())
+    @rule(data=st.data(), by_sponsor=st.sampled_from([True, True, True, False]))
     def close(self, data: st.DataObject, by_sponsor: bool) -> None:
         task, model = self._task(data)
         who = model.sponsor if by_sponsor else ANYONE
@@ -483,9 +518,12 @@ class MarketMachine(RuleBasedStateMachine):
     @rule(
         data=st.data(),
         buyer=st.sampled_from([BUYER, HOSTILE_BUYER, HOSTILE]),
-        short=st.booleans(),
+        short=st.sampled_from([False, False, False, True]),
+        then=st.sampled_from(["nothing", "deliver", "deliver garbage"]),
     )
-    def buy(self, data: st.DataObject, buyer: int, short: bool) -> None:
+    def buy(self, data: st.DataObject, buyer: int, short: bool, then: str) -> None:
+        """Buy a listing; then its seller may deliver at once (an honest seller always the
+        committed key, a hostile one maybe garbage)."""
         listing = data.draw(st.sampled_from(sorted(self.listings)))
         model = self.listings[listing]
         max_price = model.price - 1 if short and model.price > 1 else model.price
@@ -497,14 +535,18 @@ class MarketMachine(RuleBasedStateMachine):
             ),
             expected,
         )
-        if expected is None:
-            self.purchases[purchase] = PurchaseModel(
-                listing, buyer, model.price, one_time, self.epoch
-            )
-            self.sent[buyer] += model.price
+        if expected is not None:
+            return
+        self.purchases[purchase] = PurchaseModel(listing, buyer, model.price, one_time, self.epoch)
+        self.sent[buyer] += model.price
+        if then != "nothing":
+            correct = then == "deliver" or model.seller in HONEST_SELLERS
+            self._deliver(purchase, correct, model.seller)
 
     @precondition(lambda self: self.purchases)
-    @rule(data=st.data(), correct=st.booleans(), by_seller=st.booleans())
+    @rule(
+        data=st.data(), correct=st.booleans(), by_seller=st.sampled_from([True, True, True, False])
+    )
     def deliver(self, data: st.DataObject, correct: bool, by_seller: bool) -> None:
         purchase, model = self._purchase(data)
         seller = self.listings[model.listing].seller
@@ -514,7 +556,11 @@ class MarketMachine(RuleBasedStateMachine):
         )
 
     @precondition(lambda self: self.purchases)
-    @rule(data=st.data(), by_buyer=st.booleans(), true_secret=st.booleans())
+    @rule(
+        data=st.data(),
+        by_buyer=st.sampled_from([True, True, True, False]),
+        true_secret=st.sampled_from([True, True, True, False]),
+    )
     def dispute(self, data: st.DataObject, by_buyer: bool, true_secret: bool) -> None:
         purchase, model = self._purchase(data)
         self._dispute(purchase, model.buyer if by_buyer else ANYONE, true_secret)
@@ -522,39 +568,14 @@ class MarketMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.purchases)
     @rule(data=st.data(), who=st.sampled_from(EVERYONE))
     def settle(self, data: st.DataObject, who: int) -> None:
-        purchase, model = self._purchase(data)
-        expected: Outcome = None
-        if model.state != PurchaseState.DELIVERED:
-            expected = market_errors.WrongPurchaseState
-        elif not self._past(model.epoch):
-            expected = market_errors.DisputeWindowOpen
-        self._expect(lambda: self.ledgers[who].settle(purchase), expected)
-        if expected is None:
-            listing = self.listings[model.listing]
-            contributors = model.price * listing.bps // 10_000
-            self.sales.setdefault(
-                (listing.task, listing.round), SalesModel()
-            ).revenue += contributors
-            self.owed[listing.seller] += model.price - contributors
-            model.state = PurchaseState.SETTLED
+        purchase, _ = self._purchase(data)
+        self._settle(purchase, who)
 
     @precondition(lambda self: self.purchases)
-    @rule(data=st.data(), by_buyer=st.booleans())
+    @rule(data=st.data(), by_buyer=st.sampled_from([True, True, True, False]))
     def refund(self, data: st.DataObject, by_buyer: bool) -> None:
         purchase, model = self._purchase(data)
-        who = model.buyer if by_buyer else ANYONE
-        expected: Outcome = None
-        if model.state != PurchaseState.PENDING:
-            expected = market_errors.WrongPurchaseState
-        elif who != model.buyer:
-            expected = market_errors.NotBuyer
-        elif not self._past(model.epoch):
-            expected = market_errors.DeliveryWindowOpen
-        refunded = self._expect(lambda: self.ledgers[who].refund(purchase), expected)
-        if expected is None:
-            assert refunded == model.price
-            model.state = PurchaseState.REFUNDED
-            self.received[model.buyer] += model.price
+        self._refund(purchase, model.buyer if by_buyer else ANYONE)
 
     @rule(who=st.sampled_from([SPONSOR, AGGREGATOR, HOSTILE, SYBIL, ANYONE]))
     def withdraw(self, who: int) -> None:
@@ -587,6 +608,14 @@ class MarketMachine(RuleBasedStateMachine):
                 self._dispute(purchase, BUYER, True)
         self.chain.advance(3601)
         self.epoch += 1
+        for purchase, model in self.purchases.items():
+            if not self._past(model.epoch):
+                continue
+            seller = self.listings[model.listing].seller
+            if model.state == PurchaseState.DELIVERED and seller in HONEST_SELLERS:
+                self._settle(purchase, seller)  # honest sellers collect once the window ends
+            elif model.state == PurchaseState.PENDING and model.buyer == BUYER:
+                self._refund(purchase, BUYER)  # the honest buyer takes an undelivered one back
 
     # -- invariants ----------------------------------------------------------------------------
 
@@ -759,6 +788,32 @@ class MarketMachine(RuleBasedStateMachine):
             market=deployment.market,
         )
 
+    def _list(
+        self,
+        task: TaskId,
+        round_: int,
+        who: int,
+        *,
+        price: int,
+        bps: int,
+        expected: Outcome = None,
+    ) -> None:
+        key = AssetKey.generate()
+        listing = self._expect(
+            lambda: self.ledgers[who].list_asset(
+                task=task,
+                round=round_,
+                asset_cid=MODEL_CID,
+                price=price,
+                key_commitment=key.commitment,
+                metadata_cid=EMPTY_CID,
+                contributors_bps=bps,
+            ),
+            expected,
+        )
+        if expected is None:
+            self.listings[listing] = ListingModel(task, round_, who, price, bps, key)
+
     def _commit(self, task: TaskId, who: int, round_: int, tree: RewardTree, total: int) -> None:
         """A commit the model expects to go through."""
         model = self.tasks[task]
@@ -853,6 +908,38 @@ class MarketMachine(RuleBasedStateMachine):
             model.state, model.delivery, model.correct = PurchaseState.DELIVERED, delivery, correct
             model.epoch = self.epoch
 
+    def _settle(self, purchase: PurchaseId, who: int) -> None:
+        model = self.purchases[purchase]
+        expected: Outcome = None
+        if model.state != PurchaseState.DELIVERED:
+            expected = market_errors.WrongPurchaseState
+        elif not self._past(model.epoch):
+            expected = market_errors.DisputeWindowOpen
+        seller_share = self._expect(lambda: self.ledgers[who].settle(purchase), expected)
+        if expected is None:
+            listing = self.listings[model.listing]
+            contributors = model.price * listing.bps // 10_000
+            assert seller_share == model.price - contributors
+            key = (listing.task, listing.round)
+            self.sales.setdefault(key, SalesModel()).revenue += contributors
+            self.owed[listing.seller] += seller_share
+            model.state = PurchaseState.SETTLED
+
+    def _refund(self, purchase: PurchaseId, who: int) -> None:
+        model = self.purchases[purchase]
+        expected: Outcome = None
+        if model.state != PurchaseState.PENDING:
+            expected = market_errors.WrongPurchaseState
+        elif who != model.buyer:
+            expected = market_errors.NotBuyer
+        elif not self._past(model.epoch):
+            expected = market_errors.DeliveryWindowOpen
+        refunded = self._expect(lambda: self.ledgers[who].refund(purchase), expected)
+        if expected is None:
+            assert refunded == model.price
+            model.state = PurchaseState.REFUNDED
+            self.received[model.buyer] += model.price
+
     def _dispute(self, purchase: PurchaseId, who: int, true_secret: bool) -> None:
         model = self.purchases[purchase]
         secret = model.one_time if true_secret else OneTimeKey.generate()
@@ -894,8 +981,8 @@ def test_market_invariants_hold_under_random_honest_and_hostile_play(chain: Chai
     run_state_machine_as_test(
         MarketMachine,
         settings=settings(
-            max_examples=15,
-            stateful_step_count=40,
+            max_examples=25,
+            stateful_step_count=60,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),

@@ -24,10 +24,11 @@ from net import Forward, RpcProxy
 from web3 import Web3
 
 from fedmarket.acks import verify_ack
-from fedmarket.exceptions import DataError, DecryptionFailed, InvalidInput
+from fedmarket.exceptions import DataError, InvalidInput
 from fedmarket.ledger import Web3Ledger
 from fedmarket.ledger.errors import NothingToClaim
 from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt
+from fedmarket.market.lineage import verify_task
 from fedmarket.market.publisher import RoundPublisher, default_secret_path
 from fedmarket.models.weights import Weights, weights_to_bytes
 from fedmarket.receipts import Receipt, sign_receipt
@@ -391,6 +392,42 @@ def test_a_committed_round_takes_no_more_acknowledgements(chain: Chain, tmp_path
     assert publisher.acknowledge(2, [signed(chain, a, 2, task, claimed_round=1)]) == {}
 
 
+def test_an_upload_trained_from_another_model_is_not_acknowledged(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """Flower rounds rebuild receipts from the server's own terms, so this needs a caller of the
+    publisher's API (another transport, a plug-in workflow) to hand in a device's receipt as is."""
+    task = new_task(chain)
+    a, b = chain.accounts[2:4]
+    publisher = open_publisher(chain, task, tmp_path)
+    round_model = publisher.trained_from(1, b"initial model")  # what run_rounds asks first
+    acks = publisher.acknowledge(
+        1,
+        [
+            signed(chain, a, 1, task, trained_from=round_model),
+            signed(chain, b, 1, task, trained_from=bytes(32)),  # some other model
+        ],
+    )
+    publisher.publish(
+        1,
+        model=b"round one",
+        trained_from=round_model,
+        survivors=[a.address, b.address],
+        receipts=[],
+        evidence={},
+    )
+
+    assert sorted(acks) == [a.address]
+    lineage = verify_task(
+        chain.ledger(0),
+        publisher.store,
+        task,
+        chain_id=chain.deployment.chain_id,
+        market=chain.deployment.market,
+    )
+    assert lineage.devices == (a.address,)
+
+
 # -- restart: the same commitments, the last model back ------------------------------------------
 
 
@@ -459,6 +496,6 @@ def test_resume_refuses_a_model_that_does_not_open_the_commitment(
 
     document["rounds"][0]["model_commitment"] = honest
     state_path.write_text(json.dumps(document))
-    default_secret_path(state_path).unlink()  # the task secret is lost
-    with pytest.raises(DecryptionFailed):
-        resume_point(open_publisher(chain, task, tmp_path))
+    default_secret_path(state_path).unlink()  # the task secret is lost: never replaced silently
+    with pytest.raises(DataError, match=r"publisher\.secret is missing"):
+        open_publisher(chain, task, tmp_path)

@@ -40,6 +40,16 @@ class AckBook:
     def add(self, ack: Ack, signature: bytes, *, chain_id: int, market: str) -> None:
         """Keep ``ack`` (the highest amount per round wins; nothing is ever dropped)."""
         entries = self.acks(chain_id=chain_id, market=market, task=ack.task)
+        earlier = [a.cumulative_amount for r, (a, _) in entries.items() if r < ack.round]
+        if earlier and ack.cumulative_amount <= max(earlier):
+            log.warning(
+                "task %d round %d: the aggregator acknowledged %d, no more than an earlier round's "
+                "%d; it did not pay an earlier acknowledged upload (claim with the earlier ack)",
+                ack.task,
+                ack.round,
+                ack.cumulative_amount,
+                max(earlier),
+            )
         kept = entries.get(ack.round)
         if kept is not None and kept[0].cumulative_amount >= ack.cumulative_amount:
             return

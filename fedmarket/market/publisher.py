@@ -70,6 +70,8 @@ class PublisherState:
     # Acks sent for rounds not committed yet: round -> device -> {receipt, ack}. Written before
     # the acks are sent, so a restarted server still pays every upload it acknowledged.
     acked: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # The model commitment each uncommitted round's devices were sent (hex), by round.
+    offered: dict[str, str] = field(default_factory=dict)
 
 
 class RoundPublisher:
@@ -112,7 +114,13 @@ class RoundPublisher:
                 f"{state_path} belongs to task {self._state.task} on {self._state.market}, "
                 f"not task {task} on {market}; use another state file"
             )
-        self.secret = TaskSecret.load_or_create(secret_path or default_secret_path(state_path))
+        secret_path = secret_path or default_secret_path(state_path)
+        if self._state.rounds and not secret_path.exists():
+            raise DataError(
+                f"{secret_path} is missing, but {state_path} has committed rounds: their models "
+                "are encrypted under it; restore it from a backup (a new one cannot open them)"
+            )
+        self.secret = TaskSecret.load_or_create(secret_path)
         if self._state.pending is not None:
             self._commit_pending()
 
@@ -143,8 +151,11 @@ class RoundPublisher:
 
     def trained_from(self, round: int, model: bytes) -> bytes:
         """The commitment devices sign as the model they train from in ``round``: that of
-        ``model`` as the global model after round ``round - 1`` (0: the initial model)."""
-        return self.secret.seal(round - 1, model).commitment
+        ``model`` as the global model after round ``round - 1`` (0: the initial model). Only
+        receipts naming it are acknowledged for ``round``."""
+        commitment = self.secret.seal(round - 1, model).commitment
+        self._state.offered[str(round)] = commitment.hex()
+        return commitment
 
     def sealed_model(self, round: int) -> SealedModel:
         """The decrypted model of committed ``round``, with its commitment's salt."""
@@ -162,7 +173,16 @@ class RoundPublisher:
             raise InvalidInput(f"round {round} of task {self._state.task} is already committed")
         acked = self._state.acked.setdefault(str(round), {})
         fresh = [s for s in receipts if s.receipt.device not in acked]
-        valid, rejected = self._valid(round, None, None, fresh)
+        # Every receipt of a round must name the model its devices were sent, or the round's
+        # bundle would break the task's lineage for everyone.
+        offered = self._state.offered.get(str(round))
+        if offered is None:
+            offered = next(
+                (entry["receipt"]["trained_from"] for entry in acked.values()),
+                fresh[0].receipt.trained_from.hex() if fresh else None,
+            )
+        expected = bytes.fromhex(offered) if offered is not None else None
+        valid, rejected = self._valid(round, expected, None, fresh)
         for device, why in rejected.items():
             log.warning("round %d: not acknowledging %s: %s", round, device, why)
         escrow = self._retrying(
@@ -219,6 +239,11 @@ class RoundPublisher:
             raise InvalidInput(
                 f"round {round} of task {self._state.task} is already committed; "
                 f"the next round is {self.next_round}"
+            )
+        offered = self._state.offered.get(str(round))
+        if offered is not None and offered != trained_from.hex():
+            raise InvalidInput(
+                f"round {round}'s devices were sent model 0x{offered}, not 0x{trained_from.hex()}"
             )
         acked = self._state.acked.get(str(round), {})
         paid = [SignedReceipt.from_json(entry["receipt"]) for entry in acked.values()]
@@ -337,6 +362,7 @@ class RoundPublisher:
         self._state.rounds.append(published)
         self._state.cumulative = dict(pending["cumulative"])
         self._state.acked.pop(str(published.round), None)
+        self._state.offered.pop(str(published.round), None)
         self._state.pending = None
         self._save()
 
