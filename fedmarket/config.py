@@ -81,7 +81,7 @@ class MarketSection(_Section):
     budget: str = ""  # default: enough for every device in every round
     price: str = "25"
     contributors_share: float = Field(0.2, ge=0, le=1)
-    key_timeout: float = Field(120.0, gt=0)  # seconds a buyer waits for the sealed key
+    key_timeout: float = Field(120.0, gt=0)  # seconds a buyer waits for the seller's key
     payout_seed: str = "fedmarket-demo"  # simulated devices' payout keys (simulation only)
 
 

@@ -121,6 +121,7 @@ def _paid_story(
         reward_per_update=config.reward_per_update,
         budget=config.budget,
         spec_cid=spec_cid,
+        contributors_bps=config.contributors_bps,
     )
     publisher = RoundPublisher(
         store=store,

@@ -15,11 +15,14 @@ from chain_helpers import MODEL_CID, Chain
 from cli_invoke import invoke
 from test_sales import deliver_wrong_key, nonces, publish_first_round, windows
 
+from fedmarket.contracts import load_artifact
 from fedmarket.crypto import AssetKey, encrypt_bytes
 from fedmarket.crypto.key_delivery import OneTimeKey
 from fedmarket.keys import KeyStore
 from fedmarket.ledger.base import PurchaseState
-from fedmarket.market.publisher import RoundPublisher
+from fedmarket.ledger.deploy import send_call
+from fedmarket.ledger.web3_ledger import cid_bytes
+from fedmarket.market.publisher import RoundPublisher, stored_model
 from fedmarket.market.sales import Keyring, serve
 from fedmarket.market.sealed_models import TaskSecret
 from fedmarket.store import LocalStore
@@ -103,13 +106,15 @@ def listed_task(
     *,
     buyer_tokens: int = 3,
 ) -> TaskId:
-    """Task 1 (sponsor 0, aggregator 1, 0.5 tokens an update, budget 10) with round 1
-    committed, listed by the aggregator at 3 tokens (20 % to contributors); buyer 8 funded."""
+    """Task 1 (sponsor 0, aggregator 1, 0.5 tokens an update, budget 10, 20 % of every sale to
+    contributors) with round 1 committed, listed by the aggregator at 3 tokens at the task's
+    share; buyer 8 funded."""
     task = chain.ledger(0).create_task(
         aggregator=chain.accounts[1].address,
         reward_per_update=TOKEN // 2,
         budget=10 * TOKEN,
         spec_cid=MODEL_CID,
+        contributors_bps=2000,
     )
     committed_round(chain, home, task)
     listed = run_json(
@@ -448,7 +453,7 @@ def test_a_sale_settles_to_the_seller_and_the_contributors_never_the_sponsor(
         monkeypatch, capsys, chain, "market", "reclaim", "--task", str(task), "--key", "dev:0"
     )
     assert code == 2
-    assert "is not closed yet" in err
+    assert "reclaim after that" in err
     chain.advance(windows(chain).close_grace + 1)
     assert run_json(
         monkeypatch, capsys, chain, "market", "reclaim", "--task", str(task), "--key", "dev:0"
@@ -500,6 +505,269 @@ def test_a_stranger_cannot_list_a_task_and_a_model_must_open_its_commitment(
     assert chain.ledger(0).listing_ids() == []
 
 
+# -- a stranger who puts junk on chain -------------------------------------------------------------
+
+STRANGER = 7
+
+
+def junk_task(chain: Chain, tmp_path: Path) -> tuple[TaskId, list[ListingId]]:
+    """The stranger (account 7) opens its own task and, through web3 directly (the client would
+    refuse), commits round 1 with junk bytes where the model and bundle CIDs belong and lists it
+    with a junk asset and metadata CID; a second listing names a well-formed metadata CID that
+    nobody stored. Each listing costs 1 token."""
+    chain.ledger(0).transfer(chain.accounts[STRANGER].address, TOKEN)
+    stranger, account = chain.ledger(STRANGER), chain.accounts[STRANGER]
+    task = stranger.create_task(
+        aggregator=stranger.address, reward_per_update=1, budget=TOKEN, spec_cid=MODEL_CID
+    )
+    market = chain.w3.eth.contract(
+        address=chain.w3.to_checksum_address(chain.deployment.market),
+        abi=load_artifact("DataMarket").abi,
+    )
+    commit = market.functions.commitRound(task, 1, b"\x01" * 32, b"junk", b"junk", b"\x02" * 32, 1)
+    send_call(chain.w3, account, commit)
+    send_call(
+        chain.w3,
+        account,
+        market.functions.list(task, 1, b"junk", TOKEN, b"\x03" * 32, b"junk", 0),
+    )
+    junk = ListingId(int(market.functions.listingCount().call()))
+    nobody_stored = LocalStore(tmp_path / "elsewhere").put_bytes(b'{"accuracy": 0.99}')
+    assert not LocalStore(tmp_path / "home" / "store").has(nobody_stored)
+    unstored = stranger.list_asset(
+        task=task,
+        round=1,
+        asset_cid=MODEL_CID,
+        price=TOKEN,
+        key_commitment=b"\x04" * 32,
+        metadata_cid=nobody_stored,
+        contributors_bps=0,
+    )
+    return task, [junk, unstored]
+
+
+def test_junk_on_chain_breaks_only_its_own_task_and_listings(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    chain: Chain,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    """THREATS, anyone on chain: junk a stranger commits or lists must not hide the honest
+    market from anyone: listings, claims and device status go on; only its own task and
+    listings say they are broken."""
+    # Prepare: honest task 1, round 1 paying devices 2 and 3, listed; then the stranger's junk
+    honest = listed_task(monkeypatch, capsys, chain, home)
+    junk, junk_listings = junk_task(chain, tmp_path)
+    assert junk_listings == [ListingId(2), ListingId(3)]
+
+    # Execute / Assert: the listings: the honest one verified, each junk one flagged
+    rows = {
+        row["listing"]: row for row in run_json(monkeypatch, capsys, chain, "market", "listings")
+    }
+    assert sorted(rows) == [1, 2, 3]
+    assert (rows[1]["verified"], rows[1]["problem"], rows[1]["task"]) == (True, None, honest)
+    assert (rows[1]["devices"], rows[1]["rounds"], rows[1]["share"]) == (2, 1, 0.2)
+    for listing in junk_listings:
+        row = rows[listing]
+        assert (row["task"], row["verified"]) == (junk, False)
+        assert isinstance(row["problem"], str)
+        assert row["problem"]
+        assert row["devices"] is None
+        assert row["accuracy"] is None
+
+    # ... an honest device sees and claims its reward in the honest task, and only there
+    status = run_json(monkeypatch, capsys, chain, "device", "status", "--key", "dev:2")
+    (rewards,) = status["rewards"]
+    assert (rewards["task"], rewards["claimable"], rewards["rounds_paid"]) == (honest, "0.5", 1)
+    claimed = run_json(monkeypatch, capsys, chain, "market", "claim", "--key", "dev:2")
+    assert claimed["claimed"] == {str(honest): "0.5"}
+    claimed = run_json(monkeypatch, capsys, chain, "device", "claim", "--key", "dev:3")
+    assert claimed["claimed"] == {str(honest): "0.5"}
+    for device in (2, 3):
+        assert chain.ledger(device).balance(chain.accounts[device].address) == TOKEN // 2
+
+    # ... verifying the junk task says its lineage is broken, in one line
+    code, err = refused(monkeypatch, capsys, chain, "verify", "--task", str(junk))
+    assert code == 56, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert f"task {junk} round 1" in err
+    code, err = refused(monkeypatch, capsys, chain, "verify", "--task", "99")
+    assert code == 2, err
+    assert "task 99 does not exist" in err
+    assert run_json(monkeypatch, capsys, chain, "verify", "--task", str(honest))["ok"] is True
+
+
+@pytest.mark.parametrize("junk_listing", [0, 1], ids=["junk CIDs", "metadata nobody stored"])
+def test_a_junk_listing_is_refused_before_the_buyer_pays(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    chain: Chain,
+    home: Path,
+    tmp_path: Path,
+    junk_listing: int,
+) -> None:
+    """`market buy` verifies the listed task's lineage before it pays: a junk listing costs the
+    buyer nothing, not even a transaction."""
+    listed_task(monkeypatch, capsys, chain, home)
+    _, junk_listings = junk_task(chain, tmp_path)
+    buyer = chain.ledger(8)
+    tokens = buyer.balance(buyer.address)
+    out = tmp_path / "model"
+
+    args = ["market", "buy", str(junk_listings[junk_listing]), "--key", "dev:8", "--out", str(out)]
+    code, err = refused(monkeypatch, capsys, chain, *args)
+
+    assert code == 56, err
+    assert "Traceback" not in err
+    assert buyer.balance(buyer.address) == tokens == 3 * TOKEN
+    assert buyer.purchases_of(chain.accounts[STRANGER].address) == []
+    assert not out.exists()
+
+
+def strangers_verified_round(chain: Chain, home: Path, tmp_path: Path) -> tuple[TaskId, bytes]:
+    """The stranger as sponsor and aggregator of its own task, whose round 1 (paying devices 2
+    and 3) verifies like any honest one; returns the task and the round's sealed model bytes."""
+    chain.ledger(0).transfer(chain.accounts[STRANGER].address, TOKEN)
+    stranger = chain.ledger(STRANGER)
+    task = stranger.create_task(
+        aggregator=stranger.address, reward_per_update=1, budget=TOKEN, spec_cid=MODEL_CID
+    )
+    state = tmp_path / "stranger" / f"task-{task}.json"
+    publisher = RoundPublisher(
+        store=LocalStore(home / "store"),
+        ledger=stranger,
+        task=task,
+        chain_id=chain.deployment.chain_id,
+        market=chain.deployment.market,
+        state_path=state,
+    )
+    publish_first_round(chain, publisher, task, MODEL, chain.accounts[2:4])
+    _, sealed = stored_model(state, LocalStore(home / "store"), 1)
+    return task, sealed.to_bytes()
+
+
+@pytest.fixture
+def stranger_online(chain: Chain, tmp_path: Path) -> Iterator[Keyring]:
+    """The stranger (account 7) serving keys from its own keyring."""
+    keyring = Keyring(tmp_path / "stranger-keys")
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(0.2):
+            serve(chain.ledger(STRANGER), keyring)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    yield keyring
+    stop.set()
+    thread.join()
+
+
+def test_a_junk_asset_on_a_verifying_task_is_refused_before_the_buyer_pays(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    chain: Chain,
+    home: Path,
+    tmp_path: Path,
+    stranger_online: Keyring,
+) -> None:
+    task, _ = strangers_verified_round(chain, home, tmp_path)
+    key = AssetKey.generate()
+    market = chain.w3.eth.contract(
+        address=chain.w3.to_checksum_address(chain.deployment.market),
+        abi=load_artifact("DataMarket").abi,
+    )
+    metadata = LocalStore(home / "store").put_bytes(b"{}")
+    send_call(
+        chain.w3,
+        chain.accounts[STRANGER],
+        market.functions.list(task, 1, b"junk", TOKEN, key.commitment, cid_bytes(metadata), 0),
+    )
+    stranger_online.add(ListingId(1), key)
+    chain.ledger(0).transfer(chain.accounts[8].address, TOKEN)
+    buyer = chain.ledger(8)
+    sent = chain.w3.eth.get_transaction_count(buyer.address)
+
+    code = buy(monkeypatch, chain, 1, tmp_path / "model")
+
+    err = capsys.readouterr().err
+    assert chain.w3.eth.get_transaction_count(buyer.address) == sent, f"paid, then: {err}"
+    assert buyer.balance(buyer.address) == TOKEN
+    assert code == 56, err
+
+
+def test_missing_declared_metadata_never_costs_a_buyer_a_paid_model(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    chain: Chain,
+    home: Path,
+    tmp_path: Path,
+    stranger_online: Keyring,
+) -> None:
+    """Either refused before paying, or the model: never paid for and lost."""
+    task, sealed = strangers_verified_round(chain, home, tmp_path)
+    key = AssetKey.generate()
+    listing = chain.ledger(STRANGER).list_asset(
+        task=task,
+        round=1,
+        asset_cid=LocalStore(home / "store").put_bytes(encrypt_bytes(sealed, key)),
+        price=TOKEN,
+        key_commitment=key.commitment,
+        metadata_cid=LocalStore(tmp_path / "elsewhere").put_bytes(b'{"accuracy": 0.99}'),
+        contributors_bps=0,
+    )
+    stranger_online.add(listing, key)
+    chain.ledger(0).transfer(chain.accounts[8].address, TOKEN)
+    buyer = chain.ledger(8)
+    sent = chain.w3.eth.get_transaction_count(buyer.address)
+    out = tmp_path / "model"
+
+    code = buy(monkeypatch, chain, listing, out)
+
+    err = capsys.readouterr().err
+    if code == 0:
+        assert out.read_bytes() == MODEL
+    else:  # refused: then before paying
+        assert chain.w3.eth.get_transaction_count(buyer.address) == sent, f"paid, then: {err}"
+        assert buyer.balance(buyer.address) == TOKEN
+
+
+def test_market_list_holds_to_the_share_fixed_at_task_creation(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    chain: Chain,
+    home: Path,
+) -> None:
+    """The sponsor promised devices 25 % of every sale: the aggregator's `market list` cannot go
+    below it (refused before sending) and lists at it by default."""
+    task = chain.ledger(0).create_task(
+        aggregator=chain.accounts[1].address,
+        reward_per_update=TOKEN // 2,
+        budget=10 * TOKEN,
+        spec_cid=MODEL_CID,
+        contributors_bps=2500,
+    )
+    committed_round(chain, home, task)
+    listing = f"market list --task {task} --key dev:1 --price 3".split()
+
+    code, err = refused(monkeypatch, capsys, chain, *listing, "--contributors-share", "0.2")
+
+    assert code == 2, err
+    assert "at least 0.25 of every sale" in err
+    assert "nothing was sent" in err
+    ledger = chain.ledger(0)
+    assert ledger.listing_ids() == []
+    at_share = run_json(monkeypatch, capsys, chain, *listing)
+    above = run_json(monkeypatch, capsys, chain, *listing, "--contributors-share", "0.3")
+    assert [
+        ledger.listing(ListingId(row["listing"])).contributors_bps for row in (at_share, above)
+    ] == [2500, 3000]
+    (row,) = run_json(monkeypatch, capsys, chain, "market", "tasks")
+    assert row["sale_share"] == 0.25
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 
@@ -516,7 +784,7 @@ def test_a_stranger_cannot_list_a_task_and_a_model_must_open_its_commitment(
         (
             ["market", "list", "--task", "99", "--key", "dev:1", "--price", "1"],
             2,
-            "holds no committed round",
+            "task 99 does not exist",
         ),
         (
             ["market", "list", "--task", "1", "--key", "dev:1", "--price", "1", "--round", "5"],
@@ -581,11 +849,11 @@ def test_a_stranger_cannot_list_a_task_and_a_model_must_open_its_commitment(
         (["market", "dispute", "1", "--key", "dev:8"], 2, "no buyer identity for purchase 1"),
         (["market", "dispute", "1", "--key", "dev:9"], 2, "purchase 1 was made by"),
         (["market", "fetch", "7", "--key", "dev:8", "--out", "x"], 2, "purchase 7 does not exist"),
-        (["market", "reclaim", "--task", "1", "--key", "dev:0"], 2, "task 1 is not closed yet"),
+        (["market", "reclaim", "--task", "1", "--key", "dev:0"], 2, "task 1 is not closing"),
         (["market", "reclaim", "--task", "99", "--key", "dev:0"], 2, "task 99 does not exist"),
         (["market", "close-task", "--task", "1", "--key", "dev:1"], 2, "task 1's sponsor is"),
         (["market", "close-task", "--task", "99", "--key", "dev:0"], 2, "task 99 does not exist"),
-        (["verify", "--task", "99"], 56, "task 99 has no committed round"),
+        (["verify", "--task", "99"], 2, "task 99 does not exist"),
     ],
 )
 def test_bad_market_input_fails_clearly_and_sends_nothing(

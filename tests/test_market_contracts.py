@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from chain_helpers import (
+    CLOSE_GRACE,
     DISPUTE_WINDOW,
     EMPTY_CID,
     MODEL_CID,
@@ -26,8 +27,10 @@ from chain_helpers import (
 from chain_helpers import commit as commit_round
 from web3 import Web3
 from web3.contract import Contract
+from web3.contract.contract import ContractFunction
+from web3.exceptions import ContractCustomError
 
-from fedmarket.acks import Ack, sign_ack
+from fedmarket.acks import ACK_TYPES, Ack, sign_ack
 from fedmarket.contracts import load_artifact
 from fedmarket.crypto import AssetKey, G1Point, KeyDelivery, OneTimeKey, deliver_key, open_delivery
 from fedmarket.crypto.key_delivery import FIELD
@@ -41,7 +44,7 @@ from fedmarket.ledger import Deployment, PurchaseState, Web3Ledger
 from fedmarket.ledger import errors as market_errors
 from fedmarket.ledger.deploy import deploy_contract, send_call
 from fedmarket.market.rewards import RewardTree
-from fedmarket.receipts import Receipt, sign_receipt, verify_receipt
+from fedmarket.receipts import Receipt, eip712_domain, sign_receipt, verify_receipt
 from fedmarket.types import ListingId, PurchaseId, TaskId
 
 pytestmark = pytest.mark.integration
@@ -113,6 +116,44 @@ def signed(chain: Chain, item: Ack, signer: int = AGGREGATOR) -> bytes:
         chain_id=chain.deployment.chain_id,
         market=chain.deployment.market,
     )
+
+
+def hand_signed_ack(
+    chain: Chain, task: TaskId, round_: int, device: int, amount: int
+) -> tuple[tuple[object, ...], bytes]:
+    """An ``Ack`` struct the aggregator signs by EIP-712 directly, past the client's checks
+    (the ``Ack`` class refuses some of what the contract must refuse on its own)."""
+    struct = {
+        "task": task,
+        "round": round_,
+        "device": address(chain, device),
+        "uploadDigest": UPLOAD,
+        "cumulativeAmount": amount,
+    }
+    domain = eip712_domain(chain.deployment.chain_id, chain.deployment.market)
+    signature = chain.accounts[AGGREGATOR].sign_typed_data(domain, ACK_TYPES, struct).signature
+    return tuple(struct.values()), bytes(signature)
+
+
+def raw_market(chain: Chain) -> Contract:
+    """The market contract through web3 alone: no client checks in the way."""
+    return chain.w3.eth.contract(
+        address=chain.w3.to_checksum_address(chain.deployment.market),
+        abi=load_artifact("DataMarket").abi,
+    )
+
+
+def send_raw(chain: Chain, sender: int, call: ContractFunction) -> None:
+    """Send ``call`` as ``sender`` through web3 directly; a revert raises the market's custom
+    error as the client would name it (it reverts at gas estimation: nothing is sent)."""
+    try:
+        send_call(chain.w3, chain.accounts[sender], call)
+    except ContractCustomError as exc:
+        data = bytes.fromhex(str(exc.data).removeprefix("0x"))
+        error = market_errors.RevertDecoder([load_artifact("DataMarket").abi]).decode(data)
+        if error is None:
+            raise
+        raise error from None
 
 
 def list_round(
@@ -521,7 +562,9 @@ def test_refund_unspent_keeps_acknowledged_claims_already_paid(chain: Chain) -> 
     state = sponsor.task(task)
 
     assert (state.committed, state.paid) == (10 * TOKEN, 25 * TOKEN)
-    assert sponsor.refund_unspent(task) == 75 * TOKEN == state.escrow - state.paid
+    # A's committed 10 is not claimed yet: the refund keeps it back beside what the ack paid.
+    assert sponsor.refund_unspent(task) == 65 * TOKEN == state.escrow - state.reserved
+    assert claim(chain, task, 1, tree_of(chain, {A: 10 * TOKEN}), A) == 10 * TOKEN
 
 
 # -- attack: aggregator omits an acknowledged device ------------------------------------------
@@ -563,6 +606,100 @@ def test_forged_or_premature_acks_are_rejected(chain: Chain) -> None:
     assert device.balance(device.address) == 0
     commit(chain, task, 2, tree_of(chain, {A: 10 * TOKEN, D: 5 * TOKEN}))
     assert device.claim_acknowledged(early, signed(chain, early)) == 5 * TOKEN
+
+
+def test_an_ack_for_round_zero_is_refused_even_signed_by_the_aggregator(chain: Chain) -> None:
+    """Round 0 is never committed, yet it is at or below every task's last round: an ack for it
+    would pay at once, before any commit and whatever the roots say. The client will not build
+    one, so the aggregator signs the struct itself and the device calls the contract directly."""
+    task = new_task(chain, budget=100 * TOKEN)
+    with pytest.raises(InvalidInput, match="round must be >= 1"):
+        ack(chain, task, 0, D, 5 * TOKEN)
+    struct, signature = hand_signed_ack(chain, task, 0, D, 5 * TOKEN)
+    claim_round_zero = raw_market(chain).functions.claimAcknowledged(struct, signature)
+    device, sponsor = chain.ledger(D), chain.ledger(SPONSOR)
+    sent = chain.w3.eth.get_transaction_count(device.address)
+
+    with pytest.raises(market_errors.ZeroRound):  # nothing committed yet
+        send_raw(chain, D, claim_round_zero)
+    commit(chain, task, 1, tree_of(chain, {A: 10 * TOKEN}))
+    with pytest.raises(market_errors.ZeroRound):  # 0 <= last round 1: still no
+        send_raw(chain, D, claim_round_zero)
+    sponsor.close_task(task)
+    with pytest.raises(market_errors.ZeroRound):  # nor while the task is closing
+        send_raw(chain, D, claim_round_zero)
+
+    assert chain.w3.eth.get_transaction_count(device.address) == sent
+    assert device.balance(device.address) == 0
+    assert sponsor.task(task).paid == 0
+    # The same hand-built signature for round 1 is the client's own, and pays: the refusal above
+    # is the round, not the signature.
+    struct1, signature1 = hand_signed_ack(chain, task, 1, D, 5 * TOKEN)
+    assert signature1 == signed(chain, ack(chain, task, 1, D, 5 * TOKEN))
+    send_raw(chain, D, raw_market(chain).functions.claimAcknowledged(struct1, signature1))
+    assert device.balance(device.address) == 5 * TOKEN
+
+
+def test_an_acknowledged_round_never_committed_is_paid_once_the_task_closes(
+    chain: Chain,
+) -> None:
+    # Prepare: round 1 pays A 10 and D 5; the aggregator acknowledges D's round-2 upload (7 in
+    # all) and never commits round 2
+    task = new_task(chain, budget=100 * TOKEN)
+    tree = tree_of(chain, {A: 10 * TOKEN, D: 5 * TOKEN})
+    commit(chain, task, 1, tree)
+    acked = ack(chain, task, 2, D, 7 * TOKEN)
+    signature = signed(chain, acked)
+    device, sponsor = chain.ledger(D), chain.ledger(SPONSOR)
+
+    # Execute / Assert: refused while the task is open (round 2 may still come) ...
+    with pytest.raises(market_errors.AckRoundNotCommitted, match="not yet round 2"):
+        device.claim_acknowledged(acked, signature)
+    assert device.balance(device.address) == 0
+    # ... paid in full once the sponsor closes, within the grace, and only once
+    closes_at = sponsor.close_task(task)
+    assert sponsor.now() < closes_at
+    assert chain.ledger(SYBIL).claim_acknowledged(acked, signature) == 7 * TOKEN
+    assert device.balance(device.address) == 7 * TOKEN
+    with pytest.raises(market_errors.NothingToClaim):
+        device.claim_acknowledged(acked, signature)
+    with pytest.raises(market_errors.NothingToClaim):
+        claim(chain, task, 1, tree, D)  # its round-1 leaf (5) is inside the 7 it was paid
+    assert claim(chain, task, 1, tree, A) == 10 * TOKEN
+    with pytest.raises(market_errors.TaskNotClosed):
+        sponsor.refund_unspent(task)
+    # ... and after the grace the sponsor gets back only what nobody was paid
+    chain.advance(CLOSE_GRACE + 1)
+    before = sponsor.balance(sponsor.address)
+
+    refund = sponsor.refund_unspent(task)
+
+    # The refund keeps back the committed 15 plus the 7 paid on the ack: the contract cannot
+    # tell that D's ack also covered its committed 5, so those 5 stay with the task (the price
+    # of an aggregator that did not commit what it acknowledged), never with the sponsor.
+    assert refund == 100 * TOKEN - 22 * TOKEN
+    assert sponsor.balance(sponsor.address) == before + refund
+    state = sponsor.task(task)
+    assert (state.escrow, state.paid) == (22 * TOKEN, 17 * TOKEN)
+    assert market_balance(chain) == 5 * TOKEN
+    with pytest.raises(market_errors.NothingToRefund):
+        sponsor.refund_unspent(task)
+
+
+def test_a_committed_reward_claimed_after_the_refund_survives_an_ack_beyond_the_root(
+    chain: Chain,
+) -> None:
+    task = new_task(chain, budget=100 * TOKEN)
+    tree = tree_of(chain, {A: 10 * TOKEN})
+    commit(chain, task, 1, tree)
+    acked = ack(chain, task, 2, D, 7 * TOKEN)  # D is in no root; round 2 is never committed
+    sponsor = chain.ledger(SPONSOR)
+    sponsor.close_task(task)
+    chain.ledger(D).claim_acknowledged(acked, signed(chain, acked))
+    chain.advance(CLOSE_GRACE + 1)
+    sponsor.refund_unspent(task)  # 90 = 100 - max(10 committed, 7 paid); 83 is what is left
+
+    assert claim(chain, task, 1, tree, A) == 10 * TOKEN  # A's committed reward should stand
 
 
 @pytest.mark.parametrize(("acked", "in_tree"), [(7, 5), (5, 7), (6, 6)])
@@ -923,6 +1060,53 @@ def test_a_round_that_paid_nobody_cannot_be_listed_with_a_share(chain: Chain) ->
     assert list_round(chain, task, 1, AssetKey.generate(), bps=0)
 
 
+def test_the_share_fixed_at_task_creation_binds_every_listing(chain: Chain) -> None:
+    """The sponsor promises devices 25 % of every sale when it opens the task; neither it nor
+    the aggregator can list the task's model for less, and nothing is sent trying."""
+    sponsor = chain.ledger(SPONSOR)
+    task = sponsor.create_task(
+        aggregator=address(chain, AGGREGATOR),
+        reward_per_update=TOKEN,
+        budget=100 * TOKEN,
+        spec_cid=EMPTY_CID,
+        contributors_bps=2500,
+    )
+    assert sponsor.task(task).contributors_bps == 2500
+    commit(chain, task, 1, tree_of(chain, {A: 10 * TOKEN}))
+
+    for seller, bps in ((SPONSOR, 2499), (AGGREGATOR, 2499), (SPONSOR, 0), (AGGREGATOR, 0)):
+        sent = chain.w3.eth.get_transaction_count(address(chain, seller))
+        with pytest.raises(market_errors.ShareBelowTask, match="at least 2500 basis points"):
+            list_round(chain, task, 1, AssetKey.generate(), bps=bps, seller=seller)
+        assert chain.w3.eth.get_transaction_count(address(chain, seller)) == sent
+    assert sponsor.listing_ids() == []
+
+    at = list_round(chain, task, 1, AssetKey.generate(), bps=2500, seller=SPONSOR)
+    above = list_round(chain, task, 1, AssetKey.generate(), bps=10_000, seller=AGGREGATOR)
+    assert [sponsor.listing(n).contributors_bps for n in (at, above)] == [2500, 10_000]
+    assert sponsor.task(task).contributors_bps == 2500
+
+    # A share above 100 % at creation: the client refuses it before sending, and so would the
+    # contract (reverting before it takes any token).
+    sent = chain.w3.eth.get_transaction_count(sponsor.address)
+    tasks_before = sponsor.task_ids()
+    with pytest.raises(InvalidInput, match=r"0\.\.10000"):
+        sponsor.create_task(
+            aggregator=address(chain, AGGREGATOR),
+            reward_per_update=TOKEN,
+            budget=100 * TOKEN,
+            spec_cid=EMPTY_CID,
+            contributors_bps=10_001,
+        )
+    create = raw_market(chain).functions.createTask(
+        address(chain, AGGREGATOR), TOKEN, 100 * TOKEN, 10_001, b"\x01"
+    )
+    with pytest.raises(market_errors.BpsTooHigh):
+        send_raw(chain, SPONSOR, create)
+    assert chain.w3.eth.get_transaction_count(sponsor.address) == sent
+    assert sponsor.task_ids() == tasks_before
+
+
 # -- reentrancy through a hostile token --------------------------------------------------------
 
 
@@ -975,7 +1159,7 @@ def hostile_market(chain: Chain) -> HostileMarket:
     # The hostile token has no permit: plain createTask and buy after an approval.
     send(SPONSOR, token.functions.approve(market_address, 100 * TOKEN))
     aggregator_address = address(chain, AGGREGATOR)
-    send(SPONSOR, market.functions.createTask(aggregator_address, TOKEN, 100 * TOKEN, b"\x01"))
+    send(SPONSOR, market.functions.createTask(aggregator_address, TOKEN, 100 * TOKEN, 0, b"\x01"))
     aggregator = Web3Ledger(w3, deployment, chain.accounts[AGGREGATOR])
     tree = tree_of(chain, {A: 5 * TOKEN, B: TOKEN})
     commit_round(aggregator, TaskId(1), 1, tree)

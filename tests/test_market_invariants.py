@@ -64,8 +64,19 @@ SELLERS = (SPONSOR, AGGREGATOR, HOSTILE, SYBIL)  # everyone who may list: the ta
 START_FUNDS = 10_000
 UPLOAD = hashlib.sha256(b"masked upload").digest()
 Outcome = type[Exception] | None
-# DataMarket.tasks(task): sponsor, lastRound, aggregator, closesAt, escrow, paid, reward, committed
-TASK_FIELDS = ["address", "uint64", "address", "uint64", "uint128", "uint128", "uint128", "uint128"]
+# DataMarket.tasks(task): sponsor, lastRound, aggregator, closesAt, contributorsBps, escrow, paid,
+# reward, committed
+TASK_FIELDS = [
+    "address",
+    "uint64",
+    "address",
+    "uint64",
+    "uint16",
+    "uint128",
+    "uint128",
+    "uint128",
+    "uint128",
+]
 
 
 def _calldata(name: str, types: list[str], args: list[object]) -> bytes:
@@ -96,6 +107,7 @@ class TaskModel:
     honest: bool
     escrow: int
     paid: int = 0
+    paid_on_acks: int = 0
     committed: int = 0
     last_round: int = 0
     closes_epoch: int | None = None  # the epoch of the close: closed once the epoch moves on
@@ -106,7 +118,7 @@ class TaskModel:
 
     @property
     def reserved(self) -> int:
-        return max(self.committed, self.paid)
+        return max(self.committed + self.paid_on_acks, self.paid)
 
     def entitlement(self, account: str) -> int:
         """The most a committed root or a claimable genuine ack promises ``account``."""
@@ -114,7 +126,9 @@ class TaskModel:
         acks = [
             a.ack.cumulative_amount
             for a in self.acks
-            if a.genuine and a.ack.device == account and a.ack.round <= self.last_round
+            if a.genuine
+            and a.ack.device == account
+            and (a.ack.round <= self.last_round or self.closes_epoch is not None)
         ]
         return max([0, *leaves, *acks])
 
@@ -380,7 +394,7 @@ class MarketMachine(RuleBasedStateMachine):
         pay = 0
         if not item.genuine:
             expected = market_errors.NotAcknowledgedByAggregator
-        elif item.ack.round > model.last_round:
+        elif item.ack.round > model.last_round and model.closes_epoch is None:
             expected = market_errors.AckRoundNotCommitted
         else:
             expected, pay = self._pay_outcome(model, account, amount)
@@ -390,6 +404,7 @@ class MarketMachine(RuleBasedStateMachine):
         if expected is None:
             assert paid == pay
             self._paid(model, account, amount, pay)
+            model.paid_on_acks += pay
 
     @precondition(lambda self: any(m.rounds for m in self.tasks.values()))
     @rule(data=st.data(), submitter=st.sampled_from(EVERYONE), forged=st.booleans())
@@ -639,7 +654,7 @@ class MarketMachine(RuleBasedStateMachine):
         owed = sum(self.owed.values())
         assert market - self.market_start == in_escrow + in_sales + in_purchases + owed
         for task, model in self.tasks.items():
-            _, last_round, _, _, escrow, paid, _, committed = view["tasks"][task]
+            _, last_round, _, _, _, escrow, paid, _, committed = view["tasks"][task]
             assert (escrow, paid, committed, last_round) == (
                 model.escrow,
                 model.paid,

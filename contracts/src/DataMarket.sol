@@ -23,18 +23,24 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 ///    escrow; sale shares pay out at most what that round's sales brought in; a purchase's price
 ///    goes only to its buyer (refund) or to its seller and that round's contributors (settle).
 ///    No call moves another task's, round's, purchase's or account's funds.
-/// 2. Entitlements never fall. Every committed round keeps its own rewards root, and a claim may
-///    use any of them: a later root cannot erase what an earlier one committed. A signed
-///    acknowledgement of an upload is a claim of its own once a round at or after it is
-///    committed. Claims are cumulative, so nothing is paid twice whichever path is used.
+/// 2. Entitlements are never erased. Every committed round keeps its own rewards root, and a
+///    claim may use any of them: a later root cannot erase what an earlier one committed. A
+///    signed acknowledgement of an upload is a claim of its own once a round at or after it is
+///    committed, or once the task is closing. Claims are cumulative, so nothing is paid twice
+///    whichever path is used. All of them are paid from the task's own escrow: an aggregator
+///    that promises more than the task holds (roots whose leaves add up to more than their
+///    total, a root that drops an earlier entitlement, acknowledgements it does not commit)
+///    makes its own task's claims race for that escrow; the contract cannot yet refuse such a
+///    root (see README, "What each party must trust").
 /// 3. No close front-running. Closing starts a grace period (`closeGrace`) in which the
 ///    aggregator may still commit and devices may still claim; the unspent escrow goes back to
 ///    the sponsor only after it, and never below what was committed or paid.
 /// 4. Fair sales. Proceeds wait out a dispute window; a buyer whose key does not hash to the
 ///    listing's key commitment reveals its one-time secret and the contract recomputes the key
 ///    and refunds. A buyer cannot win a dispute for a key that matches.
-/// 5. Sale revenue reaches contributors: a sale's contributors' share accrues to the listed
-///    round and is claimable pro rata to the cumulative rewards that round committed.
+/// 5. Sale revenue reaches contributors: a sale's contributors' share (at least the share the
+///    sponsor fixed when creating the task) accrues to the listed round and is claimable pro
+///    rata to the cumulative rewards that round committed; it is never refunded to the sponsor.
 /// 6. Listings name (task, round) of a committed model, and only that task's sponsor or
 ///    aggregator may list it.
 /// What the contract cannot check, and parties must trust: that an aggregator's root pays what
@@ -50,6 +56,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         uint64 lastRound;
         address aggregator;
         uint64 closesAt; // 0 while open; commits stop and the unspent refund opens at this time
+        uint16 contributorsBps; // least share of every sale of the task's models paid to devices
         uint128 escrow; // the sponsor's deposits still held for this task
         uint128 paid; // rewards paid out (tree and acknowledged claims)
         uint128 rewardPerUpdate;
@@ -135,6 +142,9 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     mapping(uint256 task => Task) public tasks;
     mapping(uint256 task => mapping(uint256 round => Round)) public rounds;
     mapping(uint256 task => mapping(address account => uint256 amount)) public claimedBy;
+    // Paid on acknowledgements: kept back at refund beside what the roots commit, since an ack
+    // may pay a device that no root counts.
+    mapping(uint256 task => uint256 amount) public paidOnAcks;
     mapping(uint256 task => mapping(uint256 round => uint256 amount)) public salesRevenue;
     mapping(uint256 task => mapping(uint256 round => uint256 amount)) public salesPaid;
     mapping(uint256 task => mapping(uint256 round => mapping(address account => uint256 amount))) public
@@ -149,6 +159,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         address indexed aggregator,
         uint256 rewardPerUpdate,
         uint256 budget,
+        uint16 contributorsBps,
         bytes specCid
     );
     event TaskFunded(uint256 indexed task, address indexed from, uint256 amount, uint256 escrow);
@@ -213,9 +224,11 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     error TaskUnderfunded(uint256 task, uint256 escrow, uint256 wouldPay);
     error NotAcknowledgedByAggregator(uint256 task, address signer);
     error AckRoundNotCommitted(uint256 task, uint256 round, uint256 lastRound);
+    error ZeroRound(uint256 task);
     error NothingToRefund(uint256 task);
     error NotTaskOwner(uint256 task, address caller);
     error BpsTooHigh(uint16 bps);
+    error ShareBelowTask(uint256 task, uint16 bps, uint16 minimum);
     error NoContributors(uint256 task, uint256 round);
     error UnknownListing(uint256 listing);
     error ListingInactive(uint256 listing);
@@ -246,13 +259,17 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
 
     // ---------------------------------------------------------------- tasks and rewards
 
-    /// @notice Open a task and escrow `budget` tokens (approved beforehand, or see createTaskWithPermit).
-    function createTask(address aggregator, uint256 rewardPerUpdate, uint256 budget, bytes calldata specCid)
-        external
-        nonReentrant
-        returns (uint256 task)
-    {
-        return _createTask(aggregator, rewardPerUpdate, budget, specCid);
+    /// @notice Open a task and escrow `budget` tokens (approved beforehand, or see
+    /// createTaskWithPermit). `contributorsBps` is the least share of every sale of the task's
+    /// models that goes to its devices, fixed now so devices know it before they contribute.
+    function createTask(
+        address aggregator,
+        uint256 rewardPerUpdate,
+        uint256 budget,
+        uint16 contributorsBps,
+        bytes calldata specCid
+    ) external nonReentrant returns (uint256 task) {
+        return _createTask(aggregator, rewardPerUpdate, budget, contributorsBps, specCid);
     }
 
     /// @notice createTask with an EIP-2612 permit: approval and escrow in one transaction.
@@ -260,6 +277,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         address aggregator,
         uint256 rewardPerUpdate,
         uint256 budget,
+        uint16 contributorsBps,
         bytes calldata specCid,
         uint256 permitDeadline,
         uint8 v,
@@ -267,7 +285,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         bytes32 s
     ) external nonReentrant returns (uint256 task) {
         _permit(budget, permitDeadline, v, r, s);
-        return _createTask(aggregator, rewardPerUpdate, budget, specCid);
+        return _createTask(aggregator, rewardPerUpdate, budget, contributorsBps, specCid);
     }
 
     /// @notice Add tokens to an open task's escrow.
@@ -321,8 +339,9 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     }
 
     /// @notice Pay what the aggregator acknowledged to `ack.device`, once the task has committed
-    /// `ack.round` or a later round, minus what the device already claimed. This is how a device
-    /// that a committed root leaves out (or underpays) is paid from the task's escrow.
+    /// `ack.round` or a later round (or is closing, so an acknowledged round the aggregator never
+    /// commits is paid too), minus what the device already claimed. This is how a device that a
+    /// committed root leaves out (or underpays) is paid from the task's escrow.
     function claimAcknowledged(Ack calldata ack, bytes calldata signature)
         external
         nonReentrant
@@ -332,8 +351,10 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         if (t.sponsor == address(0)) revert UnknownTask(ack.task);
         address signer = ECDSA.recover(ackDigest(ack), signature);
         if (signer != t.aggregator) revert NotAcknowledgedByAggregator(ack.task, signer);
-        if (ack.round > t.lastRound) revert AckRoundNotCommitted(ack.task, ack.round, t.lastRound);
+        if (ack.round == 0) revert ZeroRound(ack.task);
+        if (ack.round > t.lastRound && t.closesAt == 0) revert AckRoundNotCommitted(ack.task, ack.round, t.lastRound);
         amount = _pay(ack.task, ack.device, ack.cumulativeAmount);
+        paidOnAcks[ack.task] += amount;
         emit AckClaimed(ack.task, ack.round, ack.device, ack.uploadDigest);
     }
 
@@ -377,16 +398,18 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         emit TaskClosing(task, t.closesAt);
     }
 
-    /// @notice After the close grace, return to the sponsor the escrow above what was committed
-    /// or already paid. Anyone may call it; the tokens go to the sponsor.
+    /// @notice After the close grace, return to the sponsor the escrow above what may still be
+    /// owed: the committed total (its roots may not be fully claimed yet) plus what was paid on
+    /// acknowledgements (those may pay devices no root counts), or what was paid, if more.
+    /// Anyone may call it; the tokens go to the sponsor.
     function refundUnspent(uint256 task) external nonReentrant returns (uint256 amount) {
         Task storage t = tasks[task];
         if (t.sponsor == address(0)) revert UnknownTask(task);
         if (t.closesAt == 0 || block.timestamp < t.closesAt) revert TaskNotClosed(task, t.closesAt);
-        uint128 reserved = t.committed > t.paid ? t.committed : t.paid;
+        uint256 reserved = Math.max(t.committed + paidOnAcks[task], t.paid);
         if (t.escrow <= reserved) revert NothingToRefund(task);
         amount = t.escrow - reserved;
-        t.escrow = reserved;
+        t.escrow = uint128(reserved); // below escrow, so it fits
         token.safeTransfer(t.sponsor, amount);
         emit TaskClosed(task, amount);
     }
@@ -437,6 +460,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         Task storage t = tasks[task];
         if (t.sponsor == address(0)) revert UnknownTask(task);
         if (msg.sender != t.sponsor && msg.sender != t.aggregator) revert NotTaskOwner(task, msg.sender);
+        if (contributorsBps < t.contributorsBps) revert ShareBelowTask(task, contributorsBps, t.contributorsBps);
         Round storage r = rounds[task][round];
         if (r.modelCommitment == bytes32(0)) revert UnknownRound(task, round);
         if (contributorsBps > 0 && r.cumulativeTotal == 0) revert NoContributors(task, round);
@@ -580,20 +604,25 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
 
     // ---------------------------------------------------------------- internals
 
-    function _createTask(address aggregator, uint256 rewardPerUpdate, uint256 budget, bytes calldata specCid)
-        private
-        returns (uint256 task)
-    {
+    function _createTask(
+        address aggregator,
+        uint256 rewardPerUpdate,
+        uint256 budget,
+        uint16 contributorsBps,
+        bytes calldata specCid
+    ) private returns (uint256 task) {
         if (aggregator == address(0)) revert ZeroAddress();
         if (budget == 0 || rewardPerUpdate == 0) revert ZeroAmount();
+        if (contributorsBps > MAX_BPS) revert BpsTooHigh(contributorsBps);
         task = ++taskCount;
         Task storage t = tasks[task];
         t.sponsor = msg.sender;
         t.aggregator = aggregator;
+        t.contributorsBps = contributorsBps;
         t.rewardPerUpdate = SafeCast.toUint128(rewardPerUpdate);
         t.escrow = SafeCast.toUint128(budget);
         token.safeTransferFrom(msg.sender, address(this), budget);
-        emit TaskCreated(task, msg.sender, aggregator, rewardPerUpdate, budget, specCid);
+        emit TaskCreated(task, msg.sender, aggregator, rewardPerUpdate, budget, contributorsBps, specCid);
     }
 
     /// @dev Pay `account` up to `cumulativeAmount` in `task`, within the task's own escrow.

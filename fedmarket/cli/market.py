@@ -30,7 +30,12 @@ from fedmarket.cli.store import Backend, open_store
 from fedmarket.config import fedmarket_home
 from fedmarket.crypto.key_delivery import OneTimeKey
 from fedmarket.device.acks import AckBook
-from fedmarket.exceptions import InvalidInput, KeyCommitmentMismatch, LineageBroken
+from fedmarket.exceptions import (
+    FedmarketError,
+    InvalidInput,
+    KeyCommitmentMismatch,
+    LineageBroken,
+)
 from fedmarket.files import atomic_write
 from fedmarket.ledger.base import PurchaseState
 from fedmarket.market.amounts import to_base_units, to_tokens
@@ -40,6 +45,7 @@ from fedmarket.market.lineage import verify_lineage
 from fedmarket.market.publisher import stored_model
 from fedmarket.market.sales import (
     Keyring,
+    check_listing,
     dispute_key,
     list_model,
     listing_metadata,
@@ -95,6 +101,7 @@ def tasks(rpc_url: RpcOption = None, as_json: JsonOption = False) -> None:
                 "paid": to_tokens(t.paid),
                 "rounds": t.last_round,
                 "closes_at": t.closes_at or None,
+                "sale_share": t.contributors_bps / 10_000,
             }
         )
     if as_json:
@@ -112,6 +119,10 @@ def create_task(
     spec: Annotated[
         Path | None, typer.Option(help="Task description to store by CID (e.g. its TOML).")
     ] = None,
+    contributors_share: Annotated[
+        float,
+        typer.Option(help="Least share of every sale of the task's models paid to its devices."),
+    ] = 0.2,
     rpc_url: RpcOption = None,
     backend: BackendOption = Backend.local,
     ipfs_api: ApiOption = None,
@@ -125,6 +136,8 @@ def create_task(
         raise InvalidInput("--reward must be > 0 and --budget must cover at least one update")
     if spec is not None and not spec.is_file():
         raise InvalidInput(f"--spec {spec} is not a file")
+    if not 0 <= contributors_share <= 1:
+        raise InvalidInput(f"--contributors-share must be in 0..1, got {contributors_share}")
     market = connect(rpc_url, key)
     ledger = market.ledger
     held = ledger.balance(ledger.address)
@@ -144,6 +157,7 @@ def create_task(
         reward_per_update=reward_units,
         budget=budget_units,
         spec_cid=spec_cid,
+        contributors_bps=round(contributors_share * 10_000),
     )
     emit({"task": task, "spec_cid": spec_cid}, as_json, f"task {task} (spec {spec_cid})")
 
@@ -266,10 +280,15 @@ def reclaim(
     ledger = connect(rpc_url, key).ledger
     state = ledger.task(TaskId(task))
     now = ledger.now()
-    if not state.closing or now < state.closes_at:
+    if not state.closing:
         raise InvalidInput(
-            f"task {task} is not closed yet (closes at unix time {state.closes_at or 'never'}: "
-            "close it with `market close-task` and wait out the grace; nothing was sent)"
+            f"task {task} is not closing: close it with `market close-task`, wait out the "
+            "grace, then reclaim (nothing was sent)"
+        )
+    if now < state.closes_at:
+        raise InvalidInput(
+            f"task {task} closes at unix time {state.closes_at} ({state.closes_at - now} s from "
+            "now); reclaim after that (nothing was sent)"
         )
     if state.escrow <= state.reserved:
         raise InvalidInput(f"task {task} has nothing unspent to return (nothing was sent)")
@@ -287,7 +306,9 @@ def listings(
     ipfs_api: ApiOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Every active listing: price, epsilon max/median, delta, devices, rounds, accuracy."""
+    """Every active listing: price, and epsilon max/median, delta, devices and rounds from its
+    verified lineage (a listing whose lineage is broken says so); accuracy as its seller
+    declares it."""
     ledger = connect(rpc_url, None).ledger
     store = open_store(backend, ipfs_api, 30.0)
     rows = []
@@ -295,7 +316,12 @@ def listings(
         offer = ledger.listing(listing)
         if not offer.active:
             continue
-        meta = listing_metadata(store, ledger, listing)
+        try:  # one hostile listing must not hide the others
+            facts = model_metadata(check_listing(ledger, store, listing))
+            declared = listing_metadata(store, ledger, listing)
+            problem = None
+        except FedmarketError as exc:
+            facts, declared, problem = {}, {}, str(exc)
         rows.append(
             {
                 "listing": listing,
@@ -303,19 +329,21 @@ def listings(
                 "task": offer.task,
                 "round": offer.round,
                 "price": to_tokens(offer.price),
-                "epsilon_max": meta.get("epsilon_max"),
-                "epsilon_median": meta.get("epsilon_median"),
-                "delta": meta.get("delta"),
-                "devices": meta.get("devices"),
-                "rounds": meta.get("rounds"),
-                "accuracy": meta.get("accuracy"),
+                "epsilon_max": facts.get("epsilon_max"),
+                "epsilon_median": facts.get("epsilon_median"),
+                "delta": facts.get("delta"),
+                "devices": facts.get("devices"),
+                "rounds": facts.get("rounds"),
+                "accuracy": declared.get("accuracy"),
                 "share": offer.contributors_bps / 10_000,
+                "verified": problem is None,
+                "problem": problem,
             }
         )
     if as_json:
         emit(rows, True, "")
         return
-    _table("Listings", rows, skip=("seller",))
+    _table("Listings", rows, skip=("seller", "problem"))
 
 
 @app.command(name="list")
@@ -327,8 +355,12 @@ def list_command(
         int | None, typer.Option("--round", help="The committed round (default: the last).")
     ] = None,
     contributors_share: Annotated[
-        float, typer.Option(help="Share of each sale paid to the round's contributors (0..1).")
-    ] = 0.2,
+        float | None,
+        typer.Option(
+            help="Share of each sale paid to the round's contributors (0..1; at least the "
+            "task's, which is the default)."
+        ),
+    ] = None,
     accuracy: Annotated[
         float | None, typer.Option(help="Accuracy you declare for the model (shown to buyers).")
     ] = None,
@@ -342,9 +374,16 @@ def list_command(
     price_units = to_base_units(price, what="--price")
     if price_units == 0:
         raise InvalidInput("--price must be > 0")
-    if not 0 <= contributors_share <= 1:
+    if contributors_share is not None and not 0 <= contributors_share <= 1:
         raise InvalidInput(f"--contributors-share must be in 0..1, got {contributors_share}")
     market = connect(rpc_url, key)
+    minimum = market.ledger.task(TaskId(task)).contributors_bps
+    bps = minimum if contributors_share is None else round(contributors_share * 10_000)
+    if bps < minimum:
+        raise InvalidInput(
+            f"task {task} promises its devices at least {minimum / 10_000:g} of every sale; "
+            f"--contributors-share {contributors_share} is below it (nothing was sent)"
+        )
     store = open_store(backend, ipfs_api, 30.0)
     round_, sealed = stored_model(state_path(market, task), store, round_)
     lineage = verify_lineage(
@@ -365,7 +404,7 @@ def list_command(
         model=sealed,
         price=price_units,
         metadata=model_metadata(lineage, accuracy=accuracy),
-        contributors_bps=round(contributors_share * 10_000),
+        contributors_bps=bps,
     )
     emit(
         {"listing": listing, "task": task, "round": round_},
@@ -427,6 +466,7 @@ def buy(
     folder.mkdir(parents=True, exist_ok=True)
     unpaid = folder / f"unpaid-{identity.public.to_text()[2:18]}.id"
     identity.save(unpaid)
+    check_listing(market.ledger, store, ListingId(listing))  # a broken lineage: nothing paid
     try:
         purchase = pay_for(market.ledger, ListingId(listing), identity, max_price=cap)
     except BaseException:

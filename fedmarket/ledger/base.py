@@ -27,10 +27,12 @@ class TaskState:
     aggregator: Address
     last_round: int
     closes_at: int  # 0 while open; chain time when commits stop and the unspent refund opens
+    contributors_bps: int  # least share of each sale of the task's models paid to its devices
     escrow: int  # the sponsor's deposits still held for the task
     paid: int  # rewards paid out so far
     reward_per_update: int
     committed: int  # cumulative rewards at the latest round
+    paid_on_acks: int = 0  # the part of ``paid`` claimed with acknowledgements
 
     @property
     def closing(self) -> bool:
@@ -38,8 +40,9 @@ class TaskState:
 
     @property
     def reserved(self) -> int:
-        """What the sponsor can never take back: committed rewards, or more if more was paid."""
-        return max(self.committed, self.paid)
+        """What the sponsor's refund keeps back: the committed total plus what acknowledgements
+        paid (they may pay devices no root counts), or what was paid, if more."""
+        return max(self.committed + self.paid_on_acks, self.paid)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class PurchaseRecord:
     buyer: Address
     price: int
     buyer_key_hash: bytes  # keccak256 of the buyer's one-time public key
+    delivery: bytes  # keccak256 of the posted (ephemeral key, masked key); zero until delivered
 
 
 class Ledger(ABC):
@@ -117,8 +121,16 @@ class Ledger(ABC):
     # tasks and rewards
     @abstractmethod
     def create_task(
-        self, *, aggregator: str, reward_per_update: int, budget: int, spec_cid: str
-    ) -> TaskId: ...
+        self,
+        *,
+        aggregator: str,
+        reward_per_update: int,
+        budget: int,
+        spec_cid: str,
+        contributors_bps: int = 0,
+    ) -> TaskId:
+        """Open a task and escrow ``budget``; ``contributors_bps`` is the least share of every
+        sale of its models (basis points) that its devices will get."""
 
     @abstractmethod
     def commit_round(

@@ -85,6 +85,17 @@ class AckRoundNotCommitted(MarketRejected):
     )
 
 
+class ShareBelowTask(MarketRejected):
+    advice = (
+        "task {task} promises its devices at least {minimum} basis points of every sale; a "
+        "listing with {bps} is refused"
+    )
+
+
+class ZeroRound(MarketRejected):
+    advice = "task {task}: round 0 is not a round; acknowledgements name rounds from 1"
+
+
 class NoContributors(MarketRejected):
     advice = (
         "task {task} round {round} paid nobody, so a contributors' share has nobody to go to; "

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from eth_abi.abi import encode
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 from multiformats import CID
 from web3 import Web3
@@ -69,6 +71,12 @@ def _amount(name: str, value: int, *, minimum: int = 0) -> int:
     return value
 
 
+def _bps(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
+        raise InvalidInput(f"contributors_bps must be an integer in 0..10000, got {value!r}")
+    return value
+
+
 def _bytes32(name: str, value: bytes) -> bytes:
     if len(value) != 32:
         raise InvalidInput(f"{name} must be 32 bytes, got {len(value)}")
@@ -85,7 +93,13 @@ def cid_bytes(text: str) -> bytes:
 
 
 def cid_text(data: bytes) -> str:
-    return canonical(CID.decode(bytes(data)))
+    """A CID from the chain in text form. Anyone can put junk where a CID belongs: that comes
+    back as 0x-hex, which every CID parser refuses (InvalidInput), so it breaks only the task or
+    listing that holds it, never a command that reads the whole market."""
+    try:
+        return canonical(CID.decode(bytes(data)))
+    except (ValueError, KeyError):
+        return "0x" + bytes(data).hex()
 
 
 class _Nonces:
@@ -211,16 +225,24 @@ class Web3Ledger(Ledger):
     # -- tasks and rewards ---------------------------------------------------------------------
 
     def create_task(
-        self, *, aggregator: str, reward_per_update: int, budget: int, spec_cid: str
+        self,
+        *,
+        aggregator: str,
+        reward_per_update: int,
+        budget: int,
+        spec_cid: str,
+        contributors_bps: int = 0,
     ) -> TaskId:
         _positive("reward_per_update", reward_per_update)
         _positive("budget", budget)
+        _bps(contributors_bps)
         deadline, v, r, s = self._permit(budget)
         receipt = self._transact(
             self._c.market.functions.createTaskWithPermit(
                 to_checksum_address(aggregator),
                 reward_per_update,
                 budget,
+                contributors_bps,
                 cid_bytes(spec_cid),
                 deadline,
                 v,
@@ -332,8 +354,7 @@ class Web3Ledger(Ledger):
         _bytes32("key_commitment", key_commitment)
         _positive("price", price)
         _positive("round", round)
-        if not 0 <= contributors_bps <= 10_000:
-            raise InvalidInput(f"contributors_bps must be in 0..10000, got {contributors_bps}")
+        _bps(contributors_bps)
         receipt = self._transact(
             self._c.market.functions.list(
                 task,
@@ -414,7 +435,8 @@ class Web3Ledger(Ledger):
     def task(self, task: TaskId) -> TaskState:
         with self._rpc("tasks"):
             raw = self._c.market.functions.tasks(task).call()
-        sponsor, last_round, aggregator, closes_at, escrow, paid, reward, committed = raw
+            on_acks = int(self._c.market.functions.paidOnAcks(task).call())
+        sponsor, last_round, aggregator, closes_at, bps, escrow, paid, reward, committed = raw
         if int(sponsor, 16) == 0:
             raise InvalidInput(f"task {task} does not exist on this market")
         return TaskState(
@@ -423,10 +445,12 @@ class Web3Ledger(Ledger):
             Address(aggregator),
             last_round,
             closes_at,
+            bps,
             escrow,
             paid,
             reward,
             committed,
+            on_acks,
         )
 
     def round_state(self, task: TaskId, round: int) -> RoundState | None:
@@ -475,7 +499,7 @@ class Web3Ledger(Ledger):
 
     def purchase(self, purchase: PurchaseId) -> PurchaseRecord:
         with self._rpc("purchases"):
-            listing, deadline, state, buyer, price, key_hash, _ = (
+            listing, deadline, state, buyer, price, key_hash, delivery = (
                 self._c.market.functions.purchases(purchase).call()
             )
         if state == PurchaseState.NONE:
@@ -488,6 +512,7 @@ class Web3Ledger(Ledger):
             Address(buyer),
             price,
             bytes(key_hash),
+            bytes(delivery),
         )
 
     def owed(self, account: str) -> int:
@@ -569,11 +594,13 @@ class Web3Ledger(Ledger):
             logs = self._c.market.events.KeyDelivered.get_logs(
                 from_block=self._c.deployment.block, argument_filters={"purchase": purchase}
             )
-        if not logs:
-            return None
-        args = logs[-1]["args"]
-        ephemeral = G1Point(int(args["ephemeralX"]), int(args["ephemeralY"]))
-        return KeyDelivery(ephemeral, bytes(args["maskedKey"]))
+        stored = self.purchase(purchase).delivery
+        for log in logs:  # only the delivery the contract holds (an RPC endpoint may lie)
+            args = log["args"]
+            x, y, masked = int(args["ephemeralX"]), int(args["ephemeralY"]), args["maskedKey"]
+            if keccak(encode(["uint256", "uint256", "bytes32"], [x, y, masked])) == stored:
+                return KeyDelivery(G1Point(x, y), bytes(masked))
+        return None
 
     def buyer_key(self, purchase: PurchaseId) -> G1Point:
         with self._rpc("read Purchased events"):

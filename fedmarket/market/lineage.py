@@ -25,6 +25,8 @@ from fedmarket.receipts import verify_receipt
 from fedmarket.store.base import ContentStore
 from fedmarket.types import TaskId
 
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024  # ~100k receipts; a bigger "bundle" is refused unread
+
 
 @dataclass(frozen=True)
 class VerifiedRound:
@@ -63,6 +65,7 @@ def verify_lineage(
     """Verify ``task``'s rounds up to ``round`` (default: the latest committed) and, given the
     decrypted ``model``, that it is the one that round committed; raise naming the first broken
     link."""
+    ledger.task(task)  # an unknown task is bad input (InvalidInput), not a broken lineage
     history = ledger.round_commits(task)
     if round is not None:
         history = [c for c in history if c.round <= round]
@@ -160,6 +163,12 @@ def _verify(
 
 def _bundle(store: ContentStore, commit: RoundCommit, where: str) -> ReceiptsBundle:
     try:
+        size = store.size(commit.bundle_cid)
+        if size > MAX_BUNDLE_BYTES:
+            raise LineageBroken(
+                f"{where}: receipts bundle {commit.bundle_cid} is {size} bytes, above the "
+                f"{MAX_BUNDLE_BYTES} a bundle may have"
+            )
         return ReceiptsBundle.from_bytes(store.get_bytes(commit.bundle_cid))
     except StoreError as exc:
         raise LineageBroken(f"{where}: receipts bundle {commit.bundle_cid}: {exc}") from None
@@ -183,5 +192,5 @@ def _check_rewards(cumulative: dict[str, int], commit: RoundCommit, where: str) 
 def _check_stored(store: ContentStore, cid: str, what: str) -> None:
     try:
         store.verify(cid)
-    except StoreError as exc:
+    except (StoreError, ValueError) as exc:  # ValueError: InvalidInput, junk where a CID belongs
         raise LineageBroken(f"{what} {cid}: {exc}") from None

@@ -36,12 +36,16 @@ from fedmarket.crypto.key_delivery import KeyDelivery, OneTimeKey, deliver_key, 
 from fedmarket.exceptions import (
     DataError,
     DecryptionFailed,
+    FedmarketError,
     InvalidInput,
     KeyCommitmentMismatch,
+    LineageBroken,
+    StoreError,
     TransactionFailed,
 )
 from fedmarket.ledger.base import Ledger, PurchaseState
 from fedmarket.ledger.errors import DeliveryWindowClosed, WrongPurchaseState
+from fedmarket.market.amounts import to_tokens
 from fedmarket.market.bundle import canonical_json
 from fedmarket.market.lineage import Lineage, verify_lineage
 from fedmarket.market.sealed_models import SealedModel
@@ -49,6 +53,9 @@ from fedmarket.store.base import ContentStore
 from fedmarket.types import ListingId, PurchaseId, TaskId
 
 log = logging.getLogger(__name__)
+
+
+MAX_METADATA_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -193,12 +200,36 @@ def buy_model(
     progress: Callable[[float], None] | None = None,
 ) -> Bought:
     """Buy ``listing`` with the one-time key ``identity`` (saved by the caller beforehand) and
-    return the decrypted model, its lineage verified."""
+    return the decrypted model, its lineage verified before paying and after decrypting."""
+    check_listing(ledger, store, listing)
     purchase = pay_for(ledger, listing, identity, max_price=max_price)
     bought = receive(
         ledger, store, purchase, identity, timeout=timeout, poll=poll, progress=progress
     )
     return replace(bought, lineage=verify_bought(ledger, store, bought))
+
+
+def check_listing(ledger: Ledger, store: ContentStore, listing: ListingId) -> Lineage:
+    """What a buyer checks before paying: the listed task's lineage up to the listed round
+    (commits, bundles, receipts, rewards, every round's ciphertext in the store), and that the
+    listing's asset and metadata are in the store. Raises
+    :class:`~fedmarket.exceptions.LineageBroken` for a listing that does not verify. What it
+    cannot check before paying is that the asset opens with the key (see README)."""
+    offer = ledger.listing(listing)
+    lineage = verify_lineage(
+        ledger,
+        store,
+        offer.task,
+        offer.round,
+        chain_id=ledger.chain_id,
+        market=ledger.market_address,
+    )
+    try:
+        store.size(offer.asset_cid)
+        listing_metadata(store, ledger, listing)
+    except (StoreError, ValueError) as exc:  # ValueError: DataError, InvalidInput
+        raise LineageBroken(f"listing {listing}: {exc}") from None
+    return lineage
 
 
 def pay_for(
@@ -210,14 +241,14 @@ def pay_for(
         raise InvalidInput(f"listing {listing} is withdrawn; it cannot be bought")
     if max_price is not None and offer.price > max_price:
         raise InvalidInput(
-            f"listing {listing} costs {offer.price}, above your maximum {max_price} "
-            "(nothing was sent)"
+            f"listing {listing} costs {to_tokens(offer.price)} tokens, above your maximum "
+            f"{to_tokens(max_price)} (nothing was sent)"
         )
     balance = ledger.balance(ledger.address)
     if balance < offer.price:
         raise InvalidInput(
-            f"listing {listing} costs {offer.price} but {ledger.address} holds {balance}; "
-            "top up the account first (nothing was sent)"
+            f"listing {listing} costs {to_tokens(offer.price)} tokens but {ledger.address} "
+            f"holds {to_tokens(balance)}; top up the account first (nothing was sent)"
         )
     return ledger.buy(listing, buyer_key=identity.public, max_price=offer.price)
 
@@ -261,7 +292,11 @@ def receive(
         sealed = SealedModel.from_bytes(plaintext)
     except DataError as exc:
         raise DataError(f"listing {record.listing}: the decrypted asset is {exc}") from None
-    metadata = listing_metadata(store, ledger, record.listing)
+    try:  # the model is paid for: a metadata document gone missing since must not cost it
+        metadata = listing_metadata(store, ledger, record.listing)
+    except FedmarketError as exc:
+        log.warning("listing %d: metadata unreadable (%s)", record.listing, exc)
+        metadata = {}
     return Bought(record.listing, purchase, offer.task, offer.round, record.price, sealed, metadata)
 
 
@@ -349,8 +384,12 @@ def _wait_for_key(
 
 
 def listing_metadata(store: ContentStore, ledger: Ledger, listing: ListingId) -> dict[str, Any]:
-    """The metadata document a listing was published with."""
+    """The metadata document a listing was published with (what its seller declares)."""
     cid = ledger.listing_metadata_cid(listing)
+    if (size := store.size(cid)) > MAX_METADATA_BYTES:
+        raise DataError(
+            f"listing {listing}: metadata {cid} is {size} bytes, above {MAX_METADATA_BYTES}"
+        )
     try:
         document = json.loads(store.get_bytes(cid))
     except ValueError as exc:
