@@ -193,7 +193,11 @@ def main() -> None:
             acked = Ack(task, 3, addresses(1, seed=99)[0], bytes(32), 5 * TOKEN)
             signature = sign_ack(acked, accounts[1], chain_id=deployment.chain_id, market=market)
             device.claim_acknowledged(acked, signature)
-            op("claimAcknowledged", device, "first claim: fresh storage, fresh token holder")
+            op(
+                "claimAcknowledged",
+                device,
+                "first claim: fresh storage (claimed and ack-paid totals), fresh token holder",
+            )
 
             # Sales: round 2 (100 devices) sold with 20 % to its devices.
             sponsor.transfer(buyer.address, 1000 * TOKEN)
@@ -257,7 +261,11 @@ def main() -> None:
             op("closeTask", sponsor, "starts the close grace")
             advance(chain.rpc_url, CLOSE_GRACE + 1)
             sponsor.refund_unspent(task)
-            op("refundUnspent", sponsor, "after the grace: escrow above committed or paid")
+            op(
+                "refundUnspent",
+                sponsor,
+                "after the grace: escrow above committed + ack-paid (or paid)",
+            )
             receipt = Receipt.for_update(
                 task=1,
                 round=1,

@@ -629,7 +629,9 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     function _pay(uint256 task, address account, uint256 cumulativeAmount) private returns (uint256 amount) {
         uint256 already = claimedBy[task][account];
         if (cumulativeAmount <= already) revert NothingToClaim(task, account, already);
-        amount = cumulativeAmount - already;
+        unchecked {
+            amount = cumulativeAmount - already; // > 0: checked just above
+        }
         Task storage t = tasks[task];
         uint256 paid = t.paid + amount;
         if (paid > t.escrow) revert TaskUnderfunded(task, t.escrow, paid);
