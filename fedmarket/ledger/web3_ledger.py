@@ -296,16 +296,9 @@ class Web3Ledger(Ledger):
     def claim(
         self, task: TaskId, round: int, account: str, cumulative_amount: int, proof: list[bytes]
     ) -> int:
-        _amount("cumulative_amount", cumulative_amount)
-        for node in proof:
-            _bytes32("each proof node", node)
-        receipt = self._transact(
-            self._c.market.functions.claim(
-                task, round, to_checksum_address(account), cumulative_amount, proof
-            ),
-            f"claim task {task} rewards for {account}",
+        return self._claim_leaf(
+            "claim", "Claimed", task, round, account, cumulative_amount, proof, "rewards"
         )
-        return int(self._event(receipt, "Claimed")["amount"])
 
     def claim_acknowledged(self, ack: Ack, signature: bytes) -> int:
         receipt = self._transact(
@@ -317,16 +310,37 @@ class Web3Ledger(Ledger):
     def claim_sale_share(
         self, task: TaskId, round: int, account: str, cumulative_amount: int, proof: list[bytes]
     ) -> int:
+        return self._claim_leaf(
+            "claimSaleShare",
+            "SaleShareClaimed",
+            task,
+            round,
+            account,
+            cumulative_amount,
+            proof,
+            "sale share",
+        )
+
+    def _claim_leaf(
+        self,
+        function: str,
+        event: str,
+        task: TaskId,
+        round: int,
+        account: str,
+        cumulative_amount: int,
+        proof: list[bytes],
+        what: str,
+    ) -> int:
+        """A claim proven by ``account``'s leaf in ``round``'s rewards root."""
         _amount("cumulative_amount", cumulative_amount)
         for node in proof:
             _bytes32("each proof node", node)
-        receipt = self._transact(
-            self._c.market.functions.claimSaleShare(
-                task, round, to_checksum_address(account), cumulative_amount, proof
-            ),
-            f"claim {account}'s share of task {task} round {round} sales",
+        call = getattr(self._c.market.functions, function)(
+            task, round, to_checksum_address(account), cumulative_amount, proof
         )
-        return int(self._event(receipt, "SaleShareClaimed")["amount"])
+        receipt = self._transact(call, f"claim task {task} round {round} {what} for {account}")
+        return int(self._event(receipt, event)["amount"])
 
     def close_task(self, task: TaskId) -> int:
         receipt = self._transact(self._c.market.functions.closeTask(task), f"close task {task}")
