@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,9 +15,11 @@ from web3 import Web3
 
 from fedmarket.ledger import Deployment, Web3Ledger, deploy
 from fedmarket.ledger.chain import LocalChain, dev_accounts, rpc
+from fedmarket.market.bundle import SignedReceipt
 from fedmarket.market.publisher import RoundPublisher
 from fedmarket.market.rewards import RewardTree
 from fedmarket.market.sealed_models import model_commitment
+from fedmarket.receipts import Receipt, sign_receipt
 from fedmarket.store import LocalStore
 from fedmarket.types import TaskId
 
@@ -52,6 +55,35 @@ def open_publisher(chain: Chain, task: TaskId, folder: Path) -> RoundPublisher:
         market=chain.deployment.market,
         state_path=folder / "publisher.json",
     )
+
+
+def signed_receipt(
+    chain: Chain,
+    device: LocalAccount,
+    task: TaskId,
+    round_: int,
+    trained_from: bytes,
+    *,
+    claimed_round: int = 0,
+    weight: int = 100,
+    epsilon: float = 1.5,
+) -> SignedReceipt:
+    """``device``'s signed receipt for one update of ``round_`` trained from ``trained_from``;
+    ``claimed_round`` makes it name another round (a replay)."""
+    receipt = Receipt.for_update(
+        task=task,
+        round=claimed_round or round_,
+        device=device.address,
+        trained_from=trained_from,
+        upload_digest=hashlib.sha256(f"{device.address}/{task}/{round_}".encode()).digest(),
+        weight=weight,
+        epsilon=epsilon,
+        delta=1e-5,
+    )
+    signature = sign_receipt(
+        receipt, device, chain_id=chain.deployment.chain_id, market=chain.deployment.market
+    )
+    return SignedReceipt(receipt, signature)
 
 
 def helper_artifact(name: str) -> dict[str, Any]:

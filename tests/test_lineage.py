@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from chain_helpers import MODEL_CID, Chain, open_publisher
+from chain_helpers import MODEL_CID, Chain, open_publisher, signed_receipt
 from cli_invoke import invoke
 from eth_account.signers.local import LocalAccount
 
@@ -22,7 +22,7 @@ from fedmarket.market.lineage import Lineage, verify_lineage
 from fedmarket.market.publisher import RoundPublisher
 from fedmarket.market.rewards import RewardTree
 from fedmarket.market.sealed_models import SealedModel
-from fedmarket.receipts import Receipt, sign_receipt
+from fedmarket.receipts import Receipt
 from fedmarket.store import LocalStore
 from fedmarket.types import TaskId
 
@@ -35,20 +35,9 @@ INITIAL = b"initial model"
 def receipt(
     chain: Chain, device: LocalAccount, task: TaskId, round_: int, trained_from: bytes
 ) -> SignedReceipt:
-    r = Receipt.for_update(
-        task=task,
-        round=round_,
-        device=device.address,
-        trained_from=trained_from,
-        upload_digest=hashlib.sha256(f"{device.address}/{round_}".encode()).digest(),
-        weight=64,
-        epsilon=0.5 * round_,
-        delta=1e-5,
+    return signed_receipt(
+        chain, device, task, round_, trained_from, weight=64, epsilon=0.5 * round_
     )
-    signature = sign_receipt(
-        r, device, chain_id=chain.deployment.chain_id, market=chain.deployment.market
-    )
-    return SignedReceipt(r, signature)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from chain_helpers import MODEL_CID, Chain, open_publisher
+from chain_helpers import MODEL_CID, Chain, open_publisher, signed_receipt
 from eth_account.signers.local import LocalAccount
 from net import Forward, RpcProxy
 from web3 import Web3
@@ -31,7 +31,7 @@ from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt
 from fedmarket.market.lineage import verify_task
 from fedmarket.market.publisher import RoundPublisher, default_secret_path
 from fedmarket.models.weights import Weights, weights_to_bytes
-from fedmarket.receipts import Receipt, sign_receipt
+from fedmarket.receipts import Receipt
 from fedmarket.server.paid import resume_point
 from fedmarket.store import LocalStore
 from fedmarket.types import TaskId
@@ -63,20 +63,7 @@ def signed(
     trained_from: bytes = TRAINED_FROM,
 ) -> SignedReceipt:
     """``device``'s receipt for ``round_``; ``claimed_round`` makes it name another round."""
-    receipt = Receipt.for_update(
-        task=task,
-        round=claimed_round or round_,
-        device=device.address,
-        trained_from=trained_from,
-        upload_digest=hashlib.sha256(f"{device.address}{round_}".encode()).digest(),
-        weight=100,
-        epsilon=1.5,
-        delta=1e-5,
-    )
-    signature = sign_receipt(
-        receipt, device, chain_id=chain.deployment.chain_id, market=chain.deployment.market
-    )
-    return SignedReceipt(receipt, signature)
+    return signed_receipt(chain, device, task, round_, trained_from, claimed_round=claimed_round)
 
 
 def test_only_valid_receipts_of_survivors_are_paid(chain: Chain, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from chain_helpers import MODEL_CID, Chain, open_publisher
+from chain_helpers import MODEL_CID, Chain, open_publisher, signed_receipt
 from eth_account.signers.local import LocalAccount
 
 from fedmarket.contracts import load_artifact
@@ -30,7 +30,6 @@ from fedmarket.ledger.errors import (
     KeyMatchesCommitment,
     NotTaskOwner,
 )
-from fedmarket.market.bundle import SignedReceipt
 from fedmarket.market.claims import claim_all, rewards_of
 from fedmarket.market.publisher import RoundPublisher
 from fedmarket.market.sales import (
@@ -44,7 +43,6 @@ from fedmarket.market.sales import (
     settle_due,
 )
 from fedmarket.market.sealed_models import SealedModel, model_commitment
-from fedmarket.receipts import Receipt, sign_receipt
 from fedmarket.store import LocalStore
 from fedmarket.types import ListingId, PurchaseId, TaskId
 
@@ -80,26 +78,6 @@ def windows(chain: Chain) -> Windows:
         int(market.functions.disputeWindow().call()),
         int(market.functions.closeGrace().call()),
     )
-
-
-def signed_receipt(
-    chain: Chain, device: LocalAccount, task: TaskId, round_: int, trained_from: bytes
-) -> SignedReceipt:
-    """``device``'s signed receipt for one update of ``round_`` trained from ``trained_from``."""
-    receipt = Receipt.for_update(
-        task=task,
-        round=round_,
-        device=device.address,
-        trained_from=trained_from,
-        upload_digest=hashlib.sha256(f"{device.address}{task}{round_}".encode()).digest(),
-        weight=100,
-        epsilon=1.5,
-        delta=1e-5,
-    )
-    signature = sign_receipt(
-        receipt, device, chain_id=chain.deployment.chain_id, market=chain.deployment.market
-    )
-    return SignedReceipt(receipt, signature)
 
 
 def publish_first_round(
