@@ -12,7 +12,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 
 export const SETTINGS = {
   evmVersion: "cancun",
-  optimizer: { enabled: true, runs: 10000 },
+  optimizer: { enabled: true, runs: 1000 },
   viaIR: false,
   metadata: { bytecodeHash: "none" },
   remappings: ["@openzeppelin/=node_modules/@openzeppelin/"],

@@ -29,6 +29,7 @@ MODEL_CID = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
 # A fixed hiding commitment (as sealed_models.model_commitment makes) for the model at MODEL_CID.
 MODEL_COMMITMENT = model_commitment(bytes(32), b"fedmarket test model")
 DELIVERY_WINDOW = DISPUTE_WINDOW = CLOSE_GRACE = 3600  # short windows: tests move chain time
+CHALLENGE_WINDOW = RESPONSE_WINDOW = 600
 
 
 def commit(aggregator: Web3Ledger, task: TaskId, round_: int, tree: RewardTree) -> bool:
@@ -113,6 +114,10 @@ class Chain:
         rpc(self.local.rpc_url, "evm_increaseTime", [seconds])
         rpc(self.local.rpc_url, "evm_mine")
 
+    def finalize(self) -> None:
+        """Let the challenge window of every root committed so far pass: they pay claims."""
+        self.advance(CHALLENGE_WINDOW + 1)
+
 
 def start_chain(folder: Path) -> Iterator[Chain]:
     local = LocalChain(folder, port=free_port())
@@ -126,6 +131,8 @@ def start_chain(folder: Path) -> Iterator[Chain]:
             delivery_window=DELIVERY_WINDOW,
             dispute_window=DISPUTE_WINDOW,
             close_grace=CLOSE_GRACE,
+            challenge_window=CHALLENGE_WINDOW,
+            response_window=RESPONSE_WINDOW,
         )
         yield Chain(local, w3, deployment, accounts)
     finally:

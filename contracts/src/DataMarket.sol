@@ -7,14 +7,14 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
-import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {RewardSumTree} from "./RewardSumTree.sol";
 
 /// @title fedmarket's data market, v2
 /// @notice Sponsors escrow rewards for federated-learning tasks; each task's aggregator commits
 /// rounds (a hiding commitment to the model, the ciphertext's CID, the receipts bundle and a
-/// Merkle root of cumulative per-device rewards); devices claim any number of rounds at once.
+/// Merkle-sum root of cumulative per-device rewards); devices claim any number of rounds at once.
 /// A task's sponsor or aggregator sells a committed round's model, encrypted; buyers pay in one
 /// transaction, get the key by ECDH on alt_bn128, and can prove a wrong key on chain.
 ///
@@ -23,30 +23,39 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 ///    escrow; sale shares pay out at most what that round's sales brought in; a purchase's price
 ///    goes only to its buyer (refund) or to its seller and that round's contributors (settle).
 ///    No call moves another task's, round's, purchase's or account's funds.
-/// 2. Entitlements are never erased. Every committed round keeps its own rewards root, and a
-///    claim may use any of them: a later root cannot erase what an earlier one committed. A
-///    signed acknowledgement of an upload is a claim of its own once a round at or after it is
-///    committed, or once the task is closing. Claims are cumulative, so nothing is paid twice
-///    whichever path is used. All of them are paid from the task's own escrow: an aggregator
-///    that promises more than the task holds (roots whose leaves add up to more than their
-///    total, a root that drops an earlier entitlement, acknowledgements it does not commit)
-///    makes its own task's claims race for that escrow; the contract cannot yet refuse such a
-///    root (see README, "What each party must trust").
-/// 3. No close front-running. Closing starts a grace period (`closeGrace`) in which the
+/// 2. Entitlements are never erased. A root is a Merkle-sum tree whose leaves add up to exactly
+///    its committed total (at most the escrow), so one root never promises more than the task
+///    holds. Claims are cumulative per account, and a claim may use any final root, so a later
+///    root cannot erase what an earlier one paid. A root is final `challengeWindow` seconds
+///    after its commit: until then, an account whose cumulative amount in an earlier root (or in
+///    an acknowledgement of the aggregator for that round or before) is more than this root may
+///    give it challenges the root, and the aggregator must show, within `responseWindow`, a leaf
+///    of this root paying the account at least that much. An unanswered challenge voids the
+///    root and freezes the task's commits. Hence all final roots agree that no account's amount
+///    ever falls, and together they pay at most the latest one's total - as long as each account
+///    (its device software does this) looks at every root of its task within the window.
+/// 3. Inclusion you can prove. For every accepted upload the aggregator signs an Ack(task,
+///    round, device, upload digest, cumulative amount); a root of that round or later that pays
+///    the device less is challenged with it, as above. Once the task is closing or frozen, an
+///    ack is also paid directly from the escrow no final root reserves (rounds the aggregator
+///    acknowledged but never committed, or whose root was voided).
+/// 4. No close front-running. Closing starts a grace period (`closeGrace`) in which the
 ///    aggregator may still commit and devices may still claim; the unspent escrow goes back to
 ///    the sponsor only after it, and never below what was committed or paid.
-/// 4. Fair sales. Proceeds wait out a dispute window; a buyer whose key does not hash to the
+/// 5. Fair sales. Proceeds wait out a dispute window; a buyer whose key does not hash to the
 ///    listing's key commitment reveals its one-time secret and the contract recomputes the key
 ///    and refunds. A buyer cannot win a dispute for a key that matches.
-/// 5. Sale revenue reaches contributors: a sale's contributors' share (at least the share the
+/// 6. Sale revenue reaches contributors: a sale's contributors' share (at least the share the
 ///    sponsor fixed when creating the task) accrues to the listed round and is claimable pro
 ///    rata to the cumulative rewards that round committed; it is never refunded to the sponsor.
-/// 6. Listings name (task, round) of a committed model, and only that task's sponsor or
-///    aggregator may list it.
+/// 7. Listings name (task, round) of a final round, and only that task's sponsor or aggregator
+///    may list it.
 /// What the contract cannot check, and parties must trust: that an aggregator's root pays what
-/// its receipts bundle says (anyone can recompute it off chain), and that an asset's ciphertext
-/// opens with its committed key (the buyer checks after delivery).
-/// @dev Per-round storage is O(1) whatever the cohort size (three words). CIDs are bytes in
+/// its receipts bundle says (anyone can recompute it off chain); that acknowledgements it signs
+/// for rounds it then never commits (or whose root is voided) add up to no more than the escrow
+/// left: such acks are paid first come, first served; and that an asset's ciphertext opens with
+/// its committed key (the buyer checks after delivery).
+/// @dev Per-round storage is O(1) whatever the cohort size (four words). CIDs are bytes in
 /// events; a model is only ever committed by a salted hash and published as ciphertext.
 contract DataMarket is ReentrancyGuardTransient, EIP712 {
     using SafeERC20 for IERC20;
@@ -64,9 +73,21 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     }
 
     struct Round {
-        bytes32 rewardsRoot; // Merkle root of (account, cumulative amount) at this round
+        bytes32 rewardsRoot; // Merkle-sum root of (account, cumulative amount) at this round
         bytes32 modelCommitment; // sha256("fedmarket/model/v1" || salt || model), hiding
-        uint256 cumulativeTotal;
+        uint128 cumulativeTotal; // the root's sum
+        uint64 committedAt; // challenges are open until committedAt + challengeWindow
+        uint32 openChallenges;
+        bool voided; // an unanswered challenge showed the root takes back an entitlement
+        uint128 priorTotal; // the task's committed total before this round, restored if voided
+    }
+
+    /// @notice An account's claim that a root pays it less than `amount`, open until `deadline`;
+    /// once answered, `amount` is what the answer showed, and only more reopens it.
+    struct Challenge {
+        uint128 amount;
+        uint64 deadline;
+        bool open;
     }
 
     struct Listing {
@@ -135,15 +156,19 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     uint64 public immutable deliveryWindow; // seconds a seller has to post the key
     uint64 public immutable disputeWindow; // seconds a buyer has to prove a wrong key
     uint64 public immutable closeGrace; // seconds between a sponsor's close and its refund
+    uint64 public immutable challengeWindow; // seconds after a commit in which its root is challenged
+    uint64 public immutable responseWindow; // seconds an aggregator has to answer a challenge
 
     uint64 public taskCount;
     uint64 public listingCount;
     uint64 public purchaseCount;
     mapping(uint256 task => Task) public tasks;
     mapping(uint256 task => mapping(uint256 round => Round)) public rounds;
+    mapping(uint256 task => mapping(uint256 round => mapping(address account => Challenge))) public challenges;
+    mapping(uint256 task => bool) public frozen; // a root was voided: no more commits
     mapping(uint256 task => mapping(address account => uint256 amount)) public claimedBy;
     // Paid on acknowledgements: kept back at refund beside what the roots commit, since an ack
-    // may pay a device that no root counts.
+    // may pay a device that no final root counts.
     mapping(uint256 task => uint256 amount) public paidOnAcks;
     mapping(uint256 task => mapping(uint256 round => uint256 amount)) public salesRevenue;
     mapping(uint256 task => mapping(uint256 round => uint256 amount)) public salesPaid;
@@ -173,6 +198,11 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         uint256 cumulativeTotal
     );
     event Claimed(uint256 indexed task, address indexed account, uint256 amount, uint256 cumulativeAmount);
+    event ChallengeOpened(
+        uint256 indexed task, uint256 indexed round, address indexed account, uint256 amount, uint64 deadline
+    );
+    event ChallengeAnswered(uint256 indexed task, uint256 indexed round, address indexed account);
+    event RoundVoided(uint256 indexed task, uint256 indexed round, address indexed account);
     event AckClaimed(uint256 indexed task, uint256 indexed round, address indexed account, bytes32 uploadDigest);
     event SaleShareClaimed(uint256 indexed task, uint256 indexed round, address indexed account, uint256 amount);
     event TaskClosing(uint256 indexed task, uint64 closesAt);
@@ -223,7 +253,18 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     error NothingToClaim(uint256 task, address account, uint256 alreadyClaimed);
     error TaskUnderfunded(uint256 task, uint256 escrow, uint256 wouldPay);
     error NotAcknowledgedByAggregator(uint256 task, address signer);
-    error AckRoundNotCommitted(uint256 task, uint256 round, uint256 lastRound);
+    error AcksNotPayable(uint256 task);
+    error RoundNotFinal(uint256 task, uint256 round, uint64 finalAt);
+    error RoundIsVoided(uint256 task, uint256 round);
+    error TaskFrozen(uint256 task);
+    error ChallengeWindowClosed(uint256 task, uint256 round, uint64 closedAt);
+    error EvidenceNotEarlier(uint256 task, uint256 round, uint256 evidenceRound);
+    error NotChallenger(address account, address caller);
+    error NotChallenged(uint256 task, uint256 round, address account);
+    error ResponseWindowOpen(uint256 task, uint256 round, address account, uint64 deadline);
+    error ResponseWindowClosed(uint256 task, uint256 round, address account, uint64 deadline);
+    error AlreadyAnswered(uint256 task, uint256 round, address account, uint256 shown);
+    error AnswerTooLow(uint256 task, uint256 round, address account, uint256 amount, uint256 challenged);
     error ZeroRound(uint256 task);
     error NothingToRefund(uint256 task);
     error NotTaskOwner(uint256 task, address caller);
@@ -246,15 +287,25 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     error KeyMatchesCommitment(uint256 purchase);
     error PriceChanged(uint256 listing, uint256 price, uint256 maxPrice);
 
-    constructor(IERC20 token_, uint64 deliveryWindow_, uint64 disputeWindow_, uint64 closeGrace_)
-        EIP712("fedmarket", "2")
-    {
+    constructor(
+        IERC20 token_,
+        uint64 deliveryWindow_,
+        uint64 disputeWindow_,
+        uint64 closeGrace_,
+        uint64 challengeWindow_,
+        uint64 responseWindow_
+    ) EIP712("fedmarket", "2") {
         if (address(token_) == address(0)) revert ZeroAddress();
-        if (deliveryWindow_ == 0 || disputeWindow_ == 0 || closeGrace_ == 0) revert ZeroAmount();
+        if (
+            deliveryWindow_ == 0 || disputeWindow_ == 0 || closeGrace_ == 0 || challengeWindow_ == 0
+                || responseWindow_ == 0
+        ) revert ZeroAmount();
         token = token_;
         deliveryWindow = deliveryWindow_;
         disputeWindow = disputeWindow_;
         closeGrace = closeGrace_;
+        challengeWindow = challengeWindow_;
+        responseWindow = responseWindow_;
     }
 
     // ---------------------------------------------------------------- tasks and rewards
@@ -298,9 +349,11 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     }
 
     /// @notice Commit a round: a hiding commitment to its model, the model's ciphertext CID, the
-    /// receipts bundle and the root of cumulative rewards.
-    /// @dev Only the task's aggregator, until the close grace ends; rounds strictly increase;
-    /// totals never decrease and never pass the escrow. Three words per round, whatever the cohort.
+    /// receipts bundle and the Merkle-sum root of cumulative rewards, whose leaves add up to
+    /// `cumulativeTotal`. It pays once final (`roundFinal`).
+    /// @dev Only the task's aggregator, until the close grace ends and unless a root of the task
+    /// was voided; rounds strictly increase; totals never decrease and never pass the escrow.
+    /// Four words per round, whatever the cohort.
     function commitRound(
         uint256 task,
         uint256 round,
@@ -312,49 +365,127 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     ) external {
         Task storage t = _openTask(task);
         if (msg.sender != t.aggregator) revert NotAggregator(task, msg.sender);
+        if (frozen[task]) revert TaskFrozen(task);
         if (round <= t.lastRound) revert RoundNotIncreasing(task, t.lastRound, round);
         if (cumulativeTotal < t.committed) revert CumulativeDecreased(task, t.committed, cumulativeTotal);
         if (cumulativeTotal > t.escrow) revert ExceedsEscrow(task, t.escrow, cumulativeTotal);
         if (modelCommitment == bytes32(0)) revert ZeroCommitment(task, round);
+        rounds[task][round] = Round({
+            rewardsRoot: rewardsRoot,
+            modelCommitment: modelCommitment,
+            cumulativeTotal: uint128(cumulativeTotal), // <= escrow, which fits
+            committedAt: uint64(block.timestamp),
+            openChallenges: 0,
+            voided: false,
+            priorTotal: t.committed
+        });
         t.lastRound = SafeCast.toUint64(round);
-        t.committed = uint128(cumulativeTotal); // <= escrow, which fits
-        rounds[task][round] = Round(rewardsRoot, modelCommitment, cumulativeTotal);
+        t.committed = uint128(cumulativeTotal);
         emit RoundCommitted(task, round, modelCommitment, modelCid, bundleCid, rewardsRoot, cumulativeTotal);
     }
 
-    /// @notice Pay `account` its cumulative reward as committed at `round` (any committed round)
+    /// @notice Pay `account` its cumulative reward as committed at `round` (any final round)
     /// minus what it already claimed. One claim covers any number of rounds. Anyone may submit
-    /// it; the tokens go to `account`.
-    function claim(uint256 task, uint256 round, address account, uint256 cumulativeAmount, bytes32[] calldata proof)
-        external
-        nonReentrant
-        returns (uint256 amount)
-    {
-        // An uncommitted round has a zero root, which no proof reaches.
-        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(account, cumulativeAmount))));
-        if (!MerkleProof.verifyCalldata(proof, rounds[task][round].rewardsRoot, leaf)) {
-            revert InvalidProof(task, account, cumulativeAmount);
-        }
+    /// it; the tokens go to `account`. `proof` is the leaf's Merkle-sum path (RewardSumTree).
+    function claim(
+        uint256 task,
+        uint256 round,
+        address account,
+        uint256 cumulativeAmount,
+        RewardSumTree.Node[] calldata proof
+    ) external nonReentrant returns (uint256 amount) {
+        _requireFinal(task, round, _leafRound(task, round, account, cumulativeAmount, proof));
         amount = _pay(task, account, cumulativeAmount);
     }
 
-    /// @notice Pay what the aggregator acknowledged to `ack.device`, once the task has committed
-    /// `ack.round` or a later round (or is closing, so an acknowledged round the aggregator never
-    /// commits is paid too), minus what the device already claimed. This is how a device that a
-    /// committed root leaves out (or underpays) is paid from the task's escrow.
+    /// @notice Challenge `round`'s root for paying the caller less than `cumulativeAmount`, the
+    /// caller's leaf in the earlier committed root of `evidenceRound` (its Merkle-sum `proof`).
+    /// Open until `challengeWindow` after the root's commit; the aggregator then has
+    /// `responseWindow` to `answer`, or anyone may `voidRound`.
+    function challenge(
+        uint256 task,
+        uint256 round,
+        uint256 evidenceRound,
+        uint256 cumulativeAmount,
+        RewardSumTree.Node[] calldata proof
+    ) external {
+        if (evidenceRound >= round) revert EvidenceNotEarlier(task, round, evidenceRound);
+        Round storage evidence = _leafRound(task, evidenceRound, msg.sender, cumulativeAmount, proof);
+        if (evidence.voided) revert RoundIsVoided(task, evidenceRound);
+        _openChallenge(task, round, msg.sender, cumulativeAmount);
+    }
+
+    /// @notice Challenge `round`'s root for paying `ack.device` (the caller) less than the
+    /// aggregator acknowledged for `ack.round` <= `round`.
+    function challengeWithAck(uint256 task, uint256 round, Ack calldata ack, bytes calldata signature) external {
+        if (ack.device != msg.sender) revert NotChallenger(ack.device, msg.sender);
+        if (ack.task != task) revert UnknownTask(ack.task);
+        if (ack.round > round || ack.round == 0) revert EvidenceNotEarlier(task, round, ack.round);
+        _checkAck(ack, signature);
+        _openChallenge(task, round, msg.sender, ack.cumulativeAmount);
+    }
+
+    /// @notice Answer a challenge with the challenger's leaf in `round`'s root, paying it at least
+    /// what the challenge named. Anyone holding the tree may answer.
+    function answer(
+        uint256 task,
+        uint256 round,
+        address account,
+        uint256 cumulativeAmount,
+        RewardSumTree.Node[] calldata proof
+    ) external {
+        Challenge storage c = challenges[task][round][account];
+        if (!c.open) revert NotChallenged(task, round, account);
+        if (block.timestamp > c.deadline) revert ResponseWindowClosed(task, round, account, c.deadline);
+        if (cumulativeAmount < c.amount) revert AnswerTooLow(task, round, account, cumulativeAmount, c.amount);
+        Round storage r = _leafRound(task, round, account, cumulativeAmount, proof);
+        c.open = false;
+        c.amount = uint128(cumulativeAmount); // >= c.amount; a leaf of a root is <= its total
+        --r.openChallenges;
+        emit ChallengeAnswered(task, round, account);
+    }
+
+    /// @notice Void `round`'s root once a challenge of `account` went unanswered past its
+    /// deadline: the root never pays, the task commits no more rounds, and its acknowledgements
+    /// become payable from the escrow no final root reserves. Anyone may call it.
+    function voidRound(uint256 task, uint256 round, address account) external {
+        Challenge storage c = challenges[task][round][account];
+        if (!c.open) revert NotChallenged(task, round, account);
+        if (block.timestamp <= c.deadline) revert ResponseWindowOpen(task, round, account, c.deadline);
+        Round storage r = rounds[task][round];
+        if (r.voided) revert RoundIsVoided(task, round);
+        r.voided = true;
+        frozen[task] = true;
+        Task storage t = tasks[task];
+        // Totals never decrease, so only the latest round holds the task's committed total.
+        if (round == t.lastRound) t.committed = r.priorTotal;
+        emit RoundVoided(task, round, account);
+    }
+
+    /// @notice Whether `round`'s root pays claims: committed, its challenge window over, no
+    /// challenge open and not voided.
+    function roundFinal(uint256 task, uint256 round) external view returns (bool) {
+        Round storage r = rounds[task][round];
+        return r.committedAt != 0 && !r.voided && r.openChallenges == 0
+            && block.timestamp >= uint256(r.committedAt) + challengeWindow;
+    }
+
+    /// @notice Pay what the aggregator acknowledged to `ack.device`, minus what the device already
+    /// claimed, once the task is closing or frozen: this pays acknowledged rounds the aggregator
+    /// never committed, or whose root was voided for leaving the device out. It pays only from
+    /// the escrow that no committed root reserves.
     function claimAcknowledged(Ack calldata ack, bytes calldata signature)
         external
         nonReentrant
         returns (uint256 amount)
     {
-        Task storage t = tasks[ack.task];
-        if (t.sponsor == address(0)) revert UnknownTask(ack.task);
-        address signer = ECDSA.recover(ackDigest(ack), signature);
-        if (signer != t.aggregator) revert NotAcknowledgedByAggregator(ack.task, signer);
-        if (ack.round == 0) revert ZeroRound(ack.task);
-        if (ack.round > t.lastRound && t.closesAt == 0) revert AckRoundNotCommitted(ack.task, ack.round, t.lastRound);
+        Task storage t = _checkAck(ack, signature);
+        if (t.closesAt == 0 && !frozen[ack.task]) revert AcksNotPayable(ack.task);
         amount = _pay(ack.task, ack.device, ack.cumulativeAmount);
-        paidOnAcks[ack.task] += amount;
+        // Acks are paid only from what no root reserves: committed + paidOnAcks <= escrow.
+        uint256 onAcks = paidOnAcks[ack.task] + amount;
+        if (t.committed + onAcks > t.escrow) revert TaskUnderfunded(ack.task, t.escrow - t.committed, onAcks);
+        paidOnAcks[ack.task] = onAcks;
         emit AckClaimed(ack.task, ack.round, ack.device, ack.uploadDigest);
     }
 
@@ -366,13 +497,10 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         uint256 round,
         address account,
         uint256 cumulativeAmount,
-        bytes32[] calldata proof
+        RewardSumTree.Node[] calldata proof
     ) external nonReentrant returns (uint256 amount) {
-        Round storage r = rounds[task][round];
-        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(account, cumulativeAmount))));
-        if (!MerkleProof.verifyCalldata(proof, r.rewardsRoot, leaf)) {
-            revert InvalidProof(task, account, cumulativeAmount);
-        }
+        Round storage r = _leafRound(task, round, account, cumulativeAmount, proof);
+        _requireFinal(task, round, r);
         uint256 revenue = salesRevenue[task][round];
         if (revenue == 0) revert NothingToClaim(task, account, 0);
         uint256 due = Math.mulDiv(revenue, cumulativeAmount, r.cumulativeTotal);
@@ -380,7 +508,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         if (due <= already) revert NothingToClaim(task, account, already);
         amount = due - already;
         uint256 paidOut = salesPaid[task][round] + amount;
-        // A root whose leaves add up to more than its total cannot pay out more than came in.
+        // Leaves add up to the total, so this holds; it stays as a second line of defence.
         if (paidOut > revenue) revert TaskUnderfunded(task, revenue, paidOut);
         salesPaid[task][round] = paidOut;
         saleClaimedBy[task][round][account] = due;
@@ -444,8 +572,8 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
 
     // ---------------------------------------------------------------- listings and sales
 
-    /// @notice List the encrypted model of a committed round. Only the task's sponsor or
-    /// aggregator may; `contributorsBps` of every sale goes to that round's contributors.
+    /// @notice List the encrypted model of a final round. Only the task's sponsor or aggregator
+    /// may; `contributorsBps` of every sale goes to that round's contributors.
     function list(
         uint256 task,
         uint256 round,
@@ -463,6 +591,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         if (contributorsBps < t.contributorsBps) revert ShareBelowTask(task, contributorsBps, t.contributorsBps);
         Round storage r = rounds[task][round];
         if (r.modelCommitment == bytes32(0)) revert UnknownRound(task, round);
+        _requireFinal(task, round, r);
         if (contributorsBps > 0 && r.cumulativeTotal == 0) revert NoContributors(task, round);
         listing = ++listingCount;
         listings[listing] = Listing({
@@ -623,6 +752,54 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         t.escrow = SafeCast.toUint128(budget);
         token.safeTransferFrom(msg.sender, address(this), budget);
         emit TaskCreated(task, msg.sender, aggregator, rewardPerUpdate, budget, contributorsBps, specCid);
+    }
+
+    /// @dev The round whose root holds the leaf (account, cumulativeAmount) with `proof`, or a
+    /// revert. An uncommitted round has a zero root, which no proof reaches.
+    function _leafRound(
+        uint256 task,
+        uint256 round,
+        address account,
+        uint256 cumulativeAmount,
+        RewardSumTree.Node[] calldata proof
+    ) private view returns (Round storage r) {
+        r = rounds[task][round];
+        (bytes32 root, uint256 sum) = RewardSumTree.rootOf(account, cumulativeAmount, proof);
+        if (root != r.rewardsRoot || sum != r.cumulativeTotal) revert InvalidProof(task, account, cumulativeAmount);
+    }
+
+    function _requireFinal(uint256 task, uint256 round, Round storage r) private view {
+        if (r.voided) revert RoundIsVoided(task, round);
+        uint64 finalAt = r.committedAt + challengeWindow;
+        if (block.timestamp < finalAt || r.openChallenges != 0) revert RoundNotFinal(task, round, finalAt);
+    }
+
+    function _openChallenge(uint256 task, uint256 round, address account, uint256 amount) private {
+        Round storage r = rounds[task][round];
+        if (r.committedAt == 0) revert UnknownRound(task, round);
+        if (r.voided) revert RoundIsVoided(task, round);
+        uint64 closedAt = r.committedAt + challengeWindow;
+        if (block.timestamp >= closedAt) revert ChallengeWindowClosed(task, round, closedAt);
+        Challenge storage c = challenges[task][round][account];
+        uint128 wanted = SafeCast.toUint128(amount);
+        if (!c.open) {
+            // An answered challenge reopens only for more than the answer showed, so an account
+            // cannot make the aggregator answer the same question twice.
+            if (c.deadline != 0 && wanted <= c.amount) revert AlreadyAnswered(task, round, account, c.amount);
+            c.open = true;
+            c.deadline = uint64(block.timestamp) + responseWindow;
+            ++r.openChallenges;
+        }
+        if (wanted > c.amount) c.amount = wanted;
+        emit ChallengeOpened(task, round, account, c.amount, c.deadline);
+    }
+
+    function _checkAck(Ack calldata ack, bytes calldata signature) private view returns (Task storage t) {
+        t = tasks[ack.task];
+        if (t.sponsor == address(0)) revert UnknownTask(ack.task);
+        if (ack.round == 0) revert ZeroRound(ack.task);
+        address signer = ECDSA.recover(ackDigest(ack), signature);
+        if (signer != t.aggregator) revert NotAcknowledgedByAggregator(ack.task, signer);
     }
 
     /// @dev Pay `account` up to `cumulativeAmount` in `task`, within the task's own escrow.

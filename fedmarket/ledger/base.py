@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
 from fedmarket.acks import Ack
 from fedmarket.crypto.key_delivery import G1Point, KeyDelivery, OneTimeKey
+from fedmarket.market.rewards import SumNode
 from fedmarket.receipts import Receipt
 from fedmarket.types import Address, ListingId, PurchaseId, TaskId
 
@@ -31,8 +33,9 @@ class TaskState:
     escrow: int  # the sponsor's deposits still held for the task
     paid: int  # rewards paid out so far
     reward_per_update: int
-    committed: int  # cumulative rewards at the latest round
+    committed: int  # cumulative rewards at the latest round that was not voided
     paid_on_acks: int = 0  # the part of ``paid`` claimed with acknowledgements
+    frozen: bool = False  # a root was voided: no more commits; acks are payable
 
     @property
     def closing(self) -> bool:
@@ -52,6 +55,23 @@ class RoundState:
     rewards_root: bytes
     model_commitment: bytes
     cumulative_total: int
+    committed_at: int = 0  # chain time of the commit
+    open_challenges: int = 0
+    voided: bool = False
+    final_at: int = 0  # chain time from which the root pays, if no challenge is open then
+
+    def final(self, now: int) -> bool:
+        """Whether the root pays claims at chain time ``now``."""
+        return not self.voided and self.open_challenges == 0 and now >= self.final_at
+
+
+@dataclass(frozen=True)
+class ChallengeState:
+    """An account's challenge of one round's root."""
+
+    amount: int  # what the challenger says it is owed; once answered, what the answer showed
+    deadline: int  # chain time by which the aggregator must answer
+    open: bool
 
 
 @dataclass(frozen=True)
@@ -148,9 +168,46 @@ class Ledger(ABC):
 
     @abstractmethod
     def claim(
-        self, task: TaskId, round: int, account: str, cumulative_amount: int, proof: list[bytes]
+        self,
+        task: TaskId,
+        round: int,
+        account: str,
+        cumulative_amount: int,
+        proof: Sequence[SumNode],
     ) -> int:
-        """Claim ``account``'s rewards as committed at ``round`` (any committed round)."""
+        """Claim ``account``'s rewards as committed at ``round`` (any final round)."""
+
+    @abstractmethod
+    def challenge(
+        self,
+        task: TaskId,
+        round: int,
+        *,
+        evidence_round: int,
+        cumulative_amount: int,
+        proof: Sequence[SumNode],
+    ) -> None:
+        """Challenge ``round``'s root for paying this account less than its leaf
+        (``cumulative_amount``, ``proof``) in the earlier root of ``evidence_round``."""
+
+    @abstractmethod
+    def challenge_with_ack(self, task: TaskId, round: int, ack: Ack, signature: bytes) -> None:
+        """Challenge ``round``'s root for paying this account (``ack.device``) less than ``ack``."""
+
+    @abstractmethod
+    def answer(
+        self,
+        task: TaskId,
+        round: int,
+        account: str,
+        cumulative_amount: int,
+        proof: Sequence[SumNode],
+    ) -> None:
+        """Answer ``account``'s challenge of ``round`` with its leaf in that round's root."""
+
+    @abstractmethod
+    def void_round(self, task: TaskId, round: int, account: str) -> None:
+        """Void ``round``'s root after ``account``'s challenge went unanswered."""
 
     @abstractmethod
     def claim_acknowledged(self, ack: Ack, signature: bytes) -> int:
@@ -158,7 +215,12 @@ class Ledger(ABC):
 
     @abstractmethod
     def claim_sale_share(
-        self, task: TaskId, round: int, account: str, cumulative_amount: int, proof: list[bytes]
+        self,
+        task: TaskId,
+        round: int,
+        account: str,
+        cumulative_amount: int,
+        proof: Sequence[SumNode],
     ) -> int:
         """Claim ``account``'s share of the contributors' revenue from ``round``'s sales."""
 
@@ -214,6 +276,14 @@ class Ledger(ABC):
 
     @abstractmethod
     def claimed(self, task: TaskId, account: str) -> int: ...
+
+    @abstractmethod
+    def challenge_state(self, task: TaskId, round: int, account: str) -> ChallengeState | None:
+        """``account``'s challenge of ``round``'s root, or None if it never challenged it."""
+
+    @abstractmethod
+    def challenges_opened(self, task: TaskId) -> list[tuple[int, Address]]:
+        """(round, account) of every challenge opened in ``task``, oldest first."""
 
     @abstractmethod
     def sale_claimed(self, task: TaskId, round: int, account: str) -> int: ...

@@ -16,6 +16,8 @@ DEFAULT_SUPPLY = 10**9 * 10**18  # one billion tokens with 18 decimals, all to t
 DEFAULT_DELIVERY_WINDOW = 24 * 3600  # seconds a seller has to deliver a bought key
 DEFAULT_DISPUTE_WINDOW = 24 * 3600  # seconds a buyer has to prove a delivered key wrong
 DEFAULT_CLOSE_GRACE = 24 * 3600  # seconds between a sponsor's close and its refund
+DEFAULT_CHALLENGE_WINDOW = 6 * 3600  # seconds after a commit in which a device may challenge it
+DEFAULT_RESPONSE_WINDOW = 6 * 3600  # seconds an aggregator has to answer a challenge
 
 
 def deploy(
@@ -26,17 +28,23 @@ def deploy(
     delivery_window: int = DEFAULT_DELIVERY_WINDOW,
     dispute_window: int = DEFAULT_DISPUTE_WINDOW,
     close_grace: int = DEFAULT_CLOSE_GRACE,
+    challenge_window: int = DEFAULT_CHALLENGE_WINDOW,
+    response_window: int = DEFAULT_RESPONSE_WINDOW,
     timeout: float = 120.0,
 ) -> Deployment:
     """Deploy the token (whole supply to ``deployer``) and the market; return their addresses.
 
     Windows are in seconds of chain time: ``delivery_window`` for a seller to post a bought key,
     ``dispute_window`` for a buyer to prove it wrong, ``close_grace`` between a sponsor's close
-    and the unspent refund (the aggregator may still commit, devices claim).
+    and the unspent refund (the aggregator may still commit, devices claim),
+    ``challenge_window`` after a commit in which a device may challenge its rewards root (claims
+    wait for it) and ``response_window`` for the aggregator to answer a challenge.
     """
-    if supply <= 0 or min(delivery_window, dispute_window, close_grace) <= 0:
+    windows = (delivery_window, dispute_window, close_grace, challenge_window, response_window)
+    if supply <= 0 or min(windows) <= 0:
         raise InvalidInput(
-            "supply, delivery_window, dispute_window and close_grace must be positive"
+            "supply, delivery_window, dispute_window, close_grace, challenge_window and "
+            "response_window must be positive"
         )
     token_artifact, market_artifact = load_artifact("FedToken"), load_artifact("DataMarket")
     token = deploy_contract(
@@ -57,6 +65,8 @@ def deploy(
         delivery_window,
         dispute_window,
         close_grace,
+        challenge_window,
+        response_window,
         timeout=timeout,
     )
     return Deployment(

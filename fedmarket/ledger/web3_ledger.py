@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -40,6 +40,7 @@ from fedmarket.contracts import load_artifact
 from fedmarket.crypto.key_delivery import G1Point, KeyDelivery, OneTimeKey
 from fedmarket.exceptions import ChainUnavailable, InvalidInput, TransactionFailed
 from fedmarket.ledger.base import (
+    ChallengeState,
     Ledger,
     ListingState,
     PurchaseRecord,
@@ -50,6 +51,7 @@ from fedmarket.ledger.base import (
 )
 from fedmarket.ledger.deployment import Deployment
 from fedmarket.ledger.errors import RevertDecoder
+from fedmarket.market.rewards import SumNode
 from fedmarket.receipts import Receipt
 from fedmarket.store.cid import canonical, parse_cid
 from fedmarket.types import Address, ListingId, PurchaseId, TaskId
@@ -81,6 +83,13 @@ def _bytes32(name: str, value: bytes) -> bytes:
     if len(value) != 32:
         raise InvalidInput(f"{name} must be 32 bytes, got {len(value)}")
     return value
+
+
+def _proof(proof: Sequence[SumNode]) -> list[tuple[bytes, int]]:
+    for node in proof:
+        _bytes32("each proof node's hash", node.hash)
+        _amount("each proof node's sum", node.sum)
+    return [node.as_struct() for node in proof]
 
 
 def _checksum(address: str) -> ChecksumAddress:
@@ -128,6 +137,8 @@ class _Connection:
     decoder: RevertDecoder
     nonces: _Nonces
     token_name: str  # the EIP-712 domain name of permits; read once per connection
+    # (challenge, response) windows, read once: they are immutable on chain
+    windows: list[int] = field(default_factory=list)
 
 
 class Web3Ledger(Ledger):
@@ -294,10 +305,59 @@ class Web3Ledger(Ledger):
         return True
 
     def claim(
-        self, task: TaskId, round: int, account: str, cumulative_amount: int, proof: list[bytes]
+        self,
+        task: TaskId,
+        round: int,
+        account: str,
+        cumulative_amount: int,
+        proof: Sequence[SumNode],
     ) -> int:
-        return self._claim_leaf(
-            "claim", "Claimed", task, round, account, cumulative_amount, proof, "rewards"
+        receipt = self._leaf_call(
+            "claim", task, round, account, cumulative_amount, proof, "claim rewards"
+        )
+        return int(self._event(receipt, "Claimed")["amount"])
+
+    def challenge(
+        self,
+        task: TaskId,
+        round: int,
+        *,
+        evidence_round: int,
+        cumulative_amount: int,
+        proof: Sequence[SumNode],
+    ) -> None:
+        _amount("cumulative_amount", cumulative_amount)
+        self._transact(
+            self._c.market.functions.challenge(
+                task, round, evidence_round, cumulative_amount, _proof(proof)
+            ),
+            f"challenge task {task} round {round} with round {evidence_round}",
+        )
+
+    def challenge_with_ack(self, task: TaskId, round: int, ack: Ack, signature: bytes) -> None:
+        self._transact(
+            self._c.market.functions.challengeWithAck(
+                task, round, tuple(ack.as_struct().values()), signature
+            ),
+            f"challenge task {task} round {round} with the ack of round {ack.round}",
+        )
+
+    def answer(
+        self,
+        task: TaskId,
+        round: int,
+        account: str,
+        cumulative_amount: int,
+        proof: Sequence[SumNode],
+    ) -> None:
+        self._leaf_call(
+            "answer", task, round, account, cumulative_amount, proof, "answer the challenge"
+        )
+
+    def void_round(self, task: TaskId, round: int, account: str) -> None:
+        self._transact(
+            self._c.market.functions.voidRound(task, round, _checksum(account)),
+            f"void task {task} round {round} on {account}'s challenge",
         )
 
     def claim_acknowledged(self, ack: Ack, signature: bytes) -> int:
@@ -308,39 +368,34 @@ class Web3Ledger(Ledger):
         return int(self._event(receipt, "Claimed")["amount"])
 
     def claim_sale_share(
-        self, task: TaskId, round: int, account: str, cumulative_amount: int, proof: list[bytes]
-    ) -> int:
-        return self._claim_leaf(
-            "claimSaleShare",
-            "SaleShareClaimed",
-            task,
-            round,
-            account,
-            cumulative_amount,
-            proof,
-            "sale share",
-        )
-
-    def _claim_leaf(
         self,
-        function: str,
-        event: str,
         task: TaskId,
         round: int,
         account: str,
         cumulative_amount: int,
-        proof: list[bytes],
-        what: str,
+        proof: Sequence[SumNode],
     ) -> int:
-        """A claim proven by ``account``'s leaf in ``round``'s rewards root."""
-        _amount("cumulative_amount", cumulative_amount)
-        for node in proof:
-            _bytes32("each proof node", node)
-        call = getattr(self._c.market.functions, function)(
-            task, round, to_checksum_address(account), cumulative_amount, proof
+        receipt = self._leaf_call(
+            "claimSaleShare", task, round, account, cumulative_amount, proof, "claim sale share"
         )
-        receipt = self._transact(call, f"claim task {task} round {round} {what} for {account}")
-        return int(self._event(receipt, event)["amount"])
+        return int(self._event(receipt, "SaleShareClaimed")["amount"])
+
+    def _leaf_call(
+        self,
+        function: str,
+        task: TaskId,
+        round: int,
+        account: str,
+        cumulative_amount: int,
+        proof: Sequence[SumNode],
+        what: str,
+    ) -> TxReceipt:
+        """A call proven by ``account``'s leaf in ``round``'s rewards root."""
+        _amount("cumulative_amount", cumulative_amount)
+        call = getattr(self._c.market.functions, function)(
+            task, round, _checksum(account), cumulative_amount, _proof(proof)
+        )
+        return self._transact(call, f"{what} of task {task} round {round} for {account}")
 
     def close_task(self, task: TaskId) -> int:
         receipt = self._transact(self._c.market.functions.closeTask(task), f"close task {task}")
@@ -450,6 +505,7 @@ class Web3Ledger(Ledger):
         with self._rpc("tasks"):
             raw = self._c.market.functions.tasks(task).call()
             on_acks = int(self._c.market.functions.paidOnAcks(task).call())
+            frozen = bool(self._c.market.functions.frozen(task).call())
         sponsor, last_round, aggregator, closes_at, bps, escrow, paid, reward, committed = raw
         if int(sponsor, 16) == 0:
             raise InvalidInput(f"task {task} does not exist on this market")
@@ -465,14 +521,51 @@ class Web3Ledger(Ledger):
             reward,
             committed,
             on_acks,
+            frozen,
         )
 
     def round_state(self, task: TaskId, round: int) -> RoundState | None:
         with self._rpc("rounds"):
-            root, commitment, total = self._c.market.functions.rounds(task, round).call()
+            raw = self._c.market.functions.rounds(task, round).call()
+            window = self._windows()[0]
+        root, commitment, total, committed_at, open_challenges, voided, _prior = raw
         if bytes(commitment) == bytes(32):
             return None
-        return RoundState(bytes(root), bytes(commitment), int(total))
+        return RoundState(
+            bytes(root),
+            bytes(commitment),
+            int(total),
+            committed_at=int(committed_at),
+            open_challenges=int(open_challenges),
+            voided=bool(voided),
+            final_at=int(committed_at) + window,
+        )
+
+    def challenge_state(self, task: TaskId, round: int, account: str) -> ChallengeState | None:
+        with self._rpc("challenges"):
+            amount, deadline, is_open = self._c.market.functions.challenges(
+                task, round, _checksum(account)
+            ).call()
+        if deadline == 0:
+            return None
+        return ChallengeState(int(amount), int(deadline), bool(is_open))
+
+    def challenges_opened(self, task: TaskId) -> list[tuple[int, Address]]:
+        event = self._c.market.events.ChallengeOpened
+        with self._rpc("read ChallengeOpened events"):
+            logs = event.get_logs(
+                from_block=self._c.deployment.block, argument_filters={"task": task}
+            )
+        return [(int(log["args"]["round"]), Address(log["args"]["account"])) for log in logs]
+
+    def _windows(self) -> tuple[int, int]:
+        """(challenge window, response window) in seconds; immutable, so read once."""
+        if not self._c.windows:
+            market = self._c.market.functions
+            self._c.windows.extend(
+                [int(market.challengeWindow().call()), int(market.responseWindow().call())]
+            )
+        return self._c.windows[0], self._c.windows[1]
 
     def claimed(self, task: TaskId, account: str) -> int:
         with self._rpc("claimedBy"):

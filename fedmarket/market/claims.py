@@ -2,12 +2,14 @@
 
 A device needs nobody's word for what it is owed: the committed rounds name their receipts
 bundles, the bundles hold the paid receipts, and the reward tree rebuilt from them must give the
-committed root (:func:`~fedmarket.market.lineage.verify_task` checks every link). The device
-claims its largest committed cumulative amount with its own Merkle proof (any committed round's
-root counts, so a later root cannot take it back). If the aggregator acknowledged more than the
-verified rounds pay (it left the device out, or its commits do not verify), the device claims
-with the acknowledgement instead. Sales of a round's model pay its contributors a share pro rata
-to their cumulative rewards at that round, claimed the same way.
+committed root (:func:`~fedmarket.market.lineage.verified_prefix` checks every link). The device
+claims its largest cumulative amount in a *final* root (its challenge window over; any final
+round's root counts, so a later root cannot take it back) with its own Merkle-sum proof; amounts
+in roots still in their window are reported as pending. A root that pays the device less than it
+is owed is challenged (:mod:`fedmarket.market.watch`); once the task is closing or frozen, an
+acknowledgement worth more than the final roots pay is claimed directly. Sales of a round's
+model pay its contributors a share pro rata to their cumulative rewards at that round, claimed
+the same way.
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ from eth_utils.address import to_checksum_address
 
 from fedmarket.acks import Ack
 from fedmarket.device.acks import AckBook
-from fedmarket.exceptions import LineageBroken
 from fedmarket.ledger.base import Ledger
-from fedmarket.market.lineage import Lineage, verify_task
-from fedmarket.market.rewards import RewardTree
+from fedmarket.market.lineage import Lineage, verified_prefix
+from fedmarket.market.rewards import Proof, RewardTree
 from fedmarket.store.base import ContentStore
 from fedmarket.types import TaskId
 
@@ -36,7 +37,7 @@ class SaleShare:
 
     round: int
     cumulative: int  # the account's cumulative reward at that round (its weight)
-    proof: tuple[bytes, ...]
+    proof: Proof
     due: int  # revenue x cumulative / the round's total, as the contract computes it
     claimed: int
 
@@ -51,14 +52,16 @@ class Rewards:
 
     task: TaskId
     account: str
-    earned: int  # largest cumulative amount the verified committed rounds give it
+    earned: int  # largest cumulative amount the verified final rounds give it
     round: int  # the round whose root gives ``earned``
     claimed: int
     rounds: int  # rounds in which the account was paid
-    proof: tuple[bytes, ...]
-    acked: int = 0  # largest cumulative amount an acknowledgement for a committed round gives
+    proof: Proof
+    acked: int = 0  # largest cumulative amount a payable acknowledgement gives
     ack: tuple[Ack, bytes] | None = None
     sale_shares: tuple[SaleShare, ...] = ()
+    pending: int = 0  # largest cumulative amount in a verified root still in its window
+    final_at: int = 0  # chain time from which ``pending`` can be claimed
 
     @property
     def owed(self) -> int:
@@ -86,25 +89,26 @@ def rewards_of(
     if tasks is None:
         tasks = sorted({c.task for c in ledger.round_commits()})
     found = []
+    now = ledger.now()
     for task in tasks:
         state = ledger.task(task)
-        try:
-            lineage: Lineage | None = verify_task(
-                ledger, store, task, chain_id=ledger.chain_id, market=ledger.market_address
-            )
-        except LineageBroken as exc:  # acknowledgements still count when the commits do not
-            log.warning("task %d: %s", task, exc)
-            lineage = None
+        lineage, broken = verified_prefix(
+            ledger, store, task, chain_id=ledger.chain_id, market=ledger.market_address
+        )
+        if broken:  # the rounds before it still pay; acknowledgements cover the rest
+            log.warning("task %d: %s", task, broken)
         ack = None
-        if acks is not None:
+        if acks is not None and (state.closing or state.frozen):  # only then are acks paid
             ack = acks.best(
                 chain_id=ledger.chain_id,
                 market=ledger.market_address,
                 task=task,
-                up_to_round=state.last_round,
+                up_to_round=2**64 - 1,
             )
-        earned, round_, proof = _best_leaf(lineage, account) if lineage else (0, 0, ())
-        if earned == 0 and ack is None:
+        final, pending = _final_and_pending(ledger, lineage, now) if lineage else ({}, {})
+        earned, round_, proof = _best_leaf(final, account)
+        waiting, waiting_round, _ = _best_leaf(pending, account)
+        if earned == 0 and waiting == 0 and ack is None:
             continue
         reward = state.reward_per_update
         found.append(
@@ -118,7 +122,9 @@ def rewards_of(
                 proof=proof,
                 acked=ack[0].cumulative_amount if ack else 0,
                 ack=ack,
-                sale_shares=_sale_shares(ledger, lineage, account) if lineage else (),
+                sale_shares=_sale_shares(ledger, lineage, final, account) if lineage else (),
+                pending=waiting if waiting > earned else 0,
+                final_at=_final_at(ledger, task, waiting_round) if waiting > earned else 0,
             )
         )
     return found
@@ -134,39 +140,61 @@ def claim_all(ledger: Ledger, rewards: Iterable[Rewards]) -> dict[TaskId, int]:
             if r.ack is not None and r.acked > r.earned:
                 total += ledger.claim_acknowledged(*r.ack)
             else:
-                total += ledger.claim(r.task, r.round, r.account, r.earned, list(r.proof))
+                total += ledger.claim(r.task, r.round, r.account, r.earned, r.proof)
         for share in r.sale_shares:
             if share.claimable > 0:
                 total += ledger.claim_sale_share(
-                    r.task, share.round, r.account, share.cumulative, list(share.proof)
+                    r.task, share.round, r.account, share.cumulative, share.proof
                 )
         if total:
             paid[r.task] = total
     return paid
 
 
-def _best_leaf(lineage: Lineage, account: str) -> tuple[int, int, tuple[bytes, ...]]:
-    """(largest cumulative amount, its round, its proof) among the verified rounds."""
+_Rewards = dict[int, dict[str, int]]  # round -> account -> cumulative amount
+
+
+def _final_and_pending(ledger: Ledger, lineage: Lineage, now: int) -> tuple[_Rewards, _Rewards]:
+    """The verified rounds' rewards split into those whose roots pay now and those still in
+    their challenge window (voided roots and roots under challenge are in neither)."""
+    final: _Rewards = {}
+    pending: _Rewards = {}
+    for round, amounts in lineage.rewards_at.items():
+        state = ledger.round_state(lineage.task, round)
+        if state is None or state.voided:
+            continue
+        if state.final(now):
+            final[round] = amounts
+        elif state.open_challenges == 0:
+            pending[round] = amounts
+    return final, pending
+
+
+def _final_at(ledger: Ledger, task: TaskId, round: int) -> int:
+    state = ledger.round_state(task, round)
+    return state.final_at if state else 0
+
+
+def _best_leaf(rewards: _Rewards, account: str) -> tuple[int, int, Proof]:
+    """(largest cumulative amount, its round, its proof) among ``rewards``."""
     best = max(
-        (
-            (amounts[account], round)
-            for round, amounts in lineage.rewards_at.items()
-            if account in amounts
-        ),
+        ((amounts[account], round) for round, amounts in rewards.items() if account in amounts),
         default=None,
     )
-    if best is None:
+    if best is None or best[0] == 0:
         return 0, 0, ()
     amount, round = best
-    return amount, round, tuple(RewardTree.build(lineage.rewards_at[round]).proof(account))
+    return amount, round, RewardTree.build(rewards[round]).proof(account)
 
 
-def _sale_shares(ledger: Ledger, lineage: Lineage, account: str) -> tuple[SaleShare, ...]:
+def _sale_shares(
+    ledger: Ledger, lineage: Lineage, final: _Rewards, account: str
+) -> tuple[SaleShare, ...]:
     shares = []
     offers = [ledger.listing(n) for n in ledger.listing_ids()]
     listed = {offer.round for offer in offers if offer.task == lineage.task}
     for round in sorted(listed):
-        amounts = lineage.rewards_at.get(round, {})
+        amounts = final.get(round, {})
         revenue, _ = ledger.sales_revenue(lineage.task, round)
         if revenue == 0 or account not in amounts:
             continue
@@ -175,7 +203,7 @@ def _sale_shares(ledger: Ledger, lineage: Lineage, account: str) -> tuple[SaleSh
             SaleShare(
                 round=round,
                 cumulative=amounts[account],
-                proof=tuple(RewardTree.build(amounts).proof(account)),
+                proof=RewardTree.build(amounts).proof(account),
                 due=revenue * amounts[account] // total,
                 claimed=ledger.sale_claimed(lineage.task, round, account),
             )

@@ -73,6 +73,7 @@ def verify_lineage(
         what = f"round {round}" if round is not None else "round yet"
         raise LineageBroken(f"task {task} has no committed {what}")
     lineage = _verify(ledger, store, task, history, chain_id=chain_id, market=market)
+    assert lineage is not None  # the history is not empty, and a broken round raised
     if model is None:
         return lineage
     if model.commitment != lineage.model_commitment:
@@ -90,6 +91,20 @@ def verify_task(
     return verify_lineage(ledger, store, task, chain_id=chain_id, market=market)
 
 
+def verified_prefix(
+    ledger: Ledger, store: ContentStore, task: TaskId, *, chain_id: int, market: str
+) -> tuple[Lineage | None, str | None]:
+    """``task``'s longest run of rounds, from the first, that verifies, and why the next round
+    does not (None when all do): what a device watching the task can rely on."""
+    ledger.task(task)
+    history = ledger.round_commits(task)
+    if not history:
+        return None, None
+    broken: list[str] = []
+    lineage = _verify(ledger, store, task, history, chain_id=chain_id, market=market, broken=broken)
+    return lineage, broken[0] if broken else None
+
+
 def _verify(
     ledger: Ledger,
     store: ContentStore,
@@ -98,7 +113,11 @@ def _verify(
     *,
     chain_id: int,
     market: str,
-) -> Lineage:
+    broken: list[str] | None = None,
+) -> Lineage | None:
+    """Verify ``history`` in order. With ``broken``, stop at the first round that fails, append
+    why to ``broken`` and return the rounds before it (None if there are none) instead of
+    raising."""
     reward = ledger.task(task).reward_per_update
     cumulative: dict[str, int] = {}
     rewards_at: dict[int, dict[str, int]] = {}
@@ -107,34 +126,26 @@ def _verify(
     verified: list[VerifiedRound] = []
     previous_model: bytes | None = None
     for commit in history:
-        where = f"task {task} round {commit.round}"
-        if not ledger.round_matches(commit):
-            raise LineageBroken(f"{where}: the event does not match the contract's stored commit")
-        bundle = _bundle(store, commit, where)
-        if (bundle.task, bundle.round, bundle.chain_id) != (task, commit.round, chain_id) or (
-            bundle.market.lower() != market.lower()
-        ):
-            raise LineageBroken(f"{where}: bundle {commit.bundle_cid} belongs to another round")
-        if len({s.receipt.trained_from for s in bundle.receipts}) > 1:
-            raise LineageBroken(f"{where}: receipts disagree on the model they trained from")
-        for signed in bundle.receipts:
-            receipt = signed.receipt
-            try:
-                verify_receipt(receipt, signed.signature, chain_id=chain_id, market=market)
-            except ReceiptInvalid as exc:
-                raise LineageBroken(f"{where}: receipt of {receipt.device}: {exc}") from None
-            if (receipt.task, receipt.round) != (task, commit.round):
-                raise LineageBroken(f"{where}: receipt of {receipt.device} names another round")
-            if previous_model is not None and receipt.trained_from != previous_model:
-                raise LineageBroken(
-                    f"{where}: {receipt.device} trained from 0x{receipt.trained_from.hex()}, "
-                    f"not from the previous round's model 0x{previous_model.hex()}"
-                )
-            cumulative[receipt.device] = cumulative.get(receipt.device, 0) + reward
-            epsilon[receipt.device] = receipt.epsilon_micros / 1e6
-            deltas.add(receipt.delta_e18 / 1e18)
-        _check_rewards(cumulative, commit, where)
-        _check_stored(store, commit.model_cid, f"{where}: model ciphertext")
+        try:
+            round_rewards = _verify_round(
+                ledger,
+                store,
+                task,
+                commit,
+                previous_model,
+                cumulative,
+                reward,
+                chain_id=chain_id,
+                market=market,
+            )
+        except LineageBroken as exc:
+            if broken is None:
+                raise
+            broken.append(str(exc))
+            break
+        bundle_size, round_epsilon, round_deltas = round_rewards
+        epsilon.update(round_epsilon)
+        deltas.update(round_deltas)
         rewards_at[commit.round] = dict(cumulative)
         verified.append(
             VerifiedRound(
@@ -142,15 +153,18 @@ def _verify(
                 commit.model_commitment,
                 commit.model_cid,
                 commit.bundle_cid,
-                len(bundle.receipts),
+                bundle_size,
                 commit.cumulative_total,
             )
         )
         previous_model = commit.model_commitment
+    if not verified:
+        return None
+    last = verified[-1]
     return Lineage(
         task,
-        history[-1].round,
-        history[-1].model_commitment,
+        last.round,
+        last.model_commitment,
         tuple(verified),
         tuple(sorted(cumulative)),
         cumulative,
@@ -159,6 +173,55 @@ def _verify(
         max(deltas) if deltas else None,  # the weakest guarantee, should devices differ
         model_opened=False,
     )
+
+
+def _verify_round(
+    ledger: Ledger,
+    store: ContentStore,
+    task: TaskId,
+    commit: RoundCommit,
+    previous_model: bytes | None,
+    cumulative: dict[str, int],
+    reward: int,
+    *,
+    chain_id: int,
+    market: str,
+) -> tuple[int, dict[str, float], set[float]]:
+    """Check one round and add its rewards to ``cumulative`` (only if it verifies); return its
+    receipt count, epsilons and deltas."""
+    where = f"task {task} round {commit.round}"
+    epsilon: dict[str, float] = {}
+    deltas: set[float] = set()
+    added = dict(cumulative)
+    if not ledger.round_matches(commit):
+        raise LineageBroken(f"{where}: the event does not match the contract's stored commit")
+    bundle = _bundle(store, commit, where)
+    if (bundle.task, bundle.round, bundle.chain_id) != (task, commit.round, chain_id) or (
+        bundle.market.lower() != market.lower()
+    ):
+        raise LineageBroken(f"{where}: bundle {commit.bundle_cid} belongs to another round")
+    if len({s.receipt.trained_from for s in bundle.receipts}) > 1:
+        raise LineageBroken(f"{where}: receipts disagree on the model they trained from")
+    for signed in bundle.receipts:
+        receipt = signed.receipt
+        try:
+            verify_receipt(receipt, signed.signature, chain_id=chain_id, market=market)
+        except ReceiptInvalid as exc:
+            raise LineageBroken(f"{where}: receipt of {receipt.device}: {exc}") from None
+        if (receipt.task, receipt.round) != (task, commit.round):
+            raise LineageBroken(f"{where}: receipt of {receipt.device} names another round")
+        if previous_model is not None and receipt.trained_from != previous_model:
+            raise LineageBroken(
+                f"{where}: {receipt.device} trained from 0x{receipt.trained_from.hex()}, "
+                f"not from the previous round's model 0x{previous_model.hex()}"
+            )
+        added[receipt.device] = added.get(receipt.device, 0) + reward
+        epsilon[receipt.device] = receipt.epsilon_micros / 1e6
+        deltas.add(receipt.delta_e18 / 1e18)
+    _check_rewards(added, commit, where)
+    _check_stored(store, commit.model_cid, f"{where}: model ciphertext")
+    cumulative.update(added)
+    return len(bundle.receipts), epsilon, deltas
 
 
 def _bundle(store: ContentStore, commit: RoundCommit, where: str) -> ReceiptsBundle:

@@ -29,11 +29,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedmarket.acks import Ack
-from fedmarket.exceptions import ChainUnavailable, DataError, InvalidInput, ReceiptInvalid
+from fedmarket.exceptions import (
+    ChainUnavailable,
+    DataError,
+    InvalidInput,
+    LineageBroken,
+    ReceiptInvalid,
+)
 from fedmarket.files import atomic_write
 from fedmarket.ledger.base import Ledger
 from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt, canonical_json
-from fedmarket.market.rewards import RewardTree
+from fedmarket.market.lineage import verify_lineage
+from fedmarket.market.rewards import Proof, RewardTree
 from fedmarket.market.sealed_models import SealedModel, TaskSecret
 from fedmarket.market.terms import MarketTerms
 from fedmarket.receipts import verify_receipt
@@ -144,10 +151,58 @@ class RoundPublisher:
     def cumulative(self) -> dict[str, int]:
         return dict(self._state.cumulative)
 
-    def claim_for(self, account: str) -> tuple[int, list[bytes]]:
-        """The cumulative amount and Merkle proof ``account`` claims with (latest round)."""
+    def claim_for(self, account: str) -> tuple[int, Proof]:
+        """The cumulative amount and Merkle-sum proof ``account`` claims with (latest round)."""
         tree = RewardTree.build(self._state.cumulative)
         return tree.amounts[account], tree.proof(account)
+
+    def answer_challenges(self) -> list[tuple[int, str]]:
+        """Answer every open challenge of this task's roots that the committed trees can answer
+        (a leaf paying the challenger at least what it names); return the (round, account)
+        answered. A challenge the trees cannot answer is logged and left: the chain will void
+        that root."""
+        task = TaskId(self._state.task)
+        now = self.ledger.now()
+        answered: list[tuple[int, str]] = []
+        trees: dict[int, RewardTree | None] = {}
+        for round, account in sorted(set(self.ledger.challenges_opened(task))):
+            challenge = self.ledger.challenge_state(task, round, account)
+            if challenge is None or not challenge.open or now > challenge.deadline:
+                continue
+            if round not in trees:
+                trees[round] = self._tree_at(round)
+            tree = trees[round]
+            amount = tree.amounts.get(account, 0) if tree else 0
+            if tree is None or amount < challenge.amount:
+                log.error(
+                    "task %d round %d: cannot answer %s's challenge for %d (the root pays %d)",
+                    task,
+                    round,
+                    account,
+                    challenge.amount,
+                    amount,
+                )
+                continue
+            proof = tree.proof(account)
+            self._retrying(
+                f"answer {account}'s challenge of round {round}",
+                lambda: self.ledger.answer(task, round, account, amount, proof),  # noqa: B023
+            )
+            answered.append((round, account))
+        return answered
+
+    def _tree_at(self, round: int) -> RewardTree | None:
+        """The reward tree committed at ``round``, rebuilt from the stored receipts bundles."""
+        s = self._state
+        try:
+            lineage = verify_lineage(
+                self.ledger, self.store, TaskId(s.task), round, chain_id=s.chain_id, market=s.market
+            )
+        except LineageBroken as exc:
+            log.error("task %d round %d: %s", TaskId(s.task), round, exc)
+            return None
+        amounts = lineage.rewards_at[round]
+        return RewardTree.build(amounts) if amounts else None
 
     def trained_from(self, round: int, model: bytes) -> bytes:
         """The commitment devices sign as the model they train from in ``round``: that of

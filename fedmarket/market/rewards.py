@@ -1,14 +1,18 @@
-"""Reward trees: OpenZeppelin ``StandardMerkleTree`` of (address, cumulative amount).
+"""Reward trees: Merkle-sum trees of (address, cumulative amount), as ``RewardSumTree.sol``.
 
-Leaves are ``keccak256(keccak256(abi.encode(address, uint256)))``, sorted, in a complete binary
-tree stored as an array with commutative pair hashing, exactly as ``@openzeppelin/merkle-tree``
-builds it (a test compares roots and proofs with that library); ``DataMarket.claim`` checks the
-proofs with OpenZeppelin's ``MerkleProof``. OpenZeppelin ships no Python version, hence this.
+Every node carries the sum of the amounts below it (the Merkle-sum trees of G. Maxwell's
+proof-of-reserves scheme), so a root commits to its total and a proof shows a leaf is one of
+leaves adding up to exactly that total. Leaves are ``keccak256(keccak256(abi.encode(address,
+uint256)))`` with sum = amount, sorted by hash and laid out as a complete binary tree in an array,
+as OpenZeppelin's ``StandardMerkleTree``; a parent is ``keccak256(abi.encode(lo.hash, lo.sum,
+hi.hash, hi.sum))`` with its children ordered by hash, and its sum ``lo.sum + hi.sum``.
+``DataMarket`` checks the proofs on chain (a test builds trees here and claims with them there).
+No maintained library builds Merkle-sum trees in this layout, hence this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from eth_abi.abi import encode
@@ -18,27 +22,46 @@ from eth_utils.crypto import keccak
 from fedmarket.exceptions import InvalidInput
 
 _LEAF_TYPES = ["address", "uint256"]
+_NODE_TYPES = ["bytes32", "uint256", "bytes32", "uint256"]
 _MAX_UINT256 = 2**256 - 1
 
 
-def leaf_hash(account: str, amount: int) -> bytes:
-    return keccak(keccak(encode(_LEAF_TYPES, [account, amount])))
+@dataclass(frozen=True)
+class SumNode:
+    """A node of a reward tree: its hash (32 bytes) and the sum of the amounts below it."""
+
+    hash: bytes
+    sum: int
+
+    def as_struct(self) -> tuple[bytes, int]:
+        """The ``RewardSumTree.Node`` struct, as web3 takes it."""
+        return (self.hash, self.sum)
 
 
-def _hash_pair(a: bytes, b: bytes) -> bytes:
-    return keccak(min(a, b) + max(a, b))
+Proof = tuple[SumNode, ...]
+
+
+def leaf(account: str, amount: int) -> SumNode:
+    return SumNode(keccak(keccak(encode(_LEAF_TYPES, [account, amount]))), amount)
+
+
+def parent(a: SumNode, b: SumNode) -> SumNode:
+    lo, hi = (a, b) if a.hash <= b.hash else (b, a)
+    return SumNode(keccak(encode(_NODE_TYPES, [lo.hash, lo.sum, hi.hash, hi.sum])), a.sum + b.sum)
 
 
 @dataclass(frozen=True)
 class RewardTree:
-    """Cumulative rewards per account for one task, and their Merkle proofs."""
+    """Cumulative rewards per account for one task at one round, and their proofs."""
 
     amounts: Mapping[str, int]  # checksummed address -> cumulative amount (token base units)
-    _tree: tuple[bytes, ...]
+    _tree: tuple[SumNode, ...]
     _index: Mapping[str, int]  # address -> position of its leaf in the tree array
 
     @classmethod
     def build(cls, amounts: Mapping[str, int]) -> RewardTree:
+        """Raises :class:`InvalidInput` for no accounts, a repeated account, or an amount that is
+        not an integer in 0..2**256-1 (or a total past 2**256-1)."""
         if not amounts:
             raise InvalidInput("a reward tree needs at least one account")
         clean: dict[str, int] = {}
@@ -51,39 +74,49 @@ class RewardTree:
             if address in clean:
                 raise InvalidInput(f"{address} appears twice in the rewards")
             clean[address] = amount
-        leaves = sorted((leaf_hash(a, v), a) for a, v in clean.items())
+        if sum(clean.values()) > _MAX_UINT256:
+            raise InvalidInput("the rewards add up to more than 2**256-1")
+        leaves = sorted(((leaf(a, v), a) for a, v in clean.items()), key=lambda x: x[0].hash)
         size = 2 * len(leaves) - 1
-        tree: list[bytes] = [b""] * size
+        tree: list[SumNode] = [SumNode(b"", 0)] * size
         index: dict[str, int] = {}
-        for position, (leaf, account) in enumerate(leaves):
-            tree[size - 1 - position] = leaf
+        for position, (node, account) in enumerate(leaves):
+            tree[size - 1 - position] = node
             index[account] = size - 1 - position
-        for node in range(size - 1 - len(leaves), -1, -1):
-            tree[node] = _hash_pair(tree[2 * node + 1], tree[2 * node + 2])
+        for i in range(size - 1 - len(leaves), -1, -1):
+            tree[i] = parent(tree[2 * i + 1], tree[2 * i + 2])
         return cls(clean, tuple(tree), index)
 
     @property
     def root(self) -> bytes:
-        return self._tree[0]
+        return self._tree[0].hash
 
     @property
     def total(self) -> int:
-        return sum(self.amounts.values())
+        """The root's sum: what the tree's leaves add up to."""
+        return self._tree[0].sum
 
-    def proof(self, account: str) -> list[bytes]:
+    def proof(self, account: str) -> Proof:
         address = to_checksum_address(account)
         if address not in self._index:
             raise InvalidInput(f"{address} has no reward in this tree")
-        node, proof = self._index[address], []
-        while node > 0:
-            proof.append(self._tree[node + 1 if node % 2 else node - 1])
-            node = (node - 1) // 2
-        return proof
+        i, path = self._index[address], []
+        while i > 0:
+            path.append(self._tree[i + 1 if i % 2 else i - 1])
+            i = (i - 1) // 2
+        return tuple(path)
 
 
-def verify(root: bytes, account: str, amount: int, proof: list[bytes]) -> bool:
-    """OpenZeppelin ``MerkleProof.verify`` for one (account, amount) leaf."""
-    node = leaf_hash(to_checksum_address(account), amount)
+def root_of(account: str, amount: int, proof: Sequence[SumNode]) -> SumNode:
+    """The root (hash and sum) that ``proof`` leads to from the leaf (account, amount), as
+    ``RewardSumTree.rootOf`` computes it."""
+    node = leaf(to_checksum_address(account), amount)
     for sibling in proof:
-        node = _hash_pair(node, sibling)
-    return node == root
+        node = parent(node, sibling)
+    return node
+
+
+def verify(root: bytes, total: int, account: str, amount: int, proof: Sequence[SumNode]) -> bool:
+    """Whether (account, amount) is a leaf of the tree with this root and total."""
+    top = root_of(account, amount, proof)
+    return top.hash == root and top.sum == total
