@@ -2,7 +2,9 @@
 
 :func:`run_demo` starts a local anvil and a LocalStore under ``out``, deploys the market, lets a
 sponsor open a task, runs the federation under DP + SecAgg+ with every round's model stored
-encrypted and committed by a hiding commitment, lists the final model encrypted, has a buyer buy,
+encrypted and committed by a hiding commitment, has every device check the rewards roots against
+its acknowledgements while their challenge window passes (anvil time travel), lists the final
+model encrypted, has a buyer buy,
 decrypt, verify the lineage and evaluate it, lets the dispute window pass (anvil time travel) so
 the sale settles, has every device verify its rewards and claim them with its share of the sale,
 and closes the task. It returns what happened and stops what it started. ``out`` is laid out as
@@ -31,7 +33,11 @@ from fedmarket.crypto.key_delivery import OneTimeKey
 from fedmarket.device.acks import AckBook
 from fedmarket.ledger import Deployment, Web3Ledger, deploy
 from fedmarket.ledger.chain import LocalChain, dev_accounts, rpc
-from fedmarket.ledger.deploy import DEFAULT_CLOSE_GRACE, DEFAULT_DISPUTE_WINDOW
+from fedmarket.ledger.deploy import (
+    DEFAULT_CHALLENGE_WINDOW,
+    DEFAULT_CLOSE_GRACE,
+    DEFAULT_DISPUTE_WINDOW,
+)
 from fedmarket.market.amounts import to_tokens
 from fedmarket.market.bundle import canonical_json
 from fedmarket.market.claims import claim_all, rewards_of
@@ -45,6 +51,7 @@ from fedmarket.market.sales import (
     serve,
     settle_due,
 )
+from fedmarket.market.watch import watch
 from fedmarket.models.evaluation import evaluate
 from fedmarket.models.registry import build_model
 from fedmarket.models.weights import set_weights, weights_from_bytes
@@ -148,6 +155,10 @@ def _paid_story(
         for i in range(fleet.num_devices)
     }
 
+    step("devices check every root against their acknowledgements; the challenge window passes")
+    objections = _watch_for_devices(config, fleet, sponsor, store, out, chain.rpc_url)
+    _advance(chain.rpc_url, DEFAULT_CHALLENGE_WINDOW + 1)
+
     step("the aggregator lists the final model, encrypted (its plaintext is nowhere public)")
     sealed = publisher.sealed_model(final.round)
     lineage = verify_lineage(
@@ -201,7 +212,7 @@ def _paid_story(
     contributors_share, _ = sponsor.sales_revenue(task, final.round)
 
     step("devices verify their rewards from chain and store, then claim them and their sale share")
-    devices = _claim_for_devices(config, fleet, sponsor, store, out, chain.rpc_url)
+    devices = _claim_for_devices(config, fleet, sponsor, store, out)
 
     step("the sponsor closes the task; after the grace, unspent escrow returns")
     sponsor.close_task(task)
@@ -223,6 +234,7 @@ def _paid_story(
             "token": deployment.token,
             "market": deployment.market,
             "rounds_committed": len(rounds),
+            "objections": objections,  # roots that paid a device less than it was owed
             "gas_per_update": _gas_per_update(w3, deployment, rounds),
         },
         "rounds_published": [
@@ -264,20 +276,37 @@ def _paid_story(
     return DemoOutcome(result, fleet, market)
 
 
-def _claim_for_devices(
+def _watch_for_devices(
     config: TaskConfig,
     fleet: SimulatedFleet,
     any_ledger: Web3Ledger,
     store: LocalStore,
     home: Path,
     rpc_url: str,
+) -> int:
+    """Each device checks the task's roots against its acknowledgements and earlier roots (and
+    would challenge one that pays it less); return how many roots paid someone too little."""
+    found = 0
+    for index in range(fleet.num_devices):
+        account = simulated_account(config.market.payout_seed, index)
+        rpc(rpc_url, "anvil_setBalance", [account.address, hex(_GAS_ETHER)])  # gas for claims
+        device = any_ledger.as_account(account)
+        found += len(watch(device, store, account.address, acks=AckBook(home, account.address)))
+    return found
+
+
+def _claim_for_devices(
+    config: TaskConfig,
+    fleet: SimulatedFleet,
+    any_ledger: Web3Ledger,
+    store: LocalStore,
+    home: Path,
 ) -> list[dict[str, Any]]:
     """Each device rebuilds its rewards from chain, store and its acknowledgements (verified)
     and claims them with its share of the sales."""
     rows = []
     for index in range(fleet.num_devices):
         account = simulated_account(config.market.payout_seed, index)
-        rpc(rpc_url, "anvil_setBalance", [account.address, hex(_GAS_ETHER)])  # gas for the claim
         device = any_ledger.as_account(account)
         rewards = rewards_of(device, store, account.address, acks=AckBook(home, account.address))
         paid = claim_all(device, rewards)

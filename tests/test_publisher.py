@@ -26,7 +26,7 @@ from web3 import Web3
 from fedmarket.acks import verify_ack
 from fedmarket.exceptions import DataError, InvalidInput
 from fedmarket.ledger import Web3Ledger
-from fedmarket.ledger.errors import NothingToClaim
+from fedmarket.ledger.errors import AcksNotPayable, NothingToClaim, RoundNotFinal
 from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt
 from fedmarket.market.lineage import verify_task
 from fedmarket.market.publisher import RoundPublisher, default_secret_path
@@ -132,6 +132,9 @@ def test_rewards_accumulate_and_one_claim_pays_them(chain: Chain, tmp_path: Path
     amount, proof = publisher.claim_for(b.address)
 
     assert publisher.cumulative == {a.address: 3 * REWARD, b.address: 2 * REWARD}
+    with pytest.raises(RoundNotFinal):  # nothing pays inside the challenge window
+        chain.ledger(3).claim(task, 3, b.address, amount, proof)
+    chain.finalize()
     assert chain.ledger(3).claim(task, 3, b.address, amount, proof) == 2 * REWARD
     with pytest.raises(InvalidInput, match="already committed"):
         publisher.publish(
@@ -353,8 +356,13 @@ def test_uploads_acknowledged_before_a_crash_are_paid_exactly_once(
             market=market.market,
         )
         assert (ack.round, ack.cumulative_amount) == (1, REWARD)
-    # a claims with its ack first, b and c with the committed tree: then the other path is spent.
+    # Acks are paid directly only once the task is closing (or frozen); the tree once final.
     ack_a, sig_a = acks[a.address]
+    with pytest.raises(AcksNotPayable):
+        chain.ledger(2).claim_acknowledged(ack_a, sig_a)
+    chain.finalize()
+    chain.ledger(0).close_task(task)
+    # a claims with its ack first, b and c with the committed tree: then the other path is spent.
     assert chain.ledger(2).claim_acknowledged(ack_a, sig_a) == REWARD
     amount, proof = resumed.claim_for(a.address)
     with pytest.raises(NothingToClaim):

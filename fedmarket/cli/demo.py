@@ -206,6 +206,7 @@ def _market_summary(report: dict[str, Any]) -> Table:
         ("task", str(report["task"]["id"])),
         ("rounds committed on chain", str(chain["rounds_committed"])),
         ("commit gas per paid update", f"{chain['gas_per_update']:,.0f}"),
+        ("roots a device found paying it too little", str(chain["objections"])),
         ("escrow budget (tokens)", escrow["budget"]),
         ("paid to devices as rewards", escrow["committed"]),
         ("refunded to the sponsor after the close grace", escrow["refunded"]),

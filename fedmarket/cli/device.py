@@ -35,7 +35,9 @@ from fedmarket.exceptions import DataError, InvalidInput
 from fedmarket.keys import load_keystore
 from fedmarket.market.amounts import to_tokens
 from fedmarket.market.claims import rewards_of
+from fedmarket.market.watch import watch as watch_roots
 from fedmarket.privacy.ledger import PrivacyLedger
+from fedmarket.types import TaskId
 
 app = typer.Typer(
     help="For device owners: join federations; privacy ledger, rewards, claims.",
@@ -183,6 +185,8 @@ def status(
                     "earned": to_tokens(r.owed),
                     "claimed": to_tokens(r.claimed),
                     "claimable": to_tokens(r.claimable),
+                    "pending": to_tokens(r.pending),
+                    "final_at": r.final_at,
                     "sale_shares": to_tokens(r.sale_claimable),
                 }
             )
@@ -209,7 +213,16 @@ def status(
         console.print(table)
     if key is not None:
         table = Table(title="Rewards (tokens)")
-        for column in ("task", "rounds paid", "earned", "claimed", "claimable", "sale shares"):
+        columns = (
+            "task",
+            "rounds paid",
+            "earned",
+            "claimed",
+            "claimable",
+            "pending",
+            "sale shares",
+        )
+        for column in columns:
             table.add_column(column, justify="right")
         for row in rewards:
             table.add_row(
@@ -218,9 +231,59 @@ def status(
                 row["earned"],
                 row["claimed"],
                 row["claimable"],
+                row["pending"],
                 row["sale_shares"],
             )
         console.print(table if rewards else "no rewards for this key")
+
+
+@app.command()
+def watch(
+    key: Annotated[str, typer.Option(help="Payout key (name or dev:N) whose rewards to guard.")],
+    task: Annotated[int | None, typer.Option(help="Only this task (default: every task).")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only report; send no challenge or void.")
+    ] = False,
+    rpc_url: RpcOption = None,
+    backend: BackendOption = Backend.local,
+    ipfs_api: ApiOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check every rewards root still in its challenge window against what this key is owed
+    (its earlier roots and the aggregator's acknowledgements); challenge any that pays less,
+    and void roots whose challenge went unanswered. Run it at least once per challenge window
+    (6 hours by default) while a task of yours commits rounds, e.g. from cron."""
+    market = connect(rpc_url, key)
+    objections = watch_roots(
+        market.ledger,
+        open_store(backend, ipfs_api, 30.0),
+        market.ledger.address,
+        acks=AckBook(fedmarket_home(), market.ledger.address),
+        tasks=None if task is None else [TaskId(task)],
+        act=not dry_run,
+    )
+    rows = [
+        {
+            "task": o.task,
+            "round": o.round,
+            "owed": to_tokens(o.owed),
+            "root_pays": None if o.pays is None else to_tokens(o.pays),
+            "evidence": o.evidence,
+            "action": o.action,
+        }
+        for o in objections
+    ]
+    text = (
+        "\n".join(
+            f"task {r['task']} round {r['round']}: owed {r['owed']} ({r['evidence']}), root pays "
+            f"{r['root_pays'] if r['root_pays'] is not None else 'unknown (bundle missing)'}: "
+            f"{r['action']}"
+            for r in rows
+        )
+        if rows
+        else f"every root in its window pays {market.ledger.address} what it is owed"
+    )
+    emit({"account": market.ledger.address, "objections": rows}, as_json, text)
 
 
 # The same command as `fedmarket market claim`: one definition, listed where owners look.

@@ -195,16 +195,23 @@ def claim_rewards(
         tasks=None if task is None else [TaskId(task)],
     )
     paid = claim_all(market.ledger, rewards)
+    waiting = {r.task: r for r in rewards if r.pending > r.claimed}
     payload = {
         "account": market.ledger.address,
         "claimed": {str(t): to_tokens(amount) for t, amount in paid.items()},
         "total": to_tokens(sum(paid.values())),
+        "pending": {
+            str(t): {"amount": to_tokens(r.pending - r.claimed), "final_at": r.final_at}
+            for t, r in waiting.items()
+        },
     }
-    text = (
-        "\n".join(f"task {t}: claimed {to_tokens(a)} tokens" for t, a in paid.items())
-        if paid
-        else f"nothing to claim for {market.ledger.address}"
-    )
+    lines = [f"task {t}: claimed {to_tokens(a)} tokens" for t, a in paid.items()]
+    lines += [
+        f"task {t}: {to_tokens(r.pending - r.claimed)} more tokens once its latest root is "
+        f"final (chain time {r.final_at})"
+        for t, r in waiting.items()
+    ]
+    text = "\n".join(lines) if lines else f"nothing to claim for {market.ledger.address}"
     emit(payload, as_json, text)
 
 

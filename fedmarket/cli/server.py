@@ -196,6 +196,35 @@ def run(
 
 
 @app.command()
+def answer(
+    task: TaskOption,
+    key: KeyOption,
+    rpc_url: RpcOption = None,
+    backend: BackendOption = Backend.local,
+    ipfs_api: ApiOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Answer every open challenge of this task's roots from the stored receipts bundles (a
+    running server does this after each round); an unanswered challenge voids its root."""
+    market = connect(rpc_url, key)
+    publisher = RoundPublisher(
+        store=open_store(backend, ipfs_api, 30.0),
+        ledger=market.ledger,
+        task=TaskId(task),
+        chain_id=market.chain_id,
+        market=market.address,
+        state_path=state_path(market, task),
+    )
+    answered = publisher.answer_challenges()
+    emit(
+        {"task": task, "answered": [{"round": r, "account": a} for r, a in answered]},
+        as_json,
+        "\n".join(f"answered {a}'s challenge of round {r}" for r, a in answered)
+        or f"task {task}: no open challenge to answer",
+    )
+
+
+@app.command()
 def status(
     task: TaskOption,
     rpc_url: RpcOption = None,

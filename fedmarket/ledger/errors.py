@@ -65,9 +65,9 @@ class UnknownRound(MarketRejected):
 
 class TaskUnderfunded(MarketRejected):
     advice = (
-        "task {task} holds {escrow} for these payouts (its escrow or, for a sale share, the "
-        "round's sales revenue) but this claim would bring them to {wouldPay}: the root promises "
-        "more than that; no other task's or round's funds can pay it"
+        "task {task} holds {escrow} for these payouts (its escrow, the part of it no root "
+        "reserves for an acknowledgement, or for a sale share the round's sales revenue) but this "
+        "claim would bring them to {wouldPay}; no other task's or round's funds can pay it"
     )
 
 
@@ -78,10 +78,81 @@ class NotAcknowledgedByAggregator(MarketRejected):
     )
 
 
-class AckRoundNotCommitted(MarketRejected):
+class AcksNotPayable(MarketRejected):
     advice = (
-        "task {task} has committed rounds up to {lastRound}, not yet round {round} of the "
-        "acknowledgement; claim it once that round (or a later one) is committed"
+        "task {task} is neither closing nor frozen, so acknowledgements are not paid directly: "
+        "claim from a final root, or challenge a root that pays less (`fedmarket device watch`)"
+    )
+
+
+class RoundNotFinal(MarketRejected):
+    advice = (
+        "task {task} round {round} is not final: its challenge window ends at unix time "
+        "{finalAt}, or a challenge of it is open; try again after that (or an earlier final round)"
+    )
+
+
+class RoundIsVoided(MarketRejected):
+    advice = (
+        "task {task} round {round} was voided (a challenge of it went unanswered); it pays "
+        "nothing: use an earlier final round, or the acknowledgement once the task is frozen"
+    )
+
+
+class TaskFrozen(MarketRejected):
+    advice = (
+        "task {task} is frozen: one of its roots was voided, so it commits no more rounds; "
+        "start a new task"
+    )
+
+
+class ChallengeWindowClosed(MarketRejected):
+    advice = (
+        "task {task} round {round} could be challenged only until unix time {closedAt}; "
+        "run `fedmarket device watch` at least once per challenge window"
+    )
+
+
+class EvidenceNotEarlier(MarketRejected):
+    advice = (
+        "task {task} round {round}: the evidence is from round {evidenceRound}; a root is "
+        "challenged with a leaf of an earlier root or an acknowledgement of that round or before"
+    )
+
+
+class NotChallenger(MarketRejected):
+    advice = "only {account} may challenge with its own leaf or acknowledgement, not {caller}"
+
+
+class NotChallenged(MarketRejected):
+    advice = "task {task} round {round} has no open challenge by {account}"
+
+
+class ResponseWindowOpen(MarketRejected):
+    advice = (
+        "{account}'s challenge of task {task} round {round} may still be answered until unix "
+        "time {deadline}; void it after that"
+    )
+
+
+class ResponseWindowClosed(MarketRejected):
+    advice = (
+        "{account}'s challenge of task {task} round {round} had to be answered by unix time "
+        "{deadline}; the round can now be voided"
+    )
+
+
+class AlreadyAnswered(MarketRejected):
+    advice = (
+        "task {task} round {round} was already shown to pay {account} {shown}; challenge only "
+        "for more than that"
+    )
+
+
+class AnswerTooLow(MarketRejected):
+    advice = (
+        "task {task} round {round} pays {account} {amount}, less than the {challenged} "
+        "challenged; the challenge cannot be answered with this leaf"
     )
 
 

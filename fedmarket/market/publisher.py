@@ -358,6 +358,7 @@ class RoundPublisher:
         self._state.pending = {"round": asdict(published), "cumulative": cumulative}
         self._save()  # written down before it is sent
         self._commit_pending()
+        self.answer_challenges()  # a running server answers devices' challenges as it goes
         return published
 
     def _valid(
