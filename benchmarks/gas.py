@@ -7,6 +7,8 @@
 - ``claim_gas`` for a device claiming 1, 10 or 100 rounds at once from a 100-device tree, as a
   first claim (fresh storage, fresh token holder) and as a later claim (goal: <= 60,000 gas;
   Uniswap's MerkleDistributor: 62.8k-91.6k).
+- the challenge game: ``challenge`` (with an earlier leaf), ``challengeWithAck``, ``answer`` and
+  ``voidRound``, on 100-device Merkle-sum trees.
 - v2's other payouts and the sale's steps: ``claimAcknowledged``, ``claimSaleShare``,
   ``buyWithPermit`` and ``deliverKey`` with a one-time alt_bn128 key, ``dispute`` (two ``ecMul``
   precompile calls), ``settle``, ``closeTask`` and ``refundUnspent``.
@@ -37,12 +39,14 @@ from fedmarket.types import TaskId
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from chain_helpers import (
+    CHALLENGE_WINDOW,
     CLOSE_GRACE,
     DELIVERY_WINDOW,
     DISPUTE_WINDOW,
     EMPTY_CID,
     MODEL_CID,
     MODEL_COMMITMENT,
+    RESPONSE_WINDOW,
     commit,
     helper_artifact,
 )
@@ -109,6 +113,8 @@ def main() -> None:
                 delivery_window=DELIVERY_WINDOW,
                 dispute_window=DISPUTE_WINDOW,
                 close_grace=CLOSE_GRACE,
+                challenge_window=CHALLENGE_WINDOW,
+                response_window=RESPONSE_WINDOW,
             )
             sponsor = Web3Ledger(w3, deployment, accounts[0])
             aggregator = sponsor.as_account(accounts[1])
@@ -167,12 +173,14 @@ def main() -> None:
                     tree = RewardTree.build(dict.fromkeys(cohort, TOKEN * round_))
                     commit(aggregator, claim_task, round_, tree)
                 proof = tree.proof(fresh.address)
+                advance(chain.rpc_url, CHALLENGE_WINDOW + 1)  # the roots are final
                 # anyone may submit a claim: the device pays gas, the tokens go to the account
                 device.claim(claim_task, k, fresh.address, TOKEN * k, proof)
                 first = last_gas(w3, device.address)
                 tree = RewardTree.build(dict.fromkeys(cohort, TOKEN * (k + 1)))
                 commit(aggregator, claim_task, k + 1, tree)
                 later_proof = tree.proof(fresh.address)
+                advance(chain.rpc_url, CHALLENGE_WINDOW + 1)
                 device.claim(claim_task, k + 1, fresh.address, TOKEN * (k + 1), later_proof)
                 later = last_gas(w3, device.address)
                 rows.append(
@@ -188,18 +196,48 @@ def main() -> None:
                 )
                 print(f"claim after {k:>3d} rounds     first {first:,} / later {later:,} gas")
 
-            # Other payouts: an acknowledged device the root left out; a device's sale share.
+            # The challenge game on 100-device trees: a device whose earlier leaf the next root
+            # keeps is answered; one the root leaves out despite an ack voids it, then is paid.
             market = deployment.market
-            acked = Ack(task, 3, addresses(1, seed=99)[0], bytes(32), 5 * TOKEN)
+            game = sponsor.create_task(
+                aggregator=aggregator.address,
+                reward_per_update=TOKEN,
+                budget=budget,
+                spec_cid=EMPTY_CID,
+            )
+            watcher = sponsor.as_account(accounts[4])
+            others = addresses(98, seed=4242)
+            first_root = RewardTree.build(dict.fromkeys([device.address, *others], TOKEN))
+            commit(aggregator, game, 1, first_root)
+            advance(chain.rpc_url, CHALLENGE_WINDOW + 1)
+            second = {**dict.fromkeys([device.address, *others], 2 * TOKEN)}
+            second_root = RewardTree.build({**second, addresses(1, seed=5)[0]: TOKEN})
+            commit(aggregator, game, 2, second_root)
+            device.challenge(
+                game,
+                2,
+                evidence_round=1,
+                cumulative_amount=TOKEN,
+                proof=first_root.proof(device.address),
+            )
+            op("challenge", device, "with the caller's leaf in an earlier root (proof length 7)")
+            aggregator.answer(game, 2, device.address, 2 * TOKEN, second_root.proof(device.address))
+            op("answer", aggregator, "the challenger's leaf in the challenged root")
+            acked = Ack(game, 2, watcher.address, bytes(32), 5 * TOKEN)
             signature = sign_ack(acked, accounts[1], chain_id=deployment.chain_id, market=market)
-            device.claim_acknowledged(acked, signature)
+            watcher.challenge_with_ack(game, 2, acked, signature)
+            op("challengeWithAck", watcher, "EIP-712 ack recovered on chain")
+            advance(chain.rpc_url, RESPONSE_WINDOW + 1)
+            watcher.void_round(game, 2, watcher.address)
+            op("voidRound", watcher, "unanswered: root voided, task frozen, total rolled back")
+            watcher.claim_acknowledged(acked, signature)
             op(
                 "claimAcknowledged",
-                device,
-                "first claim: fresh storage (claimed and ack-paid totals), fresh token holder",
+                watcher,
+                "frozen task, from unreserved escrow: fresh storage, fresh token holder",
             )
 
-            # Sales: round 2 (100 devices) sold with 20 % to its devices.
+            # Sales: round 2 (100 devices, final) sold with 20 % to its devices.
             sponsor.transfer(buyer.address, 1000 * TOKEN)
             key = AssetKey.generate()
             listing = seller.list_asset(

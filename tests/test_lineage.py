@@ -1,5 +1,5 @@
 """``fedmarket verify``: a task's lineage verifies, any altered link is named, another task cannot
-hijack it, and a device left out after its acknowledgement is still paid."""
+hijack it, and a device left out after its acknowledgement challenges the root and is paid."""
 
 from __future__ import annotations
 
@@ -9,19 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from chain_helpers import MODEL_CID, Chain, open_publisher, signed_receipt
+from chain_helpers import MODEL_CID, RESPONSE_WINDOW, Chain, open_publisher, signed_receipt
 from cli_invoke import invoke
 from eth_account.signers.local import LocalAccount
 
 from fedmarket.device.acks import AckBook
 from fedmarket.exceptions import LineageBroken
-from fedmarket.ledger.errors import NotAggregator, NothingToClaim
+from fedmarket.ledger.errors import AcksNotPayable, NotAggregator, NothingToClaim
 from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt
 from fedmarket.market.claims import claim_all, rewards_of
 from fedmarket.market.lineage import Lineage, verify_lineage
 from fedmarket.market.publisher import RoundPublisher
 from fedmarket.market.rewards import RewardTree
 from fedmarket.market.sealed_models import SealedModel
+from fedmarket.market.watch import watch
 from fedmarket.receipts import Receipt
 from fedmarket.store import LocalStore
 from fedmarket.types import TaskId
@@ -288,6 +289,7 @@ def test_a_strangers_task_cannot_hijack_a_lineage(chain: Chain, tmp_path: Path, 
         verify(chain, h.store, hijack)
     with pytest.raises(LineageBroken, match=expected):
         verify(chain, h.store, hijack, model=h.publisher.sealed_model(3))
+    chain.finalize()
     device = chain.ledger(2)
     owed = rewards_of(device, h.store, device.address)
     assert [(r.task, r.earned) for r in owed] == [(h.task, 3 * REWARD)]
@@ -320,7 +322,8 @@ def test_a_device_left_out_after_its_ack_is_paid_by_the_ack(
     """The aggregator acknowledges a, b and d in round 1, then leaves d out: by deleting d's
     entry from its publisher's state before publishing (the committed bundle and root agree and
     omit d), by committing the honest bundle under a root without d, or by never committing
-    round 1 and committing round 2 instead. d's acknowledgement still pays it, once."""
+    round 1 and committing round 2 instead. d, watching, challenges that root with its ack; the
+    aggregator cannot answer, so the root is voided, the task frozen, and d's ack pays it, once."""
     task = new_task(chain)
     state_path = tmp_path / "publisher.json"
     publisher = open_publisher(chain, task, tmp_path)
@@ -367,6 +370,7 @@ def test_a_device_left_out_after_its_ack_is_paid_by_the_ack(
             receipts=[],
             evidence={},
         )
+    dropped_at = 2 if how == "round-skipped" else 1
 
     if how == "re-rooted":  # the root no longer matches the receipts: the link is named
         with pytest.raises(
@@ -378,6 +382,26 @@ def test_a_device_left_out_after_its_ack_is_paid_by_the_ack(
     device = chain.ledger(4)
     assert str(device.address) == d.address
     assert rewards_of(device, store, d.address) == []  # without its ack d is owed nothing
+    # While the task is open and not frozen, an ack is evidence for a challenge, not a payment.
+    assert rewards_of(device, store, d.address, acks=book) == []
+    with pytest.raises(AcksNotPayable):
+        device.claim_acknowledged(*acks[d.address])
+
+    (objection,) = watch(device, store, d.address, acks=book)
+    assert (objection.round, objection.owed, objection.evidence, objection.action) == (
+        dropped_at,
+        REWARD,
+        "ack of round 1",
+        "challenged",
+    )
+    assert objection.pays == (None if how == "re-rooted" else 0)
+    assert open_publisher(chain, task, tmp_path).answer_challenges() == []  # nothing to show
+    chain.advance(RESPONSE_WINDOW + 1)
+    (voided,) = watch(device, store, d.address, acks=book)
+    assert voided.action == "voided (the challenge went unanswered)"
+    state = device.task(task)
+    assert state.frozen
+    assert state.committed == 0  # the voided root reserves nothing any more
 
     rewards = rewards_of(device, store, d.address, acks=book)
 
@@ -392,3 +416,4 @@ def test_a_device_left_out_after_its_ack_is_paid_by_the_ack(
     with pytest.raises(NothingToClaim):
         device.claim_acknowledged(*acks[d.address])
     assert device.balance(d.address) == REWARD
+    assert watch(device, store, d.address, acks=book) == []  # the voided root is done with

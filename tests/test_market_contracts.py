@@ -1,7 +1,9 @@
 """The data market (v2) on a real anvil node with the committed compiled artifacts.
 
 Honest flows first, then one test per attack of the threat model (docs: THREATS.md), each
-showing the attacker takes nothing while the honest party is still paid in full.
+showing the attacker takes nothing while the honest party is still paid in full. Roots pay only
+once final (their challenge window over, no challenge open): tests call ``chain.finalize()``
+before claiming or listing, and the challenge tests show what happens inside the window.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from pathlib import Path
 
 import pytest
 from chain_helpers import (
+    CHALLENGE_WINDOW,
     CLOSE_GRACE,
     DISPUTE_WINDOW,
+    RESPONSE_WINDOW,
     EMPTY_CID,
     MODEL_CID,
     MODEL_COMMITMENT,
@@ -25,7 +29,6 @@ from chain_helpers import (
     helper_artifact,
 )
 from chain_helpers import commit as commit_round
-from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractCustomError
@@ -39,11 +42,12 @@ from fedmarket.exceptions import (
     InvalidInput,
     KeyCommitmentMismatch,
     ReceiptInvalid,
+    TransactionFailed,
 )
 from fedmarket.ledger import Deployment, PurchaseState, Web3Ledger
 from fedmarket.ledger import errors as market_errors
 from fedmarket.ledger.deploy import deploy_contract, send_call
-from fedmarket.market.rewards import RewardTree
+from fedmarket.market.rewards import RewardTree, SumNode, leaf, parent
 from fedmarket.receipts import Receipt, eip712_domain, sign_receipt, verify_receipt
 from fedmarket.types import ListingId, PurchaseId, TaskId
 
@@ -99,6 +103,29 @@ def claim(chain: Chain, task: TaskId, round_: int, tree: RewardTree, device: int
     return chain.ledger(device).claim(
         task, round_, account, tree.amounts[account], tree.proof(account)
     )
+
+
+def challenge(
+    chain: Chain, task: TaskId, round_: int, evidence_round: int, evidence: RewardTree, device: int
+) -> None:
+    """``device`` challenges ``round_`` with its leaf in ``evidence`` (committed as
+    ``evidence_round``)."""
+    account = address(chain, device)
+    chain.ledger(device).challenge(
+        task,
+        round_,
+        evidence_round=evidence_round,
+        cumulative_amount=evidence.amounts[account],
+        proof=evidence.proof(account),
+    )
+
+
+def answer(
+    chain: Chain, task: TaskId, round_: int, tree: RewardTree, device: int, *, by: int = AGGREGATOR
+) -> None:
+    """``by`` answers ``device``'s challenge of ``round_`` with its leaf in ``tree``."""
+    account = address(chain, device)
+    chain.ledger(by).answer(task, round_, account, tree.amounts[account], tree.proof(account))
 
 
 def market_balance(chain: Chain) -> int:
@@ -220,6 +247,7 @@ def sold_round(chain: Chain, *, bps: int = 2000) -> tuple[TaskId, ListingId, Ass
     """A task whose round 1 pays device A 10 tokens, listed by its aggregator; a funded buyer."""
     task = new_task(chain, budget=100 * TOKEN)
     commit(chain, task, 1, tree_of(chain, {A: 10 * TOKEN}))
+    chain.finalize()
     key = AssetKey.generate()
     listing = list_round(chain, task, 1, key, bps=bps)
     give(chain, BUYER, 100 * TOKEN)
@@ -247,31 +275,6 @@ def test_committed_artifacts_match_a_fresh_compile(tmp_path: Path) -> None:
             assert json.loads(path.read_text()) == json.loads(
                 (committed / path.name).read_text()
             ), f"{path.name} differs from the committed artifact: run `make contracts`"
-
-
-# -- reward trees against @openzeppelin/merkle-tree ---------------------------------------------
-
-
-@pytest.mark.parametrize("count", [1, 2, 3, 7, 64, 101])
-def test_reward_tree_matches_openzeppelin_merkle_tree(count: int) -> None:
-    accounts = [Web3.to_checksum_address(f"0x{index + 1:040x}") for index in range(count)]
-    amounts = {account: (index * 7919 + 1) * TOKEN for index, account in enumerate(accounts)}
-    oracle = subprocess.run(
-        ["node", "merkle_oracle.mjs"],
-        cwd=CONTRACTS,
-        input=json.dumps([[a, str(v)] for a, v in amounts.items()]),
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    expected = json.loads(oracle.stdout)
-
-    tree = RewardTree.build(amounts)
-
-    assert "0x" + tree.root.hex() == expected["root"]
-    for account in accounts:
-        assert ["0x" + p.hex() for p in tree.proof(account)] == expected["proofs"][account]
 
 
 # -- rewards -----------------------------------------------------------------------------------
