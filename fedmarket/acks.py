@@ -2,10 +2,11 @@
 
 An :class:`Ack` names the task, round, device, the sha256 of the masked upload it accepted and
 the device's cumulative reward in the task once that round is paid. It matches
-``DataMarket.Ack``: once the task commits that round or a later one, the device can claim at
-least ``cumulative_amount`` with the ack alone (``claimAcknowledged``), whatever root the
-aggregator committed. So an aggregator cannot leave out a device it acknowledged, or take back
-what it acknowledged by re-rooting: the ack is paid from the task's escrow.
+``DataMarket.Ack``. A root of that round or later that pays the device less is challenged with
+it (``challengeWithAck``, :mod:`fedmarket.market.watch`): the aggregator must show a leaf paying
+at least ``cumulative_amount`` or the root is voided. Once the task is closing or frozen, the
+ack is also paid directly (``claimAcknowledged``) from the escrow no root reserves, which covers
+rounds the aggregator acknowledged but never committed.
 """
 
 from __future__ import annotations

@@ -84,8 +84,8 @@ def market_folder(chain: Chain, home: Path) -> Path:
 
 
 def committed_round(chain: Chain, home: Path, task: TaskId) -> RoundPublisher:
-    """Round 1 of ``task`` by its aggregator (account 1), paying devices 2 and 3, with its state
-    where `fedmarket server` keeps it and its ciphertext in ``home``'s store."""
+    """Round 1 of ``task`` by its aggregator (account 1), paying devices 2 and 3, final, with its
+    state where `fedmarket server` keeps it and its ciphertext in ``home``'s store."""
     publisher = RoundPublisher(
         store=LocalStore(home / "store"),
         ledger=chain.ledger(1),
@@ -95,6 +95,7 @@ def committed_round(chain: Chain, home: Path, task: TaskId) -> RoundPublisher:
         state_path=server_folder(chain, home) / f"task-{task}.json",
     )
     publish_first_round(chain, publisher, task, MODEL, chain.accounts[2:4])
+    chain.finalize()  # its challenge window passes: the root pays and the model may be listed
     return publisher
 
 
@@ -526,6 +527,7 @@ def junk_task(chain: Chain, tmp_path: Path) -> tuple[TaskId, list[ListingId]]:
     )
     commit = market.functions.commitRound(task, 1, b"\x01" * 32, b"junk", b"junk", b"\x02" * 32, 1)
     send_call(chain.w3, account, commit)
+    chain.finalize()
     send_call(
         chain.w3,
         account,
@@ -644,6 +646,7 @@ def strangers_verified_round(chain: Chain, home: Path, tmp_path: Path) -> tuple[
         state_path=state,
     )
     publish_first_round(chain, publisher, task, MODEL, chain.accounts[2:4])
+    chain.finalize()
     _, sealed = stored_model(state, LocalStore(home / "store"), 1)
     return task, sealed.to_bytes()
 

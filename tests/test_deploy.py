@@ -16,6 +16,7 @@ from test_faults import committed_rounds
 
 from fedmarket.device.acks import AckBook
 from fedmarket.market.claims import claim_all, rewards_of
+from fedmarket.market.watch import watch
 from fedmarket.store import LocalStore
 from fedmarket.types import TaskId
 
@@ -145,6 +146,10 @@ def test_four_supernodes_over_tls_survive_a_server_restart_and_a_dropout(
     book = AckBook(fed.devices[0].home, device.address)
     acks = book.acks(chain_id=chain.deployment.chain_id, market=chain.deployment.market, task=task)
     assert {r: a.cumulative_amount for r, (a, _) in acks.items()} == {1: REWARD, 2: 2 * REWARD}
+    # It checks the roots against its acks (nothing to challenge); once their challenge window
+    # has passed they are final and pay.
+    assert watch(device, LocalStore(home / "store"), device.address, acks=book) == []
+    chain.finalize()
     rewards = rewards_of(device, LocalStore(home / "store"), device.address, acks=book)
     assert claim_all(device, rewards) == {task: 2 * REWARD}
     assert chain.ledger(0).balance(device.address) == 2 * REWARD

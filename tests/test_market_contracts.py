@@ -21,14 +21,15 @@ from chain_helpers import (
     CHALLENGE_WINDOW,
     CLOSE_GRACE,
     DISPUTE_WINDOW,
-    RESPONSE_WINDOW,
     EMPTY_CID,
     MODEL_CID,
     MODEL_COMMITMENT,
+    RESPONSE_WINDOW,
     Chain,
     helper_artifact,
 )
 from chain_helpers import commit as commit_round
+from eth_utils.crypto import keccak
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractCustomError
@@ -46,8 +47,9 @@ from fedmarket.exceptions import (
 )
 from fedmarket.ledger import Deployment, PurchaseState, Web3Ledger
 from fedmarket.ledger import errors as market_errors
+from fedmarket.ledger.base import ChallengeState
 from fedmarket.ledger.deploy import deploy_contract, send_call
-from fedmarket.market.rewards import RewardTree, SumNode, leaf, parent
+from fedmarket.market.rewards import RewardTree, SumNode, leaf, parent, verify
 from fedmarket.receipts import Receipt, eip712_domain, sign_receipt, verify_receipt
 from fedmarket.types import ListingId, PurchaseId, TaskId
 
@@ -289,6 +291,7 @@ def test_one_claim_pays_any_number_of_rounds(chain: Chain) -> None:
             cumulative[B] += TOKEN
         assert commit(chain, task, round_, tree_of(chain, cumulative))
     tree = tree_of(chain, cumulative)
+    chain.finalize()
 
     paid = claim(chain, task, 3, tree, A)
 
@@ -309,6 +312,10 @@ def test_one_claim_pays_any_number_of_rounds(chain: Chain) -> None:
         MODEL_COMMITMENT,
         5 * TOKEN,
     )
+    assert stored.final_at == stored.committed_at + CHALLENGE_WINDOW
+    assert (stored.open_challenges, stored.voided) == (0, False)
+    assert stored.final(chain.ledger(SPONSOR).now())
+    assert not state.frozen
     assert chain.ledger(SPONSOR).round_state(task, 4) is None
 
 
@@ -316,9 +323,11 @@ def test_claims_after_more_rounds_pay_only_the_difference(chain: Chain) -> None:
     task = new_task(chain)
     tree1 = tree_of(chain, {A: TOKEN})
     commit(chain, task, 1, tree1)
+    chain.finalize()
     assert claim(chain, task, 1, tree1, A) == TOKEN
     tree3 = tree_of(chain, {A: 3 * TOKEN})
     commit(chain, task, 3, tree3)
+    chain.finalize()
 
     assert claim(chain, task, 3, tree3, A) == 2 * TOKEN
     assert chain.ledger(A).balance(address(chain, A)) == 3 * TOKEN
@@ -340,6 +349,7 @@ def test_double_claim_fails(chain: Chain) -> None:
     task = new_task(chain)
     tree = tree_of(chain, {A: TOKEN, B: TOKEN})
     commit(chain, task, 1, tree)
+    chain.finalize()
     claim(chain, task, 1, tree, A)
 
     with pytest.raises(market_errors.NothingToClaim, match="already claimed"):
@@ -347,19 +357,22 @@ def test_double_claim_fails(chain: Chain) -> None:
     assert chain.ledger(A).balance(address(chain, A)) == TOKEN
 
 
-@pytest.mark.parametrize("forgery", ["amount", "account", "proof", "round"])
+@pytest.mark.parametrize("forgery", ["amount", "account", "proof", "sum", "round"])
 def test_forged_claims_fail(chain: Chain, forgery: str) -> None:
     task = new_task(chain)
     tree = tree_of(chain, {A: TOKEN, SYBIL: TOKEN})
     commit(chain, task, 1, tree)
+    chain.finalize()
     thief = address(chain, SYBIL)
-    round_, amount, proof = 1, TOKEN, tree.proof(thief)
+    round_, amount, proof = 1, TOKEN, list(tree.proof(thief))
     if forgery == "amount":
         amount = 500 * TOKEN
     elif forgery == "account":
-        proof = tree.proof(address(chain, A))
+        proof = list(tree.proof(address(chain, A)))
     elif forgery == "proof":
-        proof = [bytes(32)]
+        proof = [SumNode(bytes(32), 0)]
+    elif forgery == "sum":  # A's sibling node claimed to hold less, so a bigger leaf adds up
+        amount, proof = TOKEN + TOKEN // 2, [SumNode(proof[0].hash, TOKEN // 2)]
     else:
         round_ = 2  # not committed: its root is zero, which no proof reaches
     before = chain.ledger(SYBIL).balance(thief)
@@ -415,6 +428,8 @@ def test_a_hostile_root_cannot_drain_other_tasks(chain: Chain) -> None:
     whole = market_balance(chain)
     drain = tree_of(chain, {ATTACKER: whole})  # one leaf: the market's whole balance
     attacker = chain.ledger(ATTACKER)
+    with pytest.raises(market_errors.ExceedsEscrow):  # its true total is past its escrow
+        commit(chain, hostile, 1, drain, aggregator=ATTACKER)
     attacker.commit_round(
         hostile,
         1,
@@ -422,11 +437,12 @@ def test_a_hostile_root_cannot_drain_other_tasks(chain: Chain) -> None:
         model_cid=MODEL_CID,
         bundle_cid=EMPTY_CID,
         rewards_root=drain.root,
-        cumulative_total=1,  # within its own escrow
+        cumulative_total=1,  # within its own escrow; the leaf says `whole`
     )
+    chain.finalize()
 
-    # Execute / Assert: the claim stops at the attacker's own escrow
-    with pytest.raises(market_errors.TaskUnderfunded, match="no other task"):
+    # Execute / Assert: the leaf does not add up to the root's total, so it pays nothing
+    with pytest.raises(market_errors.InvalidProof, match="reward tree"):
         attacker.claim(hostile, 1, attacker.address, whole, drain.proof(attacker.address))
     assert attacker.balance(attacker.address) == 0
     assert market_balance(chain) == whole
@@ -457,6 +473,7 @@ def test_a_hostile_root_cannot_take_another_rounds_sales_revenue(chain: Chain) -
         rewards_root=drain.root,
         cumulative_total=1,
     )
+    chain.finalize()
     own_key = AssetKey.generate()
     own = list_round(chain, hostile, 1, own_key, price=1, bps=10_000, seller=ATTACKER)
     bought, _ = buy(chain, own, 1, buyer=ATTACKER)  # sells to itself: 1 unit of revenue
@@ -466,8 +483,9 @@ def test_a_hostile_root_cannot_take_another_rounds_sales_revenue(chain: Chain) -
     balance = attacker.balance(attacker.address)
     proof = drain.proof(attacker.address)
 
-    # Execute / Assert: its own round pays at most its own revenue; the honest round refuses it
-    with pytest.raises(market_errors.TaskUnderfunded):
+    # Execute / Assert: its own root's leaf does not add up to its total; the honest round
+    # refuses it too
+    with pytest.raises(market_errors.InvalidProof):
         attacker.claim_sale_share(hostile, 1, attacker.address, whole, proof)
     with pytest.raises(market_errors.InvalidProof):
         attacker.claim_sale_share(task, 1, attacker.address, whole, proof)
@@ -483,11 +501,14 @@ def test_a_hostile_root_cannot_take_another_rounds_sales_revenue(chain: Chain) -
 
 
 def test_re_rooting_cannot_erase_an_earlier_rounds_reward(chain: Chain) -> None:
+    # Nobody challenges round 2 in time, but the escrow covers both roots: claims are cumulative
+    # per account and any final root pays, so A's round-1 leaf still pays it.
     task = new_task(chain, budget=100 * TOKEN)
     round1 = tree_of(chain, {A: 10 * TOKEN, B: 10 * TOKEN})
     commit(chain, task, 1, round1)
     round2 = tree_of(chain, {B: 20 * TOKEN, SYBIL: 10 * TOKEN})  # drops A, pays a Sybil
     commit(chain, task, 2, round2)
+    chain.finalize()
 
     assert claim(chain, task, 1, round1, A) == 10 * TOKEN
     assert chain.ledger(A).balance(address(chain, A)) == 10 * TOKEN
@@ -496,23 +517,401 @@ def test_re_rooting_cannot_erase_an_earlier_rounds_reward(chain: Chain) -> None:
         claim(chain, task, 1, round1, B)  # B's older leaf pays nothing more
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=market_errors.TaskUnderfunded,
-    reason="contract issue: entitlements under earlier roots are paid first come, first served "
-    "from the task's escrow; a re-rooted Sybil that claims first leaves the dropped device unpaid",
-)
 def test_re_rooting_on_a_tight_escrow_cannot_outrun_an_earlier_reward(chain: Chain) -> None:
-    # Each root's total fits the escrow (20, then 30), but their union (40) does not.
+    # Prepare: each root's total fits the escrow (20, then 30), but their union (40) does not.
+    # Round 1 is final when the aggregator re-roots to drop A and pay its Sybil instead.
     task = new_task(chain, budget=30 * TOKEN)
     round1 = tree_of(chain, {A: 10 * TOKEN, B: 10 * TOKEN})
     commit(chain, task, 1, round1)
+    chain.finalize()
     round2 = tree_of(chain, {B: 20 * TOKEN, SYBIL: 10 * TOKEN})
     commit(chain, task, 2, round2)
-    claim(chain, task, 2, round2, SYBIL)  # the aggregator's Sybil claims first
-    claim(chain, task, 2, round2, B)
+    a, sybil = address(chain, A), address(chain, SYBIL)
 
-    assert claim(chain, task, 1, round1, A) == 10 * TOKEN  # A's round-1 reward should stand
+    # Execute: A's device sees round 2 pay it less than round 1 and challenges with its leaf
+    challenge(chain, task, 2, 1, round1, A)
+
+    # Assert: the Sybil cannot claim first, and the aggregator has no leaf of A to answer with
+    with pytest.raises(market_errors.RoundNotFinal, match="not final"):
+        claim(chain, task, 2, round2, SYBIL)
+    with pytest.raises(market_errors.InvalidProof):
+        chain.ledger(AGGREGATOR).answer(task, 2, a, 10 * TOKEN, round2.proof(sybil))
+    chain.advance(RESPONSE_WINDOW + 1)
+    with pytest.raises(market_errors.RoundNotFinal):  # its window is over, the challenge open
+        claim(chain, task, 2, round2, SYBIL)
+    chain.ledger(BUYER).void_round(task, 2, a)  # anyone may void it
+    stored = chain.ledger(SPONSOR).round_state(task, 2)
+    assert stored is not None
+    assert stored.voided
+    assert not stored.final(chain.ledger(SPONSOR).now())
+    state = chain.ledger(SPONSOR).task(task)
+    assert (state.frozen, state.committed) == (True, 20 * TOKEN)  # back to round 1's total
+    for device in (SYBIL, B):
+        with pytest.raises(market_errors.RoundIsVoided, match="voided"):
+            claim(chain, task, 2, round2, device)
+    assert claim(chain, task, 1, round1, A) == 10 * TOKEN  # A's round-1 reward stands
+    assert claim(chain, task, 1, round1, B) == 10 * TOKEN
+    assert chain.ledger(SYBIL).balance(sybil) == 0
+    with pytest.raises(market_errors.TaskFrozen, match="frozen"):
+        commit(chain, task, 3, tree_of(chain, {A: 10 * TOKEN, B: 10 * TOKEN, SYBIL: 10 * TOKEN}))
+    assert chain.ledger(SPONSOR).challenges_opened(task) == [(2, a)]
+    # What no root pays goes back to the sponsor, not to the Sybil.
+    sponsor = chain.ledger(SPONSOR)
+    sponsor.close_task(task)
+    chain.advance(CLOSE_GRACE + 1)
+    assert sponsor.refund_unspent(task) == 10 * TOKEN
+
+
+# -- challenges --------------------------------------------------------------------------------
+
+
+def test_a_root_pays_nothing_before_its_challenge_window_ends(chain: Chain) -> None:
+    task = new_task(chain, budget=100 * TOKEN)
+    tree = tree_of(chain, {A: 10 * TOKEN})
+    commit(chain, task, 1, tree)
+    stored = chain.ledger(SPONSOR).round_state(task, 1)
+    assert stored is not None
+    a = address(chain, A)
+
+    for wait in (0, CHALLENGE_WINDOW - 60):
+        chain.advance(wait)
+        assert not stored.final(chain.ledger(SPONSOR).now())
+        with pytest.raises(
+            market_errors.RoundNotFinal, match=f"ends at unix time {stored.final_at}"
+        ):
+            claim(chain, task, 1, tree, A)
+        with pytest.raises(market_errors.RoundNotFinal):
+            chain.ledger(A).claim_sale_share(task, 1, a, 10 * TOKEN, tree.proof(a))
+        with pytest.raises(market_errors.RoundNotFinal):
+            list_round(chain, task, 1, AssetKey.generate())
+    assert chain.ledger(A).balance(a) == 0
+    assert chain.ledger(SPONSOR).listing_ids() == []
+
+    chain.advance(61)
+
+    assert stored.final(chain.ledger(SPONSOR).now())
+    assert claim(chain, task, 1, tree, A) == 10 * TOKEN
+    assert list_round(chain, task, 1, AssetKey.generate())
+
+
+def test_a_root_whose_leaves_add_up_to_more_than_its_total_pays_nobody(chain: Chain) -> None:
+    # Prepare: a genuine tree whose leaves add up to 100, committed with a total of 10: the
+    # Sybil's 90 hidden behind a total that fits what the aggregator acknowledged
+    task = new_task(chain, budget=100 * TOKEN)
+    acked = ack(chain, task, 1, A, 10 * TOKEN)
+    inflated = tree_of(chain, {A: 10 * TOKEN, SYBIL: 90 * TOKEN})
+    chain.ledger(AGGREGATOR).commit_round(
+        task,
+        1,
+        model_commitment=MODEL_COMMITMENT,
+        model_cid=MODEL_CID,
+        bundle_cid=EMPTY_CID,
+        rewards_root=inflated.root,
+        cumulative_total=10 * TOKEN,
+    )
+    chain.finalize()
+    before = market_balance(chain)
+
+    # Execute / Assert: no leaf reaches (root, 10): not the Sybil's, not even A's honest one
+    for device in (SYBIL, A):
+        account = address(chain, device)
+        proof = inflated.proof(account)
+        assert verify(inflated.root, 100 * TOKEN, account, inflated.amounts[account], proof)
+        assert not verify(inflated.root, 10 * TOKEN, account, inflated.amounts[account], proof)
+        with pytest.raises(market_errors.InvalidProof):
+            claim(chain, task, 1, inflated, device)
+    assert market_balance(chain) == before
+    assert chain.ledger(SPONSOR).task(task).paid == 0
+    # A's acknowledgement still pays it once the sponsor closes the task.
+    chain.ledger(SPONSOR).close_task(task)
+    assert chain.ledger(A).claim_acknowledged(acked, signed(chain, acked)) == 10 * TOKEN
+    assert chain.ledger(SYBIL).balance(address(chain, SYBIL)) == 0
+
+
+def test_an_honest_aggregator_answers_challenges_and_the_root_becomes_final(chain: Chain) -> None:
+    # Prepare: round 2 raises A to 12 and adds B (acknowledged at 5); late in its window A
+    # challenges it with its round-1 leaf (by mistake, or to grief) and B with its ack
+    task = new_task(chain, budget=100 * TOKEN)
+    round1 = tree_of(chain, {A: 10 * TOKEN})
+    commit(chain, task, 1, round1)
+    chain.finalize()
+    round2 = tree_of(chain, {A: 12 * TOKEN, B: 5 * TOKEN})
+    commit(chain, task, 2, round2)
+    acked = ack(chain, task, 2, B, 5 * TOKEN)
+    chain.advance(CHALLENGE_WINDOW - 100)
+    challenge(chain, task, 2, 1, round1, A)
+    chain.ledger(B).challenge_with_ack(task, 2, acked, signed(chain, acked))
+    viewer = chain.ledger(SPONSOR)
+    a, b = address(chain, A), address(chain, B)
+    opened = viewer.challenge_state(task, 2, a)
+    assert opened is not None
+    assert (opened.amount, opened.open) == (10 * TOKEN, True)
+    assert opened.deadline >= viewer.now() + RESPONSE_WINDOW - 5
+    assert viewer.challenges_opened(task) == [(2, a), (2, b)]
+    stored = viewer.round_state(task, 2)
+    assert stored is not None
+    assert stored.open_challenges == 2
+    chain.advance(101)  # the window is over, but challenges are open
+    with pytest.raises(market_errors.RoundNotFinal):
+        claim(chain, task, 2, round2, A)
+
+    # Execute: the aggregator answers A; anyone holding the tree may answer B
+    answer(chain, task, 2, round2, A)
+    answer(chain, task, 2, round2, B, by=SYBIL)
+
+    # Assert: the root is final at once and pays; the answered challenges cannot void it
+    stored = viewer.round_state(task, 2)
+    assert stored is not None
+    assert stored.open_challenges == 0
+    assert stored.final(viewer.now())
+    assert viewer.challenge_state(task, 2, a) == ChallengeState(12 * TOKEN, opened.deadline, False)
+    assert claim(chain, task, 2, round2, A) == 12 * TOKEN
+    assert claim(chain, task, 2, round2, B) == 5 * TOKEN
+    with pytest.raises(market_errors.NotChallenged, match="no open challenge"):
+        chain.ledger(A).void_round(task, 2, a)
+    assert not viewer.task(task).frozen
+    assert commit(chain, task, 3, tree_of(chain, {A: 13 * TOKEN, B: 5 * TOKEN}))
+
+
+def test_answers_below_the_challenge_or_with_a_wrong_proof_fail(chain: Chain) -> None:
+    # Prepare: round 2 cuts A from 10 to 8 and pays a Sybil; A challenges
+    task = new_task(chain, budget=100 * TOKEN)
+    round1 = tree_of(chain, {A: 10 * TOKEN, B: 3 * TOKEN})
+    commit(chain, task, 1, round1)
+    chain.finalize()
+    round2 = tree_of(chain, {A: 8 * TOKEN, B: 3 * TOKEN, SYBIL: 10 * TOKEN})
+    commit(chain, task, 2, round2)
+    challenge(chain, task, 2, 1, round1, A)
+    aggregator = chain.ledger(AGGREGATOR)
+    a, sybil = address(chain, A), address(chain, SYBIL)
+
+    # Execute / Assert: A's true leaf is too low; no other leaf or root passes for it
+    with pytest.raises(market_errors.AnswerTooLow, match="less than"):
+        aggregator.answer(task, 2, a, 8 * TOKEN, round2.proof(a))
+    with pytest.raises(market_errors.InvalidProof):  # A's leaf does not say 10
+        aggregator.answer(task, 2, a, 10 * TOKEN, round2.proof(a))
+    with pytest.raises(market_errors.InvalidProof):  # the Sybil's 10 is not A's
+        aggregator.answer(task, 2, a, 10 * TOKEN, round2.proof(sybil))
+    with pytest.raises(market_errors.InvalidProof):  # A's 10 is in round 1, not round 2
+        aggregator.answer(task, 2, a, 10 * TOKEN, round1.proof(a))
+    with pytest.raises(market_errors.NotChallenged):  # B never challenged
+        answer(chain, task, 2, round2, B)
+    chain.advance(RESPONSE_WINDOW + 1)
+    with pytest.raises(market_errors.ResponseWindowClosed, match="had to be answered"):
+        aggregator.answer(task, 2, a, 8 * TOKEN, round2.proof(a))
+    chain.ledger(A).void_round(task, 2, a)
+    assert claim(chain, task, 1, round1, A) == 10 * TOKEN
+    with pytest.raises(market_errors.RoundIsVoided):
+        claim(chain, task, 2, round2, SYBIL)
+
+
+def test_a_challenge_after_the_window_fails(chain: Chain) -> None:
+    # Prepare: round 2 drops A, and A's device does not look until the window is over
+    task = new_task(chain, budget=100 * TOKEN)
+    round1 = tree_of(chain, {A: 10 * TOKEN})
+    commit(chain, task, 1, round1)
+    chain.finalize()
+    round2 = tree_of(chain, {SYBIL: 10 * TOKEN})
+    commit(chain, task, 2, round2)
+    acked = ack(chain, task, 2, A, 10 * TOKEN)
+    chain.finalize()
+
+    with pytest.raises(market_errors.ChallengeWindowClosed, match="only until"):
+        challenge(chain, task, 2, 1, round1, A)
+    with pytest.raises(market_errors.ChallengeWindowClosed):
+        chain.ledger(A).challenge_with_ack(task, 2, acked, signed(chain, acked))
+
+    # Round 2 is final and pays the Sybil, but A's final round-1 leaf still pays A in full.
+    assert claim(chain, task, 2, round2, SYBIL) == 10 * TOKEN
+    assert claim(chain, task, 1, round1, A) == 10 * TOKEN
+
+
+def test_a_stranger_cannot_challenge_with_a_devices_ack_or_leaf(chain: Chain) -> None:
+    # Prepare: round 2 leaves D out though the aggregator acknowledged it
+    task = new_task(chain, budget=100 * TOKEN)
+    round1 = tree_of(chain, {A: 10 * TOKEN})
+    commit(chain, task, 1, round1)
+    chain.finalize()
+    round2 = tree_of(chain, {A: 10 * TOKEN, SYBIL: 5 * TOKEN})
+    commit(chain, task, 2, round2)
+    acked = ack(chain, task, 2, D, 5 * TOKEN)
+    signature = signed(chain, acked)
+    attacker = chain.ledger(ATTACKER)
+    a = address(chain, A)
+
+    # Execute / Assert: each challenge on someone else's evidence, or on bad evidence, fails
+    with pytest.raises(market_errors.NotChallenger, match="only"):
+        attacker.challenge_with_ack(task, 2, acked, signature)
+    with pytest.raises(market_errors.InvalidProof):  # a leaf is the caller's own
+        attacker.challenge(
+            task, 2, evidence_round=1, cumulative_amount=10 * TOKEN, proof=round1.proof(a)
+        )
+    device = chain.ledger(D)
+    with pytest.raises(market_errors.NotAcknowledgedByAggregator):
+        device.challenge_with_ack(task, 2, acked, signed(chain, acked, D))
+    later = ack(chain, task, 3, D, 5 * TOKEN)
+    with pytest.raises(market_errors.EvidenceNotEarlier):
+        device.challenge_with_ack(task, 2, later, signed(chain, later))
+    with pytest.raises(market_errors.EvidenceNotEarlier):
+        challenge(chain, task, 1, 1, round1, A)  # evidence from the challenged round itself
+    other = new_task(chain)
+    elsewhere = ack(chain, other, 2, D, 5 * TOKEN)
+    with pytest.raises(market_errors.UnknownTask):
+        device.challenge_with_ack(task, 2, elsewhere, signed(chain, elsewhere))
+    stored = chain.ledger(SPONSOR).round_state(task, 2)
+    assert stored is not None
+    assert stored.open_challenges == 0
+    assert chain.ledger(SPONSOR).challenges_opened(task) == []
+    device.challenge_with_ack(task, 2, acked, signature)  # D's own, genuine ack opens one
+    assert chain.ledger(SPONSOR).challenges_opened(task) == [(2, device.address)]
+
+
+def test_evidence_from_a_voided_root_fails(chain: Chain) -> None:
+    # Prepare: round 1 pays a Sybil instead of acknowledged D; D challenges it; the aggregator
+    # commits round 2 (D paid, the Sybil dropped) and lets round 1 be voided
+    task = new_task(chain, budget=100 * TOKEN)
+    acked = ack(chain, task, 1, D, 10 * TOKEN)
+    round1 = tree_of(chain, {SYBIL: 10 * TOKEN})
+    commit(chain, task, 1, round1)
+    chain.ledger(D).challenge_with_ack(task, 1, acked, signed(chain, acked))
+    chain.advance(100)
+    round2 = tree_of(chain, {D: 10 * TOKEN})
+    commit(chain, task, 2, round2)
+    chain.advance(RESPONSE_WINDOW - 100 + 5)
+    chain.ledger(D).void_round(task, 1, address(chain, D))
+
+    # Execute / Assert: the Sybil's leaf in the voided root cannot challenge round 2
+    with pytest.raises(market_errors.RoundIsVoided, match="round 1 was voided"):
+        challenge(chain, task, 2, 1, round1, SYBIL)
+    state = chain.ledger(SPONSOR).task(task)
+    assert (state.frozen, state.committed) == (True, 10 * TOKEN)
+    chain.finalize()
+    assert claim(chain, task, 2, round2, D) == 10 * TOKEN
+    with pytest.raises(market_errors.RoundIsVoided):
+        claim(chain, task, 1, round1, SYBIL)
+    assert chain.ledger(SYBIL).balance(address(chain, SYBIL)) == 0
+
+
+def test_a_challenge_answered_reopens_only_for_more(chain: Chain) -> None:
+    # Prepare: round 2 pays A 10, as round 1 did; A challenges and the aggregator answers
+    task = new_task(chain, budget=100 * TOKEN)
+    round1 = tree_of(chain, {A: 10 * TOKEN})
+    commit(chain, task, 1, round1)
+    chain.finalize()
+    round2 = tree_of(chain, {A: 10 * TOKEN, B: 5 * TOKEN})
+    commit(chain, task, 2, round2)
+    challenge(chain, task, 2, 1, round1, A)
+    answer(chain, task, 2, round2, A)
+    device, a = chain.ledger(A), address(chain, A)
+
+    # Execute / Assert: the same question, or a smaller one, cannot be asked again ...
+    with pytest.raises(market_errors.AlreadyAnswered, match="already shown to pay"):
+        challenge(chain, task, 2, 1, round1, A)
+    smaller = ack(chain, task, 2, A, 8 * TOKEN)
+    with pytest.raises(market_errors.AlreadyAnswered):
+        device.challenge_with_ack(task, 2, smaller, signed(chain, smaller))
+    stored = chain.ledger(SPONSOR).round_state(task, 2)
+    assert stored is not None
+    assert stored.open_challenges == 0
+    # ... but an ack for more than the root pays reopens it, and no leaf answers that
+    more = ack(chain, task, 2, A, 12 * TOKEN)
+    device.challenge_with_ack(task, 2, more, signed(chain, more))
+    reopened = chain.ledger(SPONSOR).challenge_state(task, 2, a)
+    assert reopened is not None
+    assert (reopened.amount, reopened.open) == (12 * TOKEN, True)
+    with pytest.raises(market_errors.AnswerTooLow):
+        answer(chain, task, 2, round2, A)
+    chain.advance(RESPONSE_WINDOW + 1)
+    device.void_round(task, 2, a)
+    # A is paid its round-1 10 and, the task frozen, the 2 more its ack promised.
+    assert claim(chain, task, 1, round1, A) == 10 * TOKEN
+    assert device.claim_acknowledged(more, signed(chain, more)) == 2 * TOKEN
+    assert device.balance(a) == 12 * TOKEN
+
+
+def test_a_round_cannot_be_voided_before_its_deadline(chain: Chain) -> None:
+    task = new_task(chain, budget=100 * TOKEN)
+    round1 = tree_of(chain, {A: 10 * TOKEN})
+    commit(chain, task, 1, round1)
+    chain.finalize()
+    commit(chain, task, 2, tree_of(chain, {SYBIL: 10 * TOKEN}))
+    voider, a = chain.ledger(SYBIL), address(chain, A)
+    with pytest.raises(market_errors.NotChallenged):  # nobody challenged it
+        voider.void_round(task, 2, a)
+    challenge(chain, task, 2, 1, round1, A)
+
+    for wait in (0, RESPONSE_WINDOW - 60):
+        chain.advance(wait)
+        with pytest.raises(market_errors.ResponseWindowOpen, match="may still be answered"):
+            voider.void_round(task, 2, a)
+    stored = voider.round_state(task, 2)
+    assert stored is not None
+    assert not stored.voided
+    assert not voider.task(task).frozen
+
+    chain.advance(61)
+    voider.void_round(task, 2, a)
+
+    stored = voider.round_state(task, 2)
+    assert stored is not None
+    assert stored.voided
+    with pytest.raises(market_errors.RoundIsVoided):  # once is enough
+        voider.void_round(task, 2, a)
+
+
+def test_a_sybil_ack_cannot_eat_into_what_final_roots_reserve(chain: Chain) -> None:
+    # Prepare: round 1 reserves 20 of a 30-token escrow; the aggregator signs acks for its
+    # Sybils and the sponsor closes, which makes acks payable
+    task = new_task(chain, budget=30 * TOKEN)
+    tree = tree_of(chain, {A: 10 * TOKEN, B: 10 * TOKEN})
+    commit(chain, task, 1, tree)
+    chain.finalize()
+    greedy = ack(chain, task, 1, SYBIL, 25 * TOKEN)
+    modest = ack(chain, task, 1, SYBIL, 10 * TOKEN)
+    another = ack(chain, task, 1, ATTACKER, TOKEN)
+    chain.ledger(SPONSOR).close_task(task)
+    sybil = chain.ledger(SYBIL)
+
+    # Execute / Assert: acks take at most escrow - committed - paid on acks (10 here)
+    with pytest.raises(market_errors.TaskUnderfunded, match="no root reserves"):
+        sybil.claim_acknowledged(greedy, signed(chain, greedy))
+    assert sybil.claim_acknowledged(modest, signed(chain, modest)) == 10 * TOKEN
+    with pytest.raises(market_errors.TaskUnderfunded):
+        chain.ledger(ATTACKER).claim_acknowledged(another, signed(chain, another))
+    assert claim(chain, task, 1, tree, A) == 10 * TOKEN  # the root's devices are paid in full
+    assert claim(chain, task, 1, tree, B) == 10 * TOKEN
+    state = chain.ledger(SPONSOR).task(task)
+    assert (state.escrow, state.paid, state.paid_on_acks) == (30 * TOKEN, 30 * TOKEN, 10 * TOKEN)
+
+
+def test_a_proof_whose_sums_overflow_reverts(chain: Chain) -> None:
+    # Prepare: A's 10 and the Sybil's 10 under a phantom node of sum 2**256 - 10, so that in
+    # wrapping arithmetic the root's leaves add up to the 10 the escrow holds
+    task = new_task(chain, budget=10 * TOKEN)
+    a, thief = address(chain, A), address(chain, SYBIL)
+    phantom = SumNode(keccak(b"phantom"), 2**256 - 10 * TOKEN)
+    pair = parent(leaf(a, 10 * TOKEN), leaf(thief, 10 * TOKEN))
+    root = parent(pair, phantom)
+    chain.ledger(AGGREGATOR).commit_round(
+        task,
+        1,
+        model_commitment=MODEL_COMMITMENT,
+        model_cid=MODEL_CID,
+        bundle_cid=EMPTY_CID,
+        rewards_root=root.hash,
+        cumulative_total=10 * TOKEN,
+    )
+    chain.finalize()
+    proofs = {a: [leaf(thief, 10 * TOKEN), phantom], thief: [leaf(a, 10 * TOKEN), phantom]}
+    assert root.sum % 2**256 == 10 * TOKEN
+    assert not verify(root.hash, 10 * TOKEN, thief, 10 * TOKEN, proofs[thief])
+
+    # Execute / Assert: the contract's checked sums overflow: a panic, not a payout
+    for account, proof in proofs.items():
+        with pytest.raises(TransactionFailed, match="overflow"):
+            chain.ledger(SYBIL).claim(task, 1, account, 10 * TOKEN, proof)
+    assert chain.ledger(SYBIL).balance(thief) == 0
+    assert chain.ledger(SPONSOR).task(task).paid == 0
 
 
 # -- attack: the sponsor front-runs a commit with a close --------------------------------------
@@ -528,6 +927,7 @@ def test_close_front_run_leaves_the_commit_and_claims_standing(chain: Chain) -> 
 
     assert sponsor.task(task).closes_at == closes_at > sponsor.now()
     assert commit(chain, task, 1, tree)  # still within the grace
+    chain.finalize()  # the grace outlasts the challenge window
     assert claim(chain, task, 1, tree, A) == 20 * TOKEN
     with pytest.raises(market_errors.TaskIsClosed):
         sponsor.close_task(task)  # a second close cannot move closes_at
@@ -536,7 +936,7 @@ def test_close_front_run_leaves_the_commit_and_claims_standing(chain: Chain) -> 
     with pytest.raises(market_errors.TaskNotClosed, match="close grace"):
         sponsor.refund_unspent(task)
     assert sponsor.task(task).closes_at == closes_at
-    chain.advance(3601)
+    chain.advance(CLOSE_GRACE + 1)
     with pytest.raises(market_errors.TaskIsClosed):
         commit(chain, task, 2, tree_of(chain, {A: 20 * TOKEN, B: 20 * TOKEN}))
     with pytest.raises(market_errors.TaskIsClosed):
@@ -558,13 +958,13 @@ def test_refund_unspent_keeps_acknowledged_claims_already_paid(chain: Chain) -> 
     task = new_task(chain, budget=100 * TOKEN)
     commit(chain, task, 1, tree_of(chain, {A: 10 * TOKEN}))
     acked = ack(chain, task, 1, D, 25 * TOKEN)
-    chain.ledger(D).claim_acknowledged(acked, signed(chain, acked))
     sponsor = chain.ledger(SPONSOR)
-    sponsor.close_task(task)
-    chain.advance(3601)
+    sponsor.close_task(task)  # acks pay once the task is closing
+    chain.ledger(D).claim_acknowledged(acked, signed(chain, acked))
+    chain.advance(CLOSE_GRACE + 1)
     state = sponsor.task(task)
 
-    assert (state.committed, state.paid) == (10 * TOKEN, 25 * TOKEN)
+    assert (state.committed, state.paid, state.paid_on_acks) == (10 * TOKEN, 25 * TOKEN, 25 * TOKEN)
     # A's committed 10 is not claimed yet: the refund keeps it back beside what the ack paid.
     assert sponsor.refund_unspent(task) == 65 * TOKEN == state.escrow - state.reserved
     assert claim(chain, task, 1, tree_of(chain, {A: 10 * TOKEN}), A) == 10 * TOKEN
@@ -574,20 +974,35 @@ def test_refund_unspent_keeps_acknowledged_claims_already_paid(chain: Chain) -> 
 
 
 def test_an_acknowledged_device_left_out_of_the_root_is_paid(chain: Chain) -> None:
+    # Prepare: the aggregator acknowledged D's upload (7) and A's (10), then commits a root
+    # that leaves D out
     task = new_task(chain, budget=100 * TOKEN)
     acked = ack(chain, task, 1, D, 7 * TOKEN)
     signature = signed(chain, acked)
-    commit(chain, task, 1, tree_of(chain, {A: 10 * TOKEN}))  # the root leaves D out
-    before = chain.ledger(SPONSOR).task(task)
+    acked_a = ack(chain, task, 1, A, 10 * TOKEN)
+    commit(chain, task, 1, tree_of(chain, {A: 10 * TOKEN}))
+    device = chain.ledger(D)
+    with pytest.raises(market_errors.AcksNotPayable, match="neither closing nor frozen"):
+        device.claim_acknowledged(acked, signature)  # while roots may still pay it
 
-    paid = chain.ledger(SYBIL).claim_acknowledged(acked, signature)  # anyone may submit it
+    # Execute: D challenges the root with its ack; nobody can answer; anyone voids the root
+    device.challenge_with_ack(task, 1, acked, signature)
+    chain.advance(RESPONSE_WINDOW + 1)
+    chain.ledger(SYBIL).void_round(task, 1, device.address)
+    before = chain.ledger(SPONSOR).task(task)
+    assert (before.frozen, before.committed) == (True, 0)
+
+    # Assert: the ack pays D from the escrow (anyone may submit it), once
+    paid = chain.ledger(SYBIL).claim_acknowledged(acked, signature)
 
     assert paid == 7 * TOKEN
-    assert chain.ledger(D).balance(address(chain, D)) == 7 * TOKEN
+    assert device.balance(device.address) == 7 * TOKEN
     after = chain.ledger(SPONSOR).task(task)
     assert (after.escrow, after.paid) == (before.escrow, before.paid + 7 * TOKEN)
     with pytest.raises(market_errors.NothingToClaim):
-        chain.ledger(D).claim_acknowledged(acked, signature)
+        device.claim_acknowledged(acked, signature)
+    # The voided root pays nobody, but A's own ack pays what it promised.
+    assert chain.ledger(A).claim_acknowledged(acked_a, signed(chain, acked_a)) == 10 * TOKEN
 
 
 def test_forged_or_premature_acks_are_rejected(chain: Chain) -> None:
@@ -600,26 +1015,28 @@ def test_forged_or_premature_acks_are_rejected(chain: Chain) -> None:
     for signer in (SPONSOR, D):  # only the task's aggregator's word counts
         with pytest.raises(market_errors.NotAcknowledgedByAggregator, match="proves nothing"):
             device.claim_acknowledged(forged, signed(chain, forged, signer))
-    with pytest.raises(market_errors.AckRoundNotCommitted, match="not yet round 2"):
+    with pytest.raises(market_errors.AcksNotPayable):  # the task is open and not frozen
         device.claim_acknowledged(early, signed(chain, early))
-    other = new_task(chain)  # an ack is bound to its task: replaying it elsewhere fails
-    replayed = Ack(other, 1, address(chain, D), UPLOAD, 5 * TOKEN)
-    with pytest.raises(market_errors.AckRoundNotCommitted):
-        device.claim_acknowledged(replayed, signed(chain, replayed))
+    other = new_task(chain)  # a signature is bound to its task: replayed elsewhere it fails
+    replayed = Ack(other, 2, address(chain, D), UPLOAD, 5 * TOKEN)
+    with pytest.raises(market_errors.NotAcknowledgedByAggregator):
+        device.claim_acknowledged(replayed, signed(chain, early))
     assert device.balance(device.address) == 0
-    commit(chain, task, 2, tree_of(chain, {A: 10 * TOKEN, D: 5 * TOKEN}))
+    chain.ledger(SPONSOR).close_task(task)
     assert device.claim_acknowledged(early, signed(chain, early)) == 5 * TOKEN
 
 
 def test_an_ack_for_round_zero_is_refused_even_signed_by_the_aggregator(chain: Chain) -> None:
-    """Round 0 is never committed, yet it is at or below every task's last round: an ack for it
-    would pay at once, before any commit and whatever the roots say. The client will not build
-    one, so the aggregator signs the struct itself and the device calls the contract directly."""
+    """Round 0 is never committed, yet it is at or below every round: an ack for it could
+    challenge any root, and would pay once the task closes whatever the roots say. The client
+    will not build one, so the aggregator signs the struct itself and the device calls the
+    contract directly."""
     task = new_task(chain, budget=100 * TOKEN)
     with pytest.raises(InvalidInput, match="round must be >= 1"):
         ack(chain, task, 0, D, 5 * TOKEN)
     struct, signature = hand_signed_ack(chain, task, 0, D, 5 * TOKEN)
-    claim_round_zero = raw_market(chain).functions.claimAcknowledged(struct, signature)
+    market = raw_market(chain).functions
+    claim_round_zero = market.claimAcknowledged(struct, signature)
     device, sponsor = chain.ledger(D), chain.ledger(SPONSOR)
     sent = chain.w3.eth.get_transaction_count(device.address)
 
@@ -628,6 +1045,8 @@ def test_an_ack_for_round_zero_is_refused_even_signed_by_the_aggregator(chain: C
     commit(chain, task, 1, tree_of(chain, {A: 10 * TOKEN}))
     with pytest.raises(market_errors.ZeroRound):  # 0 <= last round 1: still no
         send_raw(chain, D, claim_round_zero)
+    with pytest.raises(market_errors.EvidenceNotEarlier):  # nor does it challenge round 1
+        send_raw(chain, D, market.challengeWithAck(task, 1, struct, signature))
     sponsor.close_task(task)
     with pytest.raises(market_errors.ZeroRound):  # nor while the task is closing
         send_raw(chain, D, claim_round_zero)
@@ -635,11 +1054,14 @@ def test_an_ack_for_round_zero_is_refused_even_signed_by_the_aggregator(chain: C
     assert chain.w3.eth.get_transaction_count(device.address) == sent
     assert device.balance(device.address) == 0
     assert sponsor.task(task).paid == 0
+    stored = sponsor.round_state(task, 1)
+    assert stored is not None
+    assert stored.open_challenges == 0
     # The same hand-built signature for round 1 is the client's own, and pays: the refusal above
     # is the round, not the signature.
     struct1, signature1 = hand_signed_ack(chain, task, 1, D, 5 * TOKEN)
     assert signature1 == signed(chain, ack(chain, task, 1, D, 5 * TOKEN))
-    send_raw(chain, D, raw_market(chain).functions.claimAcknowledged(struct1, signature1))
+    send_raw(chain, D, market.claimAcknowledged(struct1, signature1))
     assert device.balance(device.address) == 5 * TOKEN
 
 
@@ -651,12 +1073,13 @@ def test_an_acknowledged_round_never_committed_is_paid_once_the_task_closes(
     task = new_task(chain, budget=100 * TOKEN)
     tree = tree_of(chain, {A: 10 * TOKEN, D: 5 * TOKEN})
     commit(chain, task, 1, tree)
+    chain.finalize()
     acked = ack(chain, task, 2, D, 7 * TOKEN)
     signature = signed(chain, acked)
     device, sponsor = chain.ledger(D), chain.ledger(SPONSOR)
 
     # Execute / Assert: refused while the task is open (round 2 may still come) ...
-    with pytest.raises(market_errors.AckRoundNotCommitted, match="not yet round 2"):
+    with pytest.raises(market_errors.AcksNotPayable, match="neither closing nor frozen"):
         device.claim_acknowledged(acked, signature)
     assert device.balance(device.address) == 0
     # ... paid in full once the sponsor closes, within the grace, and only once
@@ -700,9 +1123,9 @@ def test_a_committed_reward_claimed_after_the_refund_survives_an_ack_beyond_the_
     sponsor.close_task(task)
     chain.ledger(D).claim_acknowledged(acked, signed(chain, acked))
     chain.advance(CLOSE_GRACE + 1)
-    sponsor.refund_unspent(task)  # 90 = 100 - max(10 committed, 7 paid); 83 is what is left
+    sponsor.refund_unspent(task)  # 83 = 100 - (10 committed + 7 paid on acks)
 
-    assert claim(chain, task, 1, tree, A) == 10 * TOKEN  # A's committed reward should stand
+    assert claim(chain, task, 1, tree, A) == 10 * TOKEN  # A's committed reward stands
 
 
 @pytest.mark.parametrize(("acked", "in_tree"), [(7, 5), (5, 7), (6, 6)])
@@ -715,6 +1138,8 @@ def test_ack_and_tree_together_pay_the_larger_once(
     signature = signed(chain, item)
     tree = tree_of(chain, {A: TOKEN, D: in_tree * TOKEN})
     commit(chain, task, 1, tree)
+    chain.finalize()
+    chain.ledger(SPONSOR).close_task(task)  # acks pay once the task is closing
     ways: list[Callable[[], int]] = [
         lambda: chain.ledger(D).claim_acknowledged(item, signature),
         lambda: claim(chain, task, 1, tree, D),
@@ -731,29 +1156,62 @@ def test_ack_and_tree_together_pay_the_larger_once(
     assert chain.ledger(D).claimed(task, address(chain, D)) == expected
 
 
+def test_an_acknowledged_reward_survives_a_sybil_leaf(chain: Chain) -> None:
+    # Prepare: the aggregator acknowledged D's upload for the whole escrow (10) and commits a
+    # root that pays its Sybil those 10 instead
+    task = new_task(chain, budget=10 * TOKEN)
+    acked = ack(chain, task, 1, D, 10 * TOKEN)
+    signature = signed(chain, acked)
+    drain = tree_of(chain, {SYBIL: 10 * TOKEN})
+    commit(chain, task, 1, drain)
+    device, sybil = chain.ledger(D), address(chain, SYBIL)
+
+    # Execute: D challenges with its ack; the aggregator has no leaf of D to answer with
+    device.challenge_with_ack(task, 1, acked, signature)
+    with pytest.raises(market_errors.InvalidProof):
+        chain.ledger(AGGREGATOR).answer(task, 1, device.address, 10 * TOKEN, drain.proof(sybil))
+    with pytest.raises(market_errors.RoundNotFinal):  # the Sybil cannot claim first
+        claim(chain, task, 1, drain, SYBIL)
+    chain.advance(RESPONSE_WINDOW + 1)
+    chain.ledger(BUYER).void_round(task, 1, device.address)
+
+    # Assert: the Sybil's root pays nothing; the ack is paid from the escrow it no longer reserves
+    with pytest.raises(market_errors.RoundIsVoided):
+        claim(chain, task, 1, drain, SYBIL)
+    state = chain.ledger(SPONSOR).task(task)
+    assert (state.frozen, state.committed) == (True, 0)
+    assert chain.ledger(D).claim_acknowledged(acked, signature) == 10 * TOKEN
+    assert device.balance(device.address) == 10 * TOKEN
+    assert device.balance(sybil) == 0
+    with pytest.raises(market_errors.TaskFrozen):
+        commit(chain, task, 2, tree_of(chain, {D: 10 * TOKEN, SYBIL: 0}))
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=market_errors.TaskUnderfunded,
-    reason="contract issue: a root may hold leaves summing to more than its cumulativeTotal, "
-    "so the aggregator's Sybil can take the task's escrow before an acknowledged device claims",
+    reason="contract issue: voiding the latest round restores its priorTotal even when that "
+    "earlier root was voided too, so `committed` keeps reserving escrow for roots that pay "
+    "nobody: the acknowledged device cannot be paid and the escrow is locked (no refund either)",
 )
-def test_an_acknowledged_reward_survives_a_sybil_leaf(chain: Chain) -> None:
-    task = new_task(chain, budget=100 * TOKEN)
+def test_an_acknowledged_reward_survives_two_voided_sybil_roots(chain: Chain) -> None:
+    # Prepare: two roots in a row pay the aggregator's Sybil the whole escrow instead of D
+    task = new_task(chain, budget=10 * TOKEN)
     acked = ack(chain, task, 1, D, 10 * TOKEN)
     signature = signed(chain, acked)
-    drain = tree_of(chain, {SYBIL: 100 * TOKEN})
-    chain.ledger(AGGREGATOR).commit_round(
-        task,
-        1,
-        model_commitment=MODEL_COMMITMENT,
-        model_cid=MODEL_CID,
-        bundle_cid=EMPTY_CID,
-        rewards_root=drain.root,
-        cumulative_total=10 * TOKEN,  # what the acks add up to; the leaf says 100
-    )
-    claim(chain, task, 1, drain, SYBIL)
+    device = chain.ledger(D)
+    commit(chain, task, 1, tree_of(chain, {SYBIL: 10 * TOKEN}))
+    device.challenge_with_ack(task, 1, acked, signature)
+    commit(chain, task, 2, tree_of(chain, {SYBIL: 10 * TOKEN, B: 0}))
+    device.challenge_with_ack(task, 2, acked, signature)  # ack.round 1 <= 2: it covers round 2
+    chain.advance(RESPONSE_WINDOW + 1)
+    device.void_round(task, 1, device.address)
+    device.void_round(task, 2, device.address)
 
-    assert chain.ledger(D).claim_acknowledged(acked, signature) == 10 * TOKEN
+    # Execute / Assert: no root pays anybody, so the ack should be paid from the whole escrow
+    # (the task still reports round 1's voided total as committed)
+    assert device.claim_acknowledged(acked, signature) == 10 * TOKEN
+    assert chain.ledger(SPONSOR).task(task).committed == 0
 
 
 # -- receipts ----------------------------------------------------------------------------------
@@ -979,6 +1437,7 @@ def test_an_invalid_ephemeral_key_cannot_be_delivered(chain: Chain, point: tuple
 def test_strangers_cannot_list_or_hijack_a_tasks_lineage(chain: Chain) -> None:
     task = new_task(chain, budget=100 * TOKEN)
     commit(chain, task, 1, tree_of(chain, {A: 10 * TOKEN}))
+    chain.finalize()
     key = AssetKey.generate()
     listing = list_round(chain, task, 1, key)
     stranger = chain.ledger(ATTACKER)
@@ -995,6 +1454,7 @@ def test_strangers_cannot_list_or_hijack_a_tasks_lineage(chain: Chain) -> None:
     give(chain, ATTACKER, 10)
     own = new_task(chain, budget=10, sponsor=ATTACKER, aggregator=ATTACKER)
     commit(chain, own, 1, tree_of(chain, {ATTACKER: 10}), aggregator=ATTACKER)
+    chain.finalize()
     theirs = list_round(chain, own, 1, AssetKey.generate(), price=1, seller=ATTACKER)
 
     assert stranger.listing(listing) == named
@@ -1012,6 +1472,7 @@ def test_sale_share_goes_to_the_rounds_devices_not_the_sponsor(chain: Chain) -> 
     task = new_task(chain, budget=100 * TOKEN)
     tree = tree_of(chain, {A: 30 * TOKEN, B: 10 * TOKEN})
     commit(chain, task, 1, tree)
+    chain.finalize()
     key = AssetKey.generate()
     price = 1001
     listing = list_round(chain, task, 1, key, price=price, bps=3333, seller=SPONSOR)
@@ -1058,6 +1519,7 @@ def test_sale_share_goes_to_the_rounds_devices_not_the_sponsor(chain: Chain) -> 
 def test_a_round_that_paid_nobody_cannot_be_listed_with_a_share(chain: Chain) -> None:
     task = new_task(chain, budget=100 * TOKEN)
     commit(chain, task, 1, tree_of(chain, {A: 0}))
+    chain.finalize()
     with pytest.raises(market_errors.NoContributors, match="share of 0"):
         list_round(chain, task, 1, AssetKey.generate(), bps=1000)
     assert list_round(chain, task, 1, AssetKey.generate(), bps=0)
@@ -1076,6 +1538,7 @@ def test_the_share_fixed_at_task_creation_binds_every_listing(chain: Chain) -> N
     )
     assert sponsor.task(task).contributors_bps == 2500
     commit(chain, task, 1, tree_of(chain, {A: 10 * TOKEN}))
+    chain.finalize()
 
     for seller, bps in ((SPONSOR, 2499), (AGGREGATOR, 2499), (SPONSOR, 0), (AGGREGATOR, 0)):
         sent = chain.w3.eth.get_transaction_count(address(chain, seller))
@@ -1136,20 +1599,32 @@ class HostileMarket:
     def balance(self, index: int) -> int:
         return int(self.token.functions.balanceOf(address(self.chain, index)).call())
 
+    def raw_proof(self, account: str) -> list[tuple[bytes, int]]:
+        """``account``'s proof in round 1 as the ABI encoder takes it (Node structs)."""
+        return [node.as_struct() for node in self.tree.proof(account)]
+
 
 def _deploy(chain: Chain, abi: list[dict[str, object]], bytecode: str, *args: object) -> str:
     return deploy_contract(chain.w3, chain.accounts[SPONSOR], abi, bytecode, *args)
 
 
 def hostile_market(chain: Chain) -> HostileMarket:
-    """Task 1 with round 1 committed and listed (50 % to devices); purchases: one settled
-    (proceeds for the seller and the round), one wrong key in its dispute window, one never
-    delivered and past its deadline."""
+    """Task 1 with round 1 committed, final and listed (50 % to devices), then closing (so its
+    acknowledgements pay); purchases: one settled (proceeds for the seller and the round), one
+    wrong key in its dispute window, one never delivered and past its deadline."""
     evil = helper_artifact("ReentrantToken")
     token_address = _deploy(chain, evil["abi"], evil["bytecode"], 10**6 * TOKEN)
     artifact = load_artifact("DataMarket")
     market_address = _deploy(
-        chain, artifact.abi, artifact.bytecode, token_address, 3600, DISPUTE_WINDOW, 3600
+        chain,
+        artifact.abi,
+        artifact.bytecode,
+        token_address,
+        3600,
+        DISPUTE_WINDOW,
+        CLOSE_GRACE,
+        CHALLENGE_WINDOW,
+        RESPONSE_WINDOW,
     )
     w3 = chain.w3
     token = w3.eth.contract(address=token_address, abi=evil["abi"])
@@ -1166,6 +1641,7 @@ def hostile_market(chain: Chain) -> HostileMarket:
     aggregator = Web3Ledger(w3, deployment, chain.accounts[AGGREGATOR])
     tree = tree_of(chain, {A: 5 * TOKEN, B: TOKEN})
     commit_round(aggregator, TaskId(1), 1, tree)
+    chain.finalize()
     key = AssetKey.generate()
     listing = aggregator.list_asset(
         task=TaskId(1),
@@ -1202,6 +1678,7 @@ def hostile_market(chain: Chain) -> HostileMarket:
     aggregator.settle(settled)  # 5 tokens to round 1's devices, 5 owed to the seller
     wrong = purchase()
     wrong_delivery = delivered(wrong, AssetKey.generate())
+    send(SPONSOR, market.functions.closeTask(1))  # acknowledgements pay once it is closing
     return HostileMarket(
         chain, token, market, deployment, tree, wrong, wrong_delivery, undelivered, one_time
     )
@@ -1253,7 +1730,7 @@ def test_a_reentrant_token_cannot_pay_twice(chain: Chain, operation: str, inner:
     receiver, outer = _outer_calls(h)[operation]
     b = address(chain, B)
     if inner == "another payout":  # valid on its own: only the guard can refuse it
-        attack = h.market.encode_abi("claim", [1, 1, b, TOKEN, h.tree.proof(b)])
+        attack = h.market.encode_abi("claim", [1, 1, b, TOKEN, h.raw_proof(b)])
     else:
         attack = _same_call(h, operation)
     h.send(SPONSOR, h.token.functions.arm(h.market.address, attack))
@@ -1277,9 +1754,9 @@ def _same_call(h: HostileMarket, operation: str) -> bytes:
     a = address(h.chain, A)
     acked, signature = _hostile_ack(h)
     arguments: dict[str, list[object]] = {
-        "claim": [1, 1, a, 5 * TOKEN, h.tree.proof(a)],
+        "claim": [1, 1, a, 5 * TOKEN, h.raw_proof(a)],
         "claimAcknowledged": [tuple(acked.as_struct().values()), signature],
-        "claimSaleShare": [1, 1, a, 5 * TOKEN, h.tree.proof(a)],
+        "claimSaleShare": [1, 1, a, 5 * TOKEN, h.raw_proof(a)],
         "dispute": [
             h.wrong,
             h.one_time.secret,

@@ -1,23 +1,36 @@
 """Money invariants of the data market (v2) under random honest and hostile play, on anvil.
 
 A Hypothesis state machine interleaves honest tasks (an honest sponsor, an aggregator that acks
-uploads and commits true cumulative trees, honest devices, an honest buyer) with hostile actors
-who open their own tasks, commit arbitrary roots (leaves for anyone, huge amounts), sign acks,
-forge acks, list, buy, deliver garbage keys, dispute truly and falsely, settle, refund, close,
-refund the unspent escrow and claim by tree, ack or sale share, at any time. A plain-Python model
-predicts every outcome (which call succeeds, which custom error refuses it, how much moves), and
-after every step the chain is checked against it:
+uploads, commits true cumulative trees and answers every challenge, honest devices, an honest
+buyer) with hostile actors who open their own tasks, commit arbitrary roots (leaves for anyone,
+huge amounts, totals the leaves do not add up to), sign acks, forge acks, challenge any root
+(with their own earlier leaves or acks, someone else's, forged ones), answer challenges (rightly
+or not), void roots, list, buy, deliver garbage keys, dispute truly and falsely, settle, refund,
+close, refund the unspent escrow and claim by tree, ack or sale share, at any time. A
+plain-Python model predicts every outcome (which call succeeds, which custom error refuses it,
+how much moves), and after every step the chain is checked against it:
 
 - token supply is conserved, and every account holds exactly what the model says;
 - the market holds exactly what it owes: Σ tasks (escrow - paid) + Σ rounds (sales revenue -
-  sale shares paid) + prices of pending and delivered purchases + seller proceeds owed;
-- nobody was paid more than committed or acknowledged to it, or anything twice;
-- no honest entitlement falls: honest devices' committed rewards in honest tasks stay payable
-  from the task, honest buyers get wrong keys refunded, honest sellers are never refunded away.
+  sale shares paid) + prices of pending and delivered purchases + seller proceeds owed; and
+  every root's open challenges and voided flag, every challenge, every task's frozen flag and
+  what it paid on acks are as modelled;
+- nobody was paid more than a final root or a payable ack promised it, or anything twice;
+- no honest entitlement falls. The honest devices watch every task, as ``fedmarket device
+  watch`` does: they challenge any root in its window that pays them less than an earlier root
+  or an ack they hold, and void it when the challenge goes unanswered. So no final root pays a
+  device less than an earlier final root or an ack it held while the root was challengeable;
+  in honest tasks every device's best final leaf stays payable from the task and the honest
+  aggregator can answer every challenge; an ack is paid once its task is closing or frozen
+  whenever the escrow no root reserves covers it; honest buyers get wrong keys refunded,
+  honest sellers are never refunded away.
 
-Time moves only in ``wait``, by more than every window (3,600 s), after the online honest
-parties acted (the buyer disputes wrong keys, sellers deliver, the aggregator commits within
-a close grace); so a deadline set in one "epoch" has passed exactly when the epoch moved on.
+Time moves only in ``wait``, by a tick of TICK seconds of chain time, after the online honest
+parties acted (the devices watch, the aggregator answers challenges and commits within a close
+grace, the buyer disputes wrong keys, sellers deliver). The market under test is deployed with
+windows away from multiples of a tick: a deadline of WINDOW (delivery, dispute, close grace,
+challenge) set in one tick has passed exactly when the tick moved on, one of RESPONSE_WINDOW
+(an answer) exactly when it moved on twice, whatever the wall clock adds in between.
 """
 
 from __future__ import annotations
@@ -47,15 +60,15 @@ from fedmarket.acks import Ack, sign_ack
 from fedmarket.crypto import AssetKey, KeyDelivery, OneTimeKey, deliver_key
 from fedmarket.crypto.key_delivery import GENERATOR
 from fedmarket.exceptions import ContractRejected, InvalidInput, TransactionFailed
-from fedmarket.ledger import PurchaseState
+from fedmarket.ledger import PurchaseState, deploy
 from fedmarket.ledger import errors as market_errors
-from fedmarket.market.rewards import RewardTree
+from fedmarket.market.rewards import Proof, RewardTree
 from fedmarket.types import ListingId, PurchaseId, TaskId
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SPONSOR, AGGREGATOR = 0, 1  # honest
-DEVICES = (2, 3, 4)  # honest
+DEVICES = (2, 3, 4)  # honest; they watch every task
 HOSTILE, SYBIL = 5, 6  # a hostile sponsor / aggregator / seller and its Sybil
 BUYER, HOSTILE_BUYER, ANYONE = 7, 8, 9  # an honest buyer, a hostile one, a stranger
 EVERYONE = tuple(range(10))
@@ -63,6 +76,10 @@ HONEST_SELLERS = (SPONSOR, AGGREGATOR)
 SELLERS = (SPONSOR, AGGREGATOR, HOSTILE, SYBIL)  # everyone who may list: the tasks' owners
 START_FUNDS = 10_000
 UPLOAD = hashlib.sha256(b"masked upload").digest()
+TICK = 20_000  # chain seconds per `wait`
+WINDOW = 10_000  # delivery, dispute, close grace and challenge windows: over after one tick
+RESPONSE_WINDOW = 30_000  # over after two ticks: a challenge outlives its root's window
+UINT128 = 2**128  # challenges name amounts as uint128: larger acks cannot be challenged with
 Outcome = type[Exception] | None
 # DataMarket.tasks(task): sponsor, lastRound, aggregator, closesAt, contributorsBps, escrow, paid,
 # reward, committed
@@ -77,6 +94,11 @@ TASK_FIELDS = [
     "uint128",
     "uint128",
 ]
+# DataMarket.rounds(task, round): root, model commitment, total, committedAt, openChallenges,
+# voided, priorTotal
+ROUND_FIELDS = ["bytes32", "bytes32", "uint128", "uint64", "uint32", "bool", "uint128"]
+# DataMarket.challenges(task, round, account): amount, deadline, open
+CHALLENGE_FIELDS = ["uint128", "uint64", "bool"]
 
 
 def _calldata(name: str, types: list[str], args: list[object]) -> bytes:
@@ -88,9 +110,25 @@ class RoundModel:
     tree: RewardTree
     total: int
     commitment: bytes
+    tick: int  # committed in this tick: challengeable until the tick moves on
+    prior_total: int  # the task's committed total before it, restored if it is voided
+    voided: bool = False
+    open_challenges: int = 0
+
+    @property
+    def provable(self) -> bool:
+        """Whether its leaves' proofs reach it: a Merkle-sum root proves only its own total."""
+        return self.tree.total == self.total
 
     def leaf(self, account: str) -> int | None:
-        return self.tree.amounts.get(account)
+        return self.tree.amounts.get(account) if self.provable else None
+
+
+@dataclass
+class ChallengeModel:
+    amount: int  # what the challenger says it is owed; once answered, what the answer showed
+    tick: int  # when it was (re)opened: its answer is due before two more ticks
+    open: bool = True
 
 
 @dataclass
@@ -98,6 +136,7 @@ class AckModel:
     ack: Ack
     signature: bytes
     genuine: bool  # signed by the task's aggregator
+    tick: int  # when the device got it
 
 
 @dataclass
@@ -110,8 +149,10 @@ class TaskModel:
     paid_on_acks: int = 0
     committed: int = 0
     last_round: int = 0
-    closes_epoch: int | None = None  # the epoch of the close: closed once the epoch moves on
+    closes_tick: int | None = None  # the tick of the close: closed once the tick moves on
+    frozen: bool = False
     rounds: dict[int, RoundModel] = field(default_factory=dict)
+    challenges: dict[tuple[int, str], ChallengeModel] = field(default_factory=dict)
     claimed: dict[str, int] = field(default_factory=dict)
     acks: list[AckModel] = field(default_factory=list)
     pending: dict[str, int] = field(default_factory=dict)  # honest: acked, not yet committed
@@ -120,17 +161,32 @@ class TaskModel:
     def reserved(self) -> int:
         return max(self.committed + self.paid_on_acks, self.paid)
 
-    def entitlement(self, account: str) -> int:
-        """The most a committed root or a claimable genuine ack promises ``account``."""
-        leaves = [r.leaf(account) or 0 for r in self.rounds.values()]
-        acks = [
-            a.ack.cumulative_amount
-            for a in self.acks
-            if a.genuine
-            and a.ack.device == account
-            and (a.ack.round <= self.last_round or self.closes_epoch is not None)
-        ]
-        return max([0, *leaves, *acks])
+    @property
+    def acks_payable(self) -> bool:
+        return self.closes_tick is not None or self.frozen
+
+    def final(self, round_: int, tick: int) -> bool:
+        root = self.rounds[round_]
+        return not root.voided and tick > root.tick and root.open_challenges == 0
+
+    def final_leaf(self, account: str, tick: int) -> tuple[int, int]:
+        """(amount, round) of ``account``'s largest leaf in a final root; (0, 0) if none."""
+        return max(
+            (
+                (root.leaf(account) or 0, round_)
+                for round_, root in self.rounds.items()
+                if self.final(round_, tick)
+            ),
+            default=(0, 0),
+        )
+
+    def genuine_acks(self, account: str) -> list[AckModel]:
+        return [a for a in self.acks if a.genuine and a.ack.device == account]
+
+    def entitlement(self, account: str, tick: int) -> int:
+        """The most a final root or a payable genuine ack promises ``account``."""
+        acks = [a.ack.cumulative_amount for a in self.genuine_acks(account)]
+        return max([self.final_leaf(account, tick)[0], *(acks if self.acks_payable else [])])
 
 
 @dataclass
@@ -156,10 +212,20 @@ class PurchaseModel:
     buyer: int
     price: int
     one_time: OneTimeKey
-    epoch: int  # when its current deadline was set (bought, or delivered)
+    tick: int  # when its current deadline was set (bought, or delivered)
     state: PurchaseState = PurchaseState.PENDING
     delivery: KeyDelivery | None = None
     correct: bool | None = None  # whether the delivered key opens the listing's commitment
+
+
+@dataclass(frozen=True)
+class LeafEvidence:
+    """A challenge's evidence: a leaf in an earlier root, and whether it is the caller's own."""
+
+    round: int
+    amount: int
+    proof: Proof
+    valid: bool
 
 
 class MarketMachine(RuleBasedStateMachine):
@@ -170,8 +236,9 @@ class MarketMachine(RuleBasedStateMachine):
         self.snapshot = self.chain.snapshot()
         self.ledgers = {i: self.chain.ledger(i) for i in EVERYONE}
         self.address = {i: ledger.address for i, ledger in self.ledgers.items()}
+        self.index = {address: i for i, address in self.address.items()}
         self.market = self.chain.deployment.market
-        self.epoch = 0
+        self.tick = 0
         self.tasks: dict[TaskId, TaskModel] = {}
         self.sales: dict[tuple[TaskId, int], SalesModel] = {}
         self.listings: dict[ListingId, ListingModel] = {}
@@ -201,7 +268,8 @@ class MarketMachine(RuleBasedStateMachine):
         hostile_leaves: list[int],
     ) -> None:
         """Fund the actors; an honest task with round 1 committed, and a hostile task whose
-        round 1 pays itself, its Sybil and an honest device (the leaves may pass the total)."""
+        round 1 pays itself, its Sybil and an honest device (the leaves may pass the total);
+        once both are final, each is listed."""
         for index in (HOSTILE, BUYER, HOSTILE_BUYER):
             self.ledgers[SPONSOR].transfer(self.address[index], START_FUNDS)
         self.start = {i: self.ledgers[i].balance(a) for i, a in self.address.items()}
@@ -212,6 +280,7 @@ class MarketMachine(RuleBasedStateMachine):
         leaves = zip((HOSTILE, SYBIL, DEVICES[0]), hostile_leaves, strict=True)
         tree = RewardTree.build({self.address[i]: v for i, v in leaves})
         self._commit(hostile, hostile_aggregator, 1, tree, min(tree.total, hostile_budget))
+        self.wait()
         # each round for sale: the honest one by its aggregator, the hostile one by its owner
         self._list(honest, 1, AGGREGATOR, price=30, bps=2500)
         self._list(hostile, 1, hostile_aggregator, price=20, bps=10_000)
@@ -259,7 +328,7 @@ class MarketMachine(RuleBasedStateMachine):
                 continue  # an honest aggregator never promises more than the escrow
             model.pending[device] = model.pending.get(device, 0) + reward
             ack = Ack(task, model.last_round + 1, device, UPLOAD, model.pending[device])
-            model.acks.append(AckModel(ack, self._sign(ack, AGGREGATOR), genuine=True))
+            model.acks.append(AckModel(ack, self._sign(ack, AGGREGATOR), True, self.tick))
         if commit:
             self._honest_commit(task)
 
@@ -282,7 +351,7 @@ class MarketMachine(RuleBasedStateMachine):
             min_size=1,
             max_size=4,
         ),
-        total=st.sampled_from(["committed", "escrow", "escrow", "leaves", "below", "above"]),
+        total=st.sampled_from(["committed", "escrow", "leaves", "leaves", "below", "above"]),
         zero_commitment=st.sampled_from([False, False, False, False, True]),
     )
     def hostile_commit(
@@ -295,7 +364,8 @@ class MarketMachine(RuleBasedStateMachine):
         zero_commitment: bool,
     ) -> None:
         """Commit any root: into a hostile task by its aggregator, or into any task by a
-        stranger; leaves for anyone (honest devices too), up to the market's whole balance."""
+        stranger; leaves for anyone (honest devices too), up to the market's whole balance,
+        under the leaves' own total or another one (then no proof reaches it)."""
         task, model = self._task(data, hostile_first=True)
         who = model.aggregator if by_aggregator and not model.honest else HOSTILE
         market = self.ledgers[SPONSOR].balance(self.market)
@@ -326,6 +396,8 @@ class MarketMachine(RuleBasedStateMachine):
             expected = market_errors.TaskIsClosed
         elif who != model.aggregator:
             expected = market_errors.NotAggregator
+        elif model.frozen:
+            expected = market_errors.TaskFrozen
         elif round_ <= model.last_round:
             expected = market_errors.RoundNotIncreasing
         elif cumulative < model.committed:
@@ -347,8 +419,7 @@ class MarketMachine(RuleBasedStateMachine):
             expected,
         )
         if expected is None and sent:
-            model.rounds[round_] = RoundModel(tree, cumulative, commitment)
-            model.committed, model.last_round = cumulative, round_
+            self._committed(model, round_, tree, cumulative, commitment)
 
     @precondition(lambda self: self.tasks)
     @rule(
@@ -365,7 +436,63 @@ class MarketMachine(RuleBasedStateMachine):
         task, model = self._task(data, hostile_first=True)
         ack = Ack(task, max(1, model.last_round + ahead), self.address[device], UPLOAD, amount)
         genuine = signer == model.aggregator
-        model.acks.append(AckModel(ack, self._sign(ack, signer), genuine))
+        model.acks.append(AckModel(ack, self._sign(ack, signer), genuine, self.tick))
+
+    # -- challenges ----------------------------------------------------------------------------
+
+    @precondition(lambda self: any(m.rounds for m in self.tasks.values()))
+    @rule(
+        data=st.data(),
+        at=st.sampled_from(["committed", "committed", "committed", "next"]),
+        forged=st.sampled_from([False, False, False, True]),
+    )
+    def challenge(self, data: st.DataObject, at: str, forged: bool) -> None:
+        """Anyone challenges a root (or a round not committed): with a leaf of an earlier root
+        (its own, someone else's, or inflated), or with an ack (its own or someone else's,
+        genuine or forged), valid or not."""
+        task = data.draw(st.sampled_from(sorted(t for t, m in self.tasks.items() if m.rounds)))
+        model = self.tasks[task]
+        committed = sorted(model.rounds)
+        round_ = data.draw(st.sampled_from(committed)) if at == "committed" else 0
+        round_ = round_ or model.last_round + 1
+        if model.acks and data.draw(st.integers(0, 2)) == 0:
+            item = data.draw(st.sampled_from(model.acks))
+            own = self.index[item.ack.device]
+            who = own if data.draw(st.integers(0, 3)) else data.draw(st.sampled_from(EVERYONE))
+            self._challenge_with_ack(who, task, round_, item)
+            return
+        earlier = [r for r in committed if r < round_]
+        pick = earlier if earlier and data.draw(st.integers(0, 3)) else committed
+        evidence_round = data.draw(st.sampled_from(pick))
+        root = model.rounds[evidence_round]
+        account = data.draw(st.sampled_from(sorted(root.tree.amounts)))
+        who = self.index[account] if data.draw(st.integers(0, 3)) else ANYONE
+        amount = root.tree.amounts[account] + (data.draw(st.integers(1, 50)) if forged else 0)
+        valid = root.provable and not forged and account == self.address[who]
+        evidence = LeafEvidence(evidence_round, amount, root.tree.proof(account), valid)
+        self._challenge_with_leaf(who, task, round_, evidence)
+
+    @precondition(lambda self: any(m.challenges for m in self.tasks.values()))
+    @rule(data=st.data(), who=st.sampled_from(EVERYONE), forged=st.booleans())
+    def answer(self, data: st.DataObject, who: int, forged: bool) -> None:
+        """Anyone answers a challenge: with the challenger's leaf in the root (maybe inflated)
+        or, when it has none, with someone else's."""
+        task = data.draw(st.sampled_from(sorted(t for t, m in self.tasks.items() if m.challenges)))
+        model = self.tasks[task]
+        round_, account = data.draw(st.sampled_from(sorted(model.challenges)))
+        root = model.rounds[round_]
+        shown = account if account in root.tree.amounts else None
+        shown = shown or data.draw(st.sampled_from(sorted(root.tree.amounts)))
+        amount = root.tree.amounts[shown] + (data.draw(st.integers(1, 50)) if forged else 0)
+        valid = root.provable and not forged and shown == account
+        self._answer(who, task, round_, account, amount, root.tree.proof(shown), valid)
+
+    @precondition(lambda self: any(m.challenges for m in self.tasks.values()))
+    @rule(data=st.data(), who=st.sampled_from(EVERYONE))
+    def void(self, data: st.DataObject, who: int) -> None:
+        task = data.draw(st.sampled_from(sorted(t for t, m in self.tasks.items() if m.challenges)))
+        round_, account = data.draw(st.sampled_from(sorted(self.tasks[task].challenges)))
+        self._void(who, task, round_, account)
 
     # -- claims --------------------------------------------------------------------------------
 
@@ -373,9 +500,10 @@ class MarketMachine(RuleBasedStateMachine):
     @rule(data=st.data(), submitter=st.sampled_from(EVERYONE), forged=st.booleans())
     def claim(self, data: st.DataObject, submitter: int, forged: bool) -> None:
         task, model, round_, account, amount, proof, valid = self._leaf_claim(data, forged)
-        expected, pay = (
-            self._pay_outcome(model, account, amount) if valid else (market_errors.InvalidProof, 0)
-        )
+        expected = self._leaf_outcome(model, round_, valid)
+        pay = 0
+        if expected is None:
+            expected, pay = self._pay_outcome(model, account, amount)
         paid = self._expect(
             lambda: self.ledgers[submitter].claim(task, round_, account, amount, proof), expected
         )
@@ -387,24 +515,9 @@ class MarketMachine(RuleBasedStateMachine):
     @rule(data=st.data(), submitter=st.sampled_from(EVERYONE))
     def claim_acknowledged(self, data: st.DataObject, submitter: int) -> None:
         task = data.draw(st.sampled_from([t for t, m in self.tasks.items() if m.acks]))
-        model = self.tasks[task]
-        item = data.draw(st.sampled_from(model.acks))
-        account, amount = item.ack.device, item.ack.cumulative_amount
-        expected: Outcome
-        pay = 0
-        if not item.genuine:
-            expected = market_errors.NotAcknowledgedByAggregator
-        elif item.ack.round > model.last_round and model.closes_epoch is None:
-            expected = market_errors.AckRoundNotCommitted
-        else:
-            expected, pay = self._pay_outcome(model, account, amount)
-        paid = self._expect(
-            lambda: self.ledgers[submitter].claim_acknowledged(item.ack, item.signature), expected
+        self._claim_ack(
+            submitter, self.tasks[task], data.draw(st.sampled_from(self.tasks[task].acks))
         )
-        if expected is None:
-            assert paid == pay
-            self._paid(model, account, amount, pay)
-            model.paid_on_acks += pay
 
     @precondition(lambda self: any(m.rounds for m in self.tasks.values()))
     @rule(data=st.data(), submitter=st.sampled_from(EVERYONE), forged=st.booleans())
@@ -412,10 +525,10 @@ class MarketMachine(RuleBasedStateMachine):
         task, model, round_, account, amount, proof, valid = self._leaf_claim(data, forged)
         sales = self.sales.setdefault((task, round_), SalesModel())
         already = sales.claimed.get(account, 0)
-        expected: Outcome = None
+        expected = self._leaf_outcome(model, round_, valid)
         due = 0
-        if not valid:
-            expected = market_errors.InvalidProof
+        if expected is not None:
+            pass
         elif sales.revenue == 0:
             expected = market_errors.NothingToClaim
         else:
@@ -434,30 +547,40 @@ class MarketMachine(RuleBasedStateMachine):
             sales.paid += paid
             self.received[self._index(account)] += paid
 
-    @precondition(lambda self: any(m.honest and m.rounds for m in self.tasks.values()))
+    @precondition(lambda self: any(m.rounds or m.acks for m in self.tasks.values()))
     @rule(data=st.data())
     def honest_devices_collect(self, data: st.DataObject) -> None:
-        """Every honest device takes all it is owed in an honest task, by tree and sale share:
-        whatever the hostile actors did before, each of these must go through."""
-        task = data.draw(
-            st.sampled_from([t for t, m in self.tasks.items() if m.honest and m.rounds])
-        )
+        """Every honest device takes all it is owed in a task: its best final leaf, then its
+        best ack once acks are payable, then its sale shares. In an honest task, whatever the
+        hostile actors did before, each leaf and sale-share claim must go through; in any
+        task, an ack must whenever the escrow no root reserves covers it."""
+        task = data.draw(st.sampled_from([t for t, m in self.tasks.items() if m.rounds or m.acks]))
         model = self.tasks[task]
         for index in DEVICES:
             device = self.address[index]
-            best = max(model.rounds, key=lambda r: model.rounds[r].leaf(device) or 0)
-            tree = model.rounds[best].tree
-            amount = tree.amounts.get(device, 0)
+            amount, best = model.final_leaf(device, self.tick)
             if amount > model.claimed.get(device, 0):
                 expected, pay = self._pay_outcome(model, device, amount)
-                assert expected is None, "an honest device could not be paid its reward"
-                paid = self.ledgers[index].claim(task, best, device, amount, tree.proof(device))
-                assert paid == pay
-                self._paid(model, device, amount, pay)
+                if model.honest:
+                    assert expected is None, "an honest device could not be paid its reward"
+                proof = model.rounds[best].tree.proof(device)
+                paid = self._expect(
+                    lambda: self.ledgers[index].claim(task, best, device, amount, proof),  # noqa: B023
+                    expected,
+                )
+                if expected is None:
+                    assert paid == pay
+                    self._paid(model, device, amount, pay)
+            acks = model.genuine_acks(device) if model.acks_payable else []
+            item = max(acks, key=lambda a: a.ack.cumulative_amount, default=None)
+            if item is not None and item.ack.cumulative_amount > model.claimed.get(device, 0):
+                self._claim_ack(index, model, item)
             for round_, root in model.rounds.items():
                 sales = self.sales.get((task, round_))
                 leaf = root.leaf(device)
                 if sales is None or not leaf or not sales.revenue:
+                    continue
+                if not model.final(round_, self.tick):
                     continue
                 due = sales.revenue * leaf // root.total
                 if due > sales.claimed.get(device, 0):
@@ -481,11 +604,11 @@ class MarketMachine(RuleBasedStateMachine):
             expected = market_errors.TaskIsClosed
         elif not by_sponsor:
             expected = market_errors.NotSponsor
-        elif model.closes_epoch is not None:
+        elif model.closes_tick is not None:
             expected = market_errors.TaskIsClosed
         self._expect(lambda: self.ledgers[who].close_task(task), expected)
         if expected is None:
-            model.closes_epoch = self.epoch
+            model.closes_tick = self.tick
 
     @precondition(lambda self: self.tasks)
     @rule(data=st.data(), who=st.sampled_from(EVERYONE))
@@ -508,16 +631,18 @@ class MarketMachine(RuleBasedStateMachine):
     @rule(
         data=st.data(),
         seller=st.sampled_from(["sponsor", "aggregator", "aggregator", "stranger"]),
-        ahead=st.sampled_from([0, 0, 0, 1]),
+        which=st.sampled_from(["latest", "latest", "any", "next"]),
         price=st.integers(1, 50),
         bps=st.sampled_from([0, 2500, 10_000]),
     )
     def list_round(
-        self, data: st.DataObject, seller: str, ahead: int, price: int, bps: int
+        self, data: st.DataObject, seller: str, which: str, price: int, bps: int
     ) -> None:
         task, model = self._task(data)
         who = {"sponsor": model.sponsor, "aggregator": model.aggregator, "stranger": ANYONE}[seller]
-        round_ = model.last_round + ahead
+        round_ = model.last_round + (which == "next")
+        if which == "any" and model.rounds:
+            round_ = data.draw(st.sampled_from(sorted(model.rounds)))
         expected: Outcome = None
         if round_ == 0:
             expected = InvalidInput
@@ -525,6 +650,10 @@ class MarketMachine(RuleBasedStateMachine):
             expected = market_errors.NotTaskOwner
         elif round_ not in model.rounds:
             expected = market_errors.UnknownRound
+        elif model.rounds[round_].voided:
+            expected = market_errors.RoundIsVoided
+        elif not model.final(round_, self.tick):
+            expected = market_errors.RoundNotFinal
         elif bps and model.rounds[round_].total == 0:
             expected = market_errors.NoContributors
         self._list(task, round_, who, price=price, bps=bps, expected=expected)
@@ -552,7 +681,7 @@ class MarketMachine(RuleBasedStateMachine):
         )
         if expected is not None:
             return
-        self.purchases[purchase] = PurchaseModel(listing, buyer, model.price, one_time, self.epoch)
+        self.purchases[purchase] = PurchaseModel(listing, buyer, model.price, one_time, self.tick)
         self.sent[buyer] += model.price
         if then != "nothing":
             correct = then == "deliver" or model.seller in HONEST_SELLERS
@@ -605,12 +734,18 @@ class MarketMachine(RuleBasedStateMachine):
 
     @rule()
     def wait(self) -> None:
-        """The online honest parties act, then chain time passes every window."""
+        """The online honest parties act, then a tick of chain time passes."""
         for task, model in self.tasks.items():
-            if model.honest and model.closes_epoch == self.epoch:
+            if model.honest and model.closes_tick == self.tick:
                 self._honest_commit(task)  # within the close grace
+        for index in DEVICES:
+            for task in sorted(self.tasks):
+                self._watch(index, task)
+        for task, model in self.tasks.items():
+            if model.honest:
+                self._answer_challenges(task)
         for purchase, model in self.purchases.items():
-            if self._past(model.epoch):
+            if self._past(model.tick):
                 continue
             seller = self.listings[model.listing].seller
             if model.state == PurchaseState.PENDING and seller in HONEST_SELLERS:
@@ -621,10 +756,10 @@ class MarketMachine(RuleBasedStateMachine):
                 False,
             ):  # the honest buyer checks every key it gets and disputes a wrong one
                 self._dispute(purchase, BUYER, True)
-        self.chain.advance(3601)
-        self.epoch += 1
+        self.chain.advance(TICK)
+        self.tick += 1
         for purchase, model in self.purchases.items():
-            if not self._past(model.epoch):
+            if not self._past(model.tick):
                 continue
             seller = self.listings[model.listing].seller
             if model.state == PurchaseState.DELIVERED and seller in HONEST_SELLERS:
@@ -662,6 +797,18 @@ class MarketMachine(RuleBasedStateMachine):
                 model.last_round,
             )
             assert paid <= escrow
+            assert view["acks"][task] == (model.frozen, model.paid_on_acks)
+            for round_, root in model.rounds.items():
+                _, _, total, _, open_challenges, voided, prior = view["rounds"][task, round_]
+                assert (total, open_challenges, voided, prior) == (
+                    root.total,
+                    root.open_challenges,
+                    root.voided,
+                    root.prior_total,
+                )
+            for (round_, account), challenge in model.challenges.items():
+                amount, _, is_open = view["challenges"][task, round_, account]
+                assert (amount, is_open) == (challenge.amount, challenge.open)
         for key, sales in self.sales.items():
             if sales.revenue:
                 assert view["sales"][key] == (sales.revenue, sales.paid)
@@ -672,27 +819,50 @@ class MarketMachine(RuleBasedStateMachine):
     def nobody_was_paid_more_than_promised(self) -> None:
         for model in self.tasks.values():
             for account, claimed in model.claimed.items():
-                assert claimed <= model.entitlement(account)
+                assert claimed <= model.entitlement(account, self.tick)
             assert model.paid == sum(model.claimed.values())  # each unit paid once
         for (task, round_), sales in self.sales.items():
-            root = self.tasks[task].rounds.get(round_)
+            model = self.tasks[task]
             for account, claimed in sales.claimed.items():
-                assert root is not None
-                leaf = root.leaf(account) or 0
-                assert claimed <= sales.revenue * leaf // root.total
+                assert claimed == 0 or model.final(round_, self.tick)
+                leaf = model.rounds[round_].leaf(account) or 0
+                assert claimed <= sales.revenue * leaf // model.rounds[round_].total
+
+    @invariant()
+    def a_watching_device_is_never_paid_less_by_a_final_root(self) -> None:
+        """No final root pays an honest device less than an earlier final root, or than an ack
+        of that round or before that the device held while the root was challengeable."""
+        for model in self.tasks.values():
+            final = [r for r in sorted(model.rounds) if model.final(r, self.tick)]
+            for index in DEVICES:
+                device = self.address[index]
+                best = 0
+                for round_ in final:
+                    root = model.rounds[round_]
+                    pays = root.leaf(device) or 0
+                    assert pays >= best, (round_, device)
+                    best = pays
+                    for item in model.genuine_acks(device):
+                        ack = item.ack
+                        if ack.round <= round_ and item.tick <= root.tick:
+                            assert pays >= ack.cumulative_amount or ack.cumulative_amount >= UINT128
 
     @invariant()
     def honest_entitlements_never_fall(self) -> None:
         for task, model in self.tasks.items():
-            if not model.honest:
-                continue
-            outstanding = 0
             for index in DEVICES:
                 device = self.address[index]
-                entitled = model.entitlement(device)
+                entitled = model.entitlement(device, self.tick)
                 assert entitled >= self.seen_entitlement.get((task, device), 0)
                 self.seen_entitlement[task, device] = entitled
-                outstanding += entitled - model.claimed.get(device, 0)
+            if not model.honest:
+                continue
+            assert not model.frozen  # the honest aggregator answered every challenge
+            outstanding = sum(
+                model.entitlement(self.address[i], self.tick)
+                - model.claimed.get(self.address[i], 0)
+                for i in DEVICES
+            )
             assert model.escrow - model.paid >= outstanding  # all still payable from the task
             for round_, root in model.rounds.items():
                 sales = self.sales.get((task, round_))
@@ -707,7 +877,7 @@ class MarketMachine(RuleBasedStateMachine):
             seller = self.listings[model.listing].seller
             if model.buyer == BUYER and model.correct is False:  # a wrong key to the honest buyer
                 assert model.state in (PurchaseState.DELIVERED, PurchaseState.REFUNDED)
-                assert model.state == PurchaseState.REFUNDED or not self._past(model.epoch)
+                assert model.state == PurchaseState.REFUNDED or not self._past(model.tick)
             if seller in HONEST_SELLERS:  # an honest seller delivers in time, and is paid
                 assert model.state != PurchaseState.REFUNDED
                 assert model.correct is not False
@@ -719,18 +889,31 @@ class MarketMachine(RuleBasedStateMachine):
         (web3's per-call ABI handling would cost more than the calls themselves)."""
         token, market = self.chain.deployment.token, self.market
         tasks = sorted(self.tasks)
-        rounds = sorted(key for key, sales in self.sales.items() if sales.revenue)
-        calls: list[tuple[str, str, list[str], list[object]]] = [
-            (token, "totalSupply", [], []),
-            (token, "balanceOf", ["address"], [market]),
-            *[(token, "balanceOf", ["address"], [self.address[i]]) for i in EVERYONE],
-            *[(market, "tasks", ["uint256"], [task]) for task in tasks],
+        rounds = sorted((t, r) for t in tasks for r in self.tasks[t].rounds)
+        challenges = sorted((t, r, a) for t in tasks for r, a in self.tasks[t].challenges)
+        sold = sorted(key for key, sales in self.sales.items() if sales.revenue)
+        uint = ["uint256"]
+        calls: list[tuple[str, str, list[str], list[object], list[str]]] = [
+            (token, "totalSupply", [], [], uint),
+            (token, "balanceOf", ["address"], [market], uint),
+            *[(token, "balanceOf", ["address"], [self.address[i]], uint) for i in EVERYONE],
+            *[(market, "tasks", uint, [task], TASK_FIELDS) for task in tasks],
             *[
-                (market, name, ["uint256", "uint256"], [task, round_])
-                for task, round_ in rounds
+                (market, name, uint, [task], out)
+                for task in tasks
+                for name, out in (("frozen", ["bool"]), ("paidOnAcks", uint))
+            ],
+            *[(market, "rounds", uint * 2, [t, r], ROUND_FIELDS) for t, r in rounds],
+            *[
+                (market, "challenges", [*uint * 2, "address"], [t, r, a], CHALLENGE_FIELDS)
+                for t, r, a in challenges
+            ],
+            *[
+                (market, name, uint * 2, [task, round_], uint)
+                for task, round_ in sold
                 for name in ("salesRevenue", "salesPaid")
             ],
-            *[(market, "owed", ["address"], [self.address[i]]) for i in SELLERS],
+            *[(market, "owed", ["address"], [self.address[i]], uint) for i in SELLERS],
         ]
         batch = [
             {
@@ -739,22 +922,21 @@ class MarketMachine(RuleBasedStateMachine):
                 "method": "eth_call",
                 "params": [{"to": to, "data": "0x" + _calldata(name, types, args).hex()}, "latest"],
             }
-            for n, (to, name, types, args) in enumerate(calls)
+            for n, (to, name, types, args, _) in enumerate(calls)
         ]
         response = requests.post(self.chain.local.rpc_url, json=batch, timeout=30)
         answers = {item["id"]: bytes.fromhex(item["result"][2:]) for item in response.json()}
-        words = iter(
-            decode(TASK_FIELDS, answers[n])
-            if name == "tasks"
-            else decode(["uint256"], answers[n])[0]
-            for n, (_, name, _, _) in enumerate(calls)
-        )
+        decoded = (decode(out, answers[n]) for n, (*_, out) in enumerate(calls))
+        words = (values if len(values) > 1 else values[0] for values in decoded)
         return {
             "supply": next(words),
             "market": next(words),
             "balances": {i: next(words) for i in EVERYONE},
             "tasks": {task: next(words) for task in tasks},
-            "sales": {key: (next(words), next(words)) for key in rounds},
+            "acks": {task: (next(words), next(words)) for task in tasks},
+            "rounds": {key: next(words) for key in rounds},
+            "challenges": {key: next(words) for key in challenges},
+            "sales": {key: (next(words), next(words)) for key in sold},
             "owed": {i: next(words) for i in SELLERS},
         }
 
@@ -785,14 +967,18 @@ class MarketMachine(RuleBasedStateMachine):
         return purchase, self.purchases[purchase]
 
     def _index(self, account: str) -> int:
-        return next(i for i, a in self.address.items() if a == account)
+        return self.index[account]
 
-    def _past(self, epoch: int) -> bool:
-        """Whether a deadline set (WINDOW after a time) in ``epoch`` has passed."""
-        return self.epoch > epoch
+    def _past(self, tick: int) -> bool:
+        """Whether a deadline set (WINDOW after a time) in ``tick`` has passed."""
+        return self.tick > tick
+
+    def _answer_due(self, challenge: ChallengeModel) -> bool:
+        """Whether a challenge's answer is still due (RESPONSE_WINDOW after its opening)."""
+        return self.tick < challenge.tick + 2
 
     def _closed(self, model: TaskModel) -> bool:
-        return model.closes_epoch is not None and self._past(model.closes_epoch)
+        return model.closes_tick is not None and self._past(model.closes_tick)
 
     def _sign(self, ack: Ack, signer: int) -> bytes:
         deployment = self.chain.deployment
@@ -829,6 +1015,12 @@ class MarketMachine(RuleBasedStateMachine):
         if expected is None:
             self.listings[listing] = ListingModel(task, round_, who, price, bps, key)
 
+    def _committed(
+        self, model: TaskModel, round_: int, tree: RewardTree, total: int, commitment: bytes
+    ) -> None:
+        model.rounds[round_] = RoundModel(tree, total, commitment, self.tick, model.committed)
+        model.committed, model.last_round = total, round_
+
     def _commit(self, task: TaskId, who: int, round_: int, tree: RewardTree, total: int) -> None:
         """A commit the model expects to go through."""
         model = self.tasks[task]
@@ -844,8 +1036,7 @@ class MarketMachine(RuleBasedStateMachine):
             ),
             None,
         )
-        model.rounds[round_] = RoundModel(tree, total, MODEL_COMMITMENT)
-        model.committed, model.last_round = total, round_
+        self._committed(model, round_, tree, total, MODEL_COMMITMENT)
 
     def _honest_commit(self, task: TaskId) -> None:
         """The honest aggregator commits the true cumulative tree of the acked uploads."""
@@ -869,22 +1060,31 @@ class MarketMachine(RuleBasedStateMachine):
             expected,
         )
         if expected is None:
-            model.rounds[round_] = RoundModel(tree, tree.total, MODEL_COMMITMENT)
-            model.committed, model.last_round = tree.total, round_
+            self._committed(model, round_, tree, tree.total, MODEL_COMMITMENT)
 
     def _leaf_claim(
         self, data: st.DataObject, forged: bool
-    ) -> tuple[TaskId, TaskModel, int, str, int, list[bytes], bool]:
+    ) -> tuple[TaskId, TaskModel, int, str, int, Proof, bool]:
         """A (task, round, account, amount, proof) to claim with, and whether it is valid."""
         task = data.draw(st.sampled_from([t for t, m in self.tasks.items() if m.rounds]))
         model = self.tasks[task]
         round_ = data.draw(st.sampled_from(sorted(model.rounds)))
-        tree = model.rounds[round_].tree
-        account = data.draw(st.sampled_from(sorted(tree.amounts)))
-        amount, proof = tree.amounts[account], tree.proof(account)
+        root = model.rounds[round_]
+        account = data.draw(st.sampled_from(sorted(root.tree.amounts)))
+        amount, proof = root.tree.amounts[account], root.tree.proof(account)
         if forged:
             amount += data.draw(st.integers(1, 100))
-        return task, model, round_, account, amount, proof, not forged
+        return task, model, round_, account, amount, proof, root.provable and not forged
+
+    def _leaf_outcome(self, model: TaskModel, round_: int, valid: bool) -> Outcome:
+        """DataMarket._leafRound then _requireFinal: whether a leaf of ``round_`` pays now."""
+        if not valid:
+            return market_errors.InvalidProof
+        if model.rounds[round_].voided:
+            return market_errors.RoundIsVoided
+        if not model.final(round_, self.tick):
+            return market_errors.RoundNotFinal
+        return None
 
     def _pay_outcome(self, model: TaskModel, account: str, amount: int) -> tuple[Outcome, int]:
         """DataMarket._pay: what paying ``account`` up to ``amount`` cumulative does."""
@@ -900,6 +1100,198 @@ class MarketMachine(RuleBasedStateMachine):
         model.paid += pay
         self.received[self._index(account)] += pay
 
+    def _claim_ack(self, submitter: int, model: TaskModel, item: AckModel) -> None:
+        """claimAcknowledged: only the aggregator's acks, only once the task is closing or
+        frozen, and only from the escrow no root reserves."""
+        account, amount = item.ack.device, item.ack.cumulative_amount
+        expected: Outcome
+        pay = 0
+        if not item.genuine:
+            expected = market_errors.NotAcknowledgedByAggregator
+        elif not model.acks_payable:
+            expected = market_errors.AcksNotPayable
+        else:
+            expected, pay = self._pay_outcome(model, account, amount)
+            if expected is None and model.committed + model.paid_on_acks + pay > model.escrow:
+                expected, pay = market_errors.TaskUnderfunded, 0
+        paid = self._expect(
+            lambda: self.ledgers[submitter].claim_acknowledged(item.ack, item.signature),
+            expected,
+        )
+        if expected is None:
+            assert paid == pay
+            self._paid(model, account, amount, pay)
+            model.paid_on_acks += pay
+
+    def _open_outcome(self, model: TaskModel, round_: int, account: str, amount: int) -> Outcome:
+        """DataMarket._openChallenge: whether ``account`` may challenge ``round_`` for
+        ``amount``."""
+        root = model.rounds.get(round_)
+        if root is None:
+            return market_errors.UnknownRound
+        if root.voided:
+            return market_errors.RoundIsVoided
+        if self._past(root.tick):
+            return market_errors.ChallengeWindowClosed
+        if amount >= UINT128:
+            return market_errors.MarketRejected  # SafeCastOverflowedUintDowncast
+        challenge = model.challenges.get((round_, account))
+        if challenge is not None and not challenge.open and amount <= challenge.amount:
+            return market_errors.AlreadyAnswered
+        return None
+
+    def _opened(self, model: TaskModel, round_: int, account: str, amount: int) -> None:
+        challenge = model.challenges.get((round_, account))
+        if challenge is None or not challenge.open:
+            previous = challenge.amount if challenge else 0
+            model.challenges[round_, account] = ChallengeModel(max(previous, amount), self.tick)
+            model.rounds[round_].open_challenges += 1
+        else:
+            challenge.amount = max(challenge.amount, amount)
+
+    def _challenge_with_leaf(
+        self, who: int, task: TaskId, round_: int, evidence: LeafEvidence
+    ) -> Outcome:
+        model = self.tasks[task]
+        account = self.address[who]
+        expected: Outcome
+        if evidence.round >= round_:
+            expected = market_errors.EvidenceNotEarlier
+        elif not evidence.valid:
+            expected = market_errors.InvalidProof
+        elif model.rounds[evidence.round].voided:
+            expected = market_errors.RoundIsVoided
+        else:
+            expected = self._open_outcome(model, round_, account, evidence.amount)
+        self._expect(
+            lambda: self.ledgers[who].challenge(
+                task,
+                round_,
+                evidence_round=evidence.round,
+                cumulative_amount=evidence.amount,
+                proof=evidence.proof,
+            ),
+            expected,
+        )
+        if expected is None:
+            self._opened(model, round_, account, evidence.amount)
+        return expected
+
+    def _challenge_with_ack(self, who: int, task: TaskId, round_: int, item: AckModel) -> Outcome:
+        model = self.tasks[task]
+        ack = item.ack
+        expected: Outcome
+        if ack.device != self.address[who]:
+            expected = market_errors.NotChallenger
+        elif ack.round > round_:
+            expected = market_errors.EvidenceNotEarlier
+        elif not item.genuine:
+            expected = market_errors.NotAcknowledgedByAggregator
+        else:
+            expected = self._open_outcome(model, round_, ack.device, ack.cumulative_amount)
+        self._expect(
+            lambda: self.ledgers[who].challenge_with_ack(task, round_, ack, item.signature),
+            expected,
+        )
+        if expected is None:
+            self._opened(model, round_, ack.device, ack.cumulative_amount)
+        return expected
+
+    def _answer(
+        self,
+        who: int,
+        task: TaskId,
+        round_: int,
+        account: str,
+        amount: int,
+        proof: Proof,
+        valid: bool,
+    ) -> None:
+        model = self.tasks[task]
+        challenge = model.challenges.get((round_, account))
+        expected: Outcome = None
+        if challenge is None or not challenge.open:
+            expected = market_errors.NotChallenged
+        elif not self._answer_due(challenge):
+            expected = market_errors.ResponseWindowClosed
+        elif amount < challenge.amount:
+            expected = market_errors.AnswerTooLow
+        elif not valid:
+            expected = market_errors.InvalidProof
+        self._expect(
+            lambda: self.ledgers[who].answer(task, round_, account, amount, proof), expected
+        )
+        if expected is None:
+            assert challenge is not None
+            challenge.open, challenge.amount = False, amount
+            model.rounds[round_].open_challenges -= 1
+
+    def _void(self, who: int, task: TaskId, round_: int, account: str) -> None:
+        model = self.tasks[task]
+        challenge = model.challenges.get((round_, account))
+        root = model.rounds[round_]
+        expected: Outcome = None
+        if challenge is None or not challenge.open:
+            expected = market_errors.NotChallenged
+        elif self._answer_due(challenge):
+            expected = market_errors.ResponseWindowOpen
+        elif root.voided:
+            expected = market_errors.RoundIsVoided
+        self._expect(lambda: self.ledgers[who].void_round(task, round_, account), expected)
+        if expected is None:
+            root.voided = model.frozen = True
+            if round_ == model.last_round:
+                model.committed = root.prior_total
+
+    def _watch(self, index: int, task: TaskId) -> None:
+        """What ``fedmarket device watch`` does for device ``index`` in ``task``: challenge
+        every root in its window that pays the device less than its largest leaf in an
+        earlier root or its largest ack of that round or before, and void every root whose
+        challenge by the device went unanswered."""
+        model = self.tasks[task]
+        device = self.address[index]
+        best: LeafEvidence | None = None  # the largest leaf in an earlier root, not voided
+        for round_ in sorted(model.rounds):
+            root = model.rounds[round_]
+            challenge = model.challenges.get((round_, device))
+            if root.voided:
+                continue
+            if challenge is not None and challenge.open and not self._answer_due(challenge):
+                self._void(index, task, round_, device)
+                continue
+            pays = root.leaf(device) or 0
+            acks = [
+                a
+                for a in model.genuine_acks(device)
+                if a.ack.round <= round_ and a.ack.cumulative_amount < UINT128
+            ]
+            ack = max(acks, key=lambda a: a.ack.cumulative_amount, default=None)
+            owed = max(best.amount if best else 0, ack.ack.cumulative_amount if ack else 0)
+            shown = challenge.amount if challenge is not None else 0
+            if not self._past(root.tick) and owed > max(pays, shown):
+                if ack is not None and ack.ack.cumulative_amount == owed:
+                    outcome = self._challenge_with_ack(index, task, round_, ack)
+                else:
+                    assert best is not None
+                    outcome = self._challenge_with_leaf(index, task, round_, best)
+                assert outcome is None, "a watching device could not challenge"
+            if pays and (best is None or pays > best.amount):
+                best = LeafEvidence(round_, pays, root.tree.proof(device), True)
+
+    def _answer_challenges(self, task: TaskId) -> None:
+        """The honest aggregator answers every open challenge of its roots while it is due:
+        its roots are true cumulative trees, so each holds a leaf that answers."""
+        model = self.tasks[task]
+        for (round_, account), challenge in sorted(model.challenges.items()):
+            if not challenge.open or not self._answer_due(challenge):
+                continue
+            root = model.rounds[round_]
+            amount = root.leaf(account)
+            assert amount is not None, "an honest root left out a challenger it owes"
+            assert amount >= challenge.amount, "an honest root paid a challenger too little"
+            proof = root.tree.proof(account)
+            self._answer(AGGREGATOR, task, round_, account, amount, proof, True)
+
     def _deliver(self, purchase: PurchaseId, correct: bool, who: int) -> None:
         model = self.purchases[purchase]
         listing = self.listings[model.listing]
@@ -908,7 +1300,7 @@ class MarketMachine(RuleBasedStateMachine):
             expected = market_errors.WrongPurchaseState
         elif who != listing.seller:
             expected = market_errors.NotSeller
-        elif self._past(model.epoch):
+        elif self._past(model.tick):
             expected = market_errors.DeliveryWindowClosed
         key = listing.key if correct else AssetKey.generate()  # garbage: any other key
         delivery = deliver_key(
@@ -921,14 +1313,14 @@ class MarketMachine(RuleBasedStateMachine):
         self._expect(lambda: self.ledgers[who].deliver_key(purchase, delivery), expected)
         if expected is None:
             model.state, model.delivery, model.correct = PurchaseState.DELIVERED, delivery, correct
-            model.epoch = self.epoch
+            model.tick = self.tick
 
     def _settle(self, purchase: PurchaseId, who: int) -> None:
         model = self.purchases[purchase]
         expected: Outcome = None
         if model.state != PurchaseState.DELIVERED:
             expected = market_errors.WrongPurchaseState
-        elif not self._past(model.epoch):
+        elif not self._past(model.tick):
             expected = market_errors.DisputeWindowOpen
         seller_share = self._expect(lambda: self.ledgers[who].settle(purchase), expected)
         if expected is None:
@@ -947,7 +1339,7 @@ class MarketMachine(RuleBasedStateMachine):
             expected = market_errors.WrongPurchaseState
         elif who != model.buyer:
             expected = market_errors.NotBuyer
-        elif not self._past(model.epoch):
+        elif not self._past(model.tick):
             expected = market_errors.DeliveryWindowOpen
         refunded = self._expect(lambda: self.ledgers[who].refund(purchase), expected)
         if expected is None:
@@ -964,7 +1356,7 @@ class MarketMachine(RuleBasedStateMachine):
             expected = market_errors.WrongPurchaseState
         elif who != model.buyer:
             expected = market_errors.NotBuyer
-        elif self._past(model.epoch):
+        elif self._past(model.tick):
             expected = market_errors.DisputeWindowClosed
         elif not true_secret:
             expected = market_errors.InvalidSecret
@@ -992,7 +1384,17 @@ class MarketMachine(RuleBasedStateMachine):
 
 
 def test_market_invariants_hold_under_random_honest_and_hostile_play(chain: Chain) -> None:
-    MarketMachine.chain = chain
+    """On a market of its own, deployed with this machine's windows (see the module's doc)."""
+    deployment = deploy(
+        chain.w3,
+        chain.accounts[SPONSOR],
+        delivery_window=WINDOW,
+        dispute_window=WINDOW,
+        close_grace=WINDOW,
+        challenge_window=WINDOW,
+        response_window=RESPONSE_WINDOW,
+    )
+    MarketMachine.chain = Chain(chain.local, chain.w3, deployment, chain.accounts)
     run_state_machine_as_test(
         MarketMachine,
         settings=settings(

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 from chain_helpers import EMPTY_CID, Chain
 from chain_helpers import commit as commit_round
+from eth_abi.exceptions import EncodingError
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -164,7 +165,12 @@ def _tampered(tree: RewardTree, account: str) -> list[tuple[str, str, int, list[
     if proof:
         first = proof[0]
         bent += [
-            ("a sibling's sum + 1", account, amount, [replace(first, sum=first.sum + 1), *proof[1:]]),
+            (
+                "a sibling's sum + 1",
+                account,
+                amount,
+                [replace(first, sum=first.sum + 1), *proof[1:]],
+            ),
             ("a sibling's hash", account, amount, [_flip(first), *proof[1:]]),
             ("the last node cut", account, amount, proof[:-1]),
         ]
@@ -196,10 +202,24 @@ def test_the_contract_pays_every_python_proof_and_refuses_bent_ones(
             with pytest.raises(market_errors.InvalidProof):
                 sender.claim(task, 1, who, amount, proof)
             assert sponsor.task(task).paid == paid, what
-        assert sender.claim(task, 1, account, tree.amounts[account], tree.proof(account)) == (
-            tree.amounts[account]
+        assert (
+            sender.claim(task, 1, account, tree.amounts[account], tree.proof(account))
+            == (tree.amounts[account])
         )
         assert sender.balance(account) == tree.amounts[account]
 
     state = sponsor.task(task)
     assert state.paid == state.escrow == tree.total == sum(rewards.values())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=EncodingError,
+    reason="library issue: root_of/verify raise eth_abi's ValueOutOfBounds when a proof's "
+    "running sum passes 2**256-1 (the contract reverts there) instead of returning False",
+)
+def test_a_proof_whose_sums_overflow_does_not_verify() -> None:
+    account = "0x" + "11" * 20
+    proof = [SumNode(b"\x01" * 32, 2**255), SumNode(b"\x02" * 32, 0)]
+
+    assert not verify(bytes(32), 1, account, 2**255, proof)

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from chain_helpers import MODEL_CID, Chain, open_publisher, signed_receipt
+from chain_helpers import (
+    CHALLENGE_WINDOW,
+    MODEL_CID,
+    RESPONSE_WINDOW,
+    Chain,
+    commit,
+    open_publisher,
+    signed_receipt,
+)
 from eth_account.signers.local import LocalAccount
 
 from fedmarket.contracts import load_artifact
@@ -29,6 +37,8 @@ from fedmarket.ledger.errors import (
     InvalidSecret,
     KeyMatchesCommitment,
     NotTaskOwner,
+    RoundIsVoided,
+    RoundNotFinal,
 )
 from fedmarket.market.claims import claim_all, rewards_of
 from fedmarket.market.publisher import RoundPublisher
@@ -42,7 +52,9 @@ from fedmarket.market.sales import (
     serve,
     settle_due,
 )
+from fedmarket.market.rewards import RewardTree
 from fedmarket.market.sealed_models import SealedModel, model_commitment
+from fedmarket.market.watch import watch
 from fedmarket.store import LocalStore
 from fedmarket.types import ListingId, PurchaseId, TaskId
 
@@ -117,8 +129,9 @@ class Sale:
 
 
 def setup_sale(chain: Chain, tmp_path: Path) -> Sale:
-    """Task 1 (sponsor 0, aggregator 1, reward 1) with round 1 committed, paying devices 2 and
-    3; the aggregator lists its model at PRICE with BPS to contributors; buyer 8 holds 100."""
+    """Task 1 (sponsor 0, aggregator 1, reward 1) with round 1 committed and final, paying
+    devices 2 and 3; the aggregator lists its model at PRICE with BPS to contributors; buyer 8
+    holds 100."""
     task = chain.ledger(0).create_task(
         aggregator=chain.accounts[1].address,
         reward_per_update=1,
@@ -127,6 +140,7 @@ def setup_sale(chain: Chain, tmp_path: Path) -> Sale:
     )
     publisher = open_publisher(chain, task, tmp_path)
     publish_first_round(chain, publisher, task, MODEL, chain.accounts[2:4])
+    chain.finalize()  # only a final round is listed
     store, keyring = LocalStore(tmp_path / "store"), Keyring(tmp_path / "seller-keys")
     listing = list_model(
         chain.ledger(1),
@@ -366,6 +380,53 @@ def test_only_the_tasks_owners_list_and_only_its_committed_model(
 
     sponsor_listing = listed(chain.ledger(0), 1, sealed)  # the sponsor may sell it too
     assert str(chain.ledger(0).listing(sponsor_listing).seller) == str(chain.accounts[0].address)
+
+
+def test_a_round_is_listed_only_once_final_and_never_once_voided(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """A root still in its challenge window may yet be voided, so its model is not for sale
+    until the window is over; a voided root's model never is."""
+    task = chain.ledger(0).create_task(
+        aggregator=chain.accounts[1].address,
+        reward_per_update=1,
+        budget=BUDGET,
+        spec_cid=MODEL_CID,
+    )
+    a, b = chain.accounts[2:4]
+    publish_first_round(chain, open_publisher(chain, task, tmp_path), task, MODEL, [a, b])
+    store = LocalStore(tmp_path / "store")
+
+    def listed(round_: int) -> ListingId:
+        return chain.ledger(1).list_asset(
+            task=task,
+            round=round_,
+            asset_cid=MODEL_CID,
+            price=PRICE,
+            key_commitment=AssetKey.generate().commitment,
+            metadata_cid=MODEL_CID,
+            contributors_bps=BPS,
+        )
+
+    before = nonces(chain)
+    with pytest.raises(RoundNotFinal, match=f"task {task} round 1 is not final"):
+        listed(1)
+    assert nonces(chain) == before
+    chain.finalize()
+    first = listed(1)
+    # The aggregator commits a round 2 that drops b: b challenges it with its round-1 leaf,
+    # nobody can answer, and once the response window is over the root is voided.
+    commit(chain.ledger(1), task, 2, RewardTree.build({a.address: 2}))
+    (objection,) = watch(chain.ledger(3), store, b.address)
+    assert (objection.round, objection.owed, objection.action) == (2, 1, "challenged")
+    with pytest.raises(RoundNotFinal):
+        listed(2)
+    chain.advance(CHALLENGE_WINDOW + RESPONSE_WINDOW)
+    (objection,) = watch(chain.ledger(3), store, b.address)
+    assert objection.action == "voided (the challenge went unanswered)"
+    with pytest.raises(RoundIsVoided):
+        listed(2)
+    assert chain.ledger(0).listing_ids() == [first]
 
 
 # -- nothing readable without paying ---------------------------------------------------------------

@@ -79,7 +79,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         uint64 committedAt; // challenges are open until committedAt + challengeWindow
         uint32 openChallenges;
         bool voided; // an unanswered challenge showed the root takes back an entitlement
-        uint128 priorTotal; // the task's committed total before this round, restored if voided
+        uint64 priorRound; // the task's round committed before this one (0: none)
     }
 
     /// @notice An account's claim that a root pays it less than `amount`, open until `deadline`;
@@ -377,7 +377,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
             committedAt: uint64(block.timestamp),
             openChallenges: 0,
             voided: false,
-            priorTotal: t.committed
+            priorRound: t.lastRound
         });
         t.lastRound = SafeCast.toUint64(round);
         t.committed = uint128(cumulativeTotal);
@@ -456,9 +456,12 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         if (r.voided) revert RoundIsVoided(task, round);
         r.voided = true;
         frozen[task] = true;
+        // The committed total is that of the latest round not voided (totals never decrease);
+        // the walk only crosses voided rounds, and a frozen task commits no more.
         Task storage t = tasks[task];
-        // Totals never decrease, so only the latest round holds the task's committed total.
-        if (round == t.lastRound) t.committed = r.priorTotal;
+        uint256 top = t.lastRound;
+        while (top != 0 && rounds[task][top].voided) top = rounds[task][top].priorRound;
+        t.committed = top == 0 ? 0 : rounds[task][top].cumulativeTotal;
         emit RoundVoided(task, round, account);
     }
 
@@ -754,8 +757,8 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         emit TaskCreated(task, msg.sender, aggregator, rewardPerUpdate, budget, contributorsBps, specCid);
     }
 
-    /// @dev The round whose root holds the leaf (account, cumulativeAmount) with `proof`, or a
-    /// revert. An uncommitted round has a zero root, which no proof reaches.
+    /// @dev The committed round whose root holds the leaf (account, cumulativeAmount) with
+    /// `proof`, or a revert.
     function _leafRound(
         uint256 task,
         uint256 round,
@@ -764,6 +767,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         RewardSumTree.Node[] calldata proof
     ) private view returns (Round storage r) {
         r = rounds[task][round];
+        if (r.committedAt == 0) revert UnknownRound(task, round);
         (bytes32 root, uint256 sum) = RewardSumTree.rootOf(account, cumulativeAmount, proof);
         if (root != r.rewardsRoot || sum != r.cumulativeTotal) revert InvalidProof(task, account, cumulativeAmount);
     }

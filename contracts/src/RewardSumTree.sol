@@ -18,12 +18,14 @@ library RewardSumTree {
         uint256 sum;
     }
 
+    error SumOverflow();
+
     function leafHash(address account, uint256 amount) internal pure returns (bytes32) {
         return keccak256(bytes.concat(keccak256(abi.encode(account, amount))));
     }
 
     /// @notice The (hash, sum) of the root that `proof` leads to from the leaf (account, amount).
-    /// Sums are checked: a proof whose sums overflow reverts.
+    /// Reverts with SumOverflow when the sums pass 2**256 - 1 (no real tree's do).
     function rootOf(address account, uint256 amount, Node[] calldata proof)
         internal
         pure
@@ -37,7 +39,11 @@ library RewardSumTree {
             hash = hash <= siblingHash
                 ? _parent(hash, sum, siblingHash, siblingSum)
                 : _parent(siblingHash, siblingSum, hash, sum);
-            sum += siblingSum;
+            unchecked {
+                uint256 total = sum + siblingSum;
+                if (total < sum) revert SumOverflow();
+                sum = total;
+            }
         }
     }
 

@@ -149,6 +149,13 @@ class AlreadyAnswered(MarketRejected):
     )
 
 
+class SumOverflow(MarketRejected):
+    advice = (
+        "the proof's sums add up past 2**256 - 1, so it is no proof of any real reward tree; "
+        "rebuild it from the round's receipts bundle"
+    )
+
+
 class AnswerTooLow(MarketRejected):
     advice = (
         "task {task} round {round} pays {account} {amount}, less than the {challenged} "

@@ -55,7 +55,7 @@ class Rewards:
     earned: int  # largest cumulative amount the verified final rounds give it
     round: int  # the round whose root gives ``earned``
     claimed: int
-    rounds: int  # rounds in which the account was paid
+    rounds: int  # committed rounds (final or pending) in which the account was paid
     proof: Proof
     acked: int = 0  # largest cumulative amount a payable acknowledgement gives
     ack: tuple[Ack, bytes] | None = None
@@ -118,7 +118,7 @@ def rewards_of(
                 earned=earned,
                 round=round_,
                 claimed=ledger.claimed(task, account),
-                rounds=earned // reward if reward else 0,
+                rounds=max(earned, waiting) // reward if reward else 0,
                 proof=proof,
                 acked=ack[0].cumulative_amount if ack else 0,
                 ack=ack,

@@ -42,10 +42,16 @@ Proof = tuple[SumNode, ...]
 
 
 def leaf(account: str, amount: int) -> SumNode:
+    """Raises :class:`InvalidInput` for an amount outside 0..2**256-1."""
+    if not 0 <= amount <= _MAX_UINT256:
+        raise InvalidInput(f"a reward must be in 0..2**256-1, got {amount}")
     return SumNode(keccak(keccak(encode(_LEAF_TYPES, [account, amount]))), amount)
 
 
 def parent(a: SumNode, b: SumNode) -> SumNode:
+    """Raises :class:`InvalidInput` when the sums pass 2**256-1 (the contract's SumOverflow)."""
+    if a.sum + b.sum > _MAX_UINT256 or min(a.sum, b.sum) < 0:
+        raise InvalidInput("the sums of a reward tree must stay in 0..2**256-1")
     lo, hi = (a, b) if a.hash <= b.hash else (b, a)
     return SumNode(keccak(encode(_NODE_TYPES, [lo.hash, lo.sum, hi.hash, hi.sum])), a.sum + b.sum)
 
@@ -109,7 +115,7 @@ class RewardTree:
 
 def root_of(account: str, amount: int, proof: Sequence[SumNode]) -> SumNode:
     """The root (hash and sum) that ``proof`` leads to from the leaf (account, amount), as
-    ``RewardSumTree.rootOf`` computes it."""
+    ``RewardSumTree.rootOf`` computes it; :class:`InvalidInput` where the sums overflow."""
     node = leaf(to_checksum_address(account), amount)
     for sibling in proof:
         node = parent(node, sibling)
@@ -118,5 +124,8 @@ def root_of(account: str, amount: int, proof: Sequence[SumNode]) -> SumNode:
 
 def verify(root: bytes, total: int, account: str, amount: int, proof: Sequence[SumNode]) -> bool:
     """Whether (account, amount) is a leaf of the tree with this root and total."""
-    top = root_of(account, amount, proof)
+    try:
+        top = root_of(account, amount, proof)
+    except InvalidInput:  # sums out of range: no real tree's proof
+        return False
     return top.hash == root and top.sum == total
