@@ -212,12 +212,6 @@ def test_the_contract_pays_every_python_proof_and_refuses_bent_ones(
     assert state.paid == state.escrow == tree.total == sum(rewards.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=EncodingError,
-    reason="library issue: root_of/verify raise eth_abi's ValueOutOfBounds when a proof's "
-    "running sum passes 2**256-1 (the contract reverts there) instead of returning False",
-)
 def test_a_proof_whose_sums_overflow_does_not_verify() -> None:
     account = "0x" + "11" * 20
     proof = [SumNode(b"\x01" * 32, 2**255), SumNode(b"\x02" * 32, 0)]
