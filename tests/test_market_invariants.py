@@ -95,8 +95,8 @@ TASK_FIELDS = [
     "uint128",
 ]
 # DataMarket.rounds(task, round): root, model commitment, total, committedAt, openChallenges,
-# voided, priorTotal
-ROUND_FIELDS = ["bytes32", "bytes32", "uint128", "uint64", "uint32", "bool", "uint128"]
+# voided, priorRound
+ROUND_FIELDS = ["bytes32", "bytes32", "uint128", "uint64", "uint32", "bool", "uint64"]
 # DataMarket.challenges(task, round, account): amount, deadline, open
 CHALLENGE_FIELDS = ["uint128", "uint64", "bool"]
 
@@ -105,13 +105,24 @@ def _calldata(name: str, types: list[str], args: list[object]) -> bytes:
     return keccak(text=f"{name}({','.join(types)})")[:4] + encode(types, args)
 
 
+def _fit(amounts: dict[str, int], low: int, high: int) -> dict[str, int]:
+    """``amounts`` scaled down to add up to at most ``high``, the first topped up to reach
+    ``low`` (when low <= high): a root a hostile aggregator can commit and prove."""
+    total = sum(amounts.values())
+    if total > high:
+        amounts = {a: v * high // total for a, v in amounts.items()}
+    first = next(iter(amounts))
+    amounts[first] += max(0, low - sum(amounts.values()))
+    return amounts
+
+
 @dataclass
 class RoundModel:
     tree: RewardTree
     total: int
     commitment: bytes
     tick: int  # committed in this tick: challengeable until the tick moves on
-    prior_total: int  # the task's committed total before it, restored if it is voided
+    prior_round: int  # the task's round committed before it (0: none)
     voided: bool = False
     open_challenges: int = 0
 
@@ -128,6 +139,7 @@ class RoundModel:
 class ChallengeModel:
     amount: int  # what the challenger says it is owed; once answered, what the answer showed
     tick: int  # when it was (re)opened: its answer is due before two more ticks
+    evidence: LeafEvidence | AckModel  # what it was (last) opened or raised with
     open: bool = True
 
 
@@ -257,7 +269,7 @@ class MarketMachine(RuleBasedStateMachine):
         rewards=st.lists(st.integers(1, 20), min_size=len(DEVICES), max_size=len(DEVICES)),
         hostile_budget=st.integers(1, 50),
         hostile_aggregator=st.sampled_from([HOSTILE, SYBIL]),
-        hostile_leaves=st.lists(st.integers(1, 60), min_size=3, max_size=3),
+        hostile_leaves=st.lists(st.integers(1, 20), min_size=3, max_size=3),
     )
     def open_markets(
         self,
@@ -351,7 +363,9 @@ class MarketMachine(RuleBasedStateMachine):
             min_size=1,
             max_size=4,
         ),
-        total=st.sampled_from(["committed", "escrow", "leaves", "leaves", "below", "above"]),
+        total=st.sampled_from(
+            ["drop", "drop", "fit", "fit", "committed", "escrow", "leaves", "below", "above"]
+        ),
         zero_commitment=st.sampled_from([False, False, False, False, True]),
     )
     def hostile_commit(
@@ -365,13 +379,24 @@ class MarketMachine(RuleBasedStateMachine):
     ) -> None:
         """Commit any root: into a hostile task by its aggregator, or into any task by a
         stranger; leaves for anyone (honest devices too), up to the market's whole balance,
-        under the leaves' own total or another one (then no proof reaches it)."""
+        under the leaves' own total or another one (then no proof reaches it), or leaves cut
+        down to fit between the committed total and the escrow; or the latest root again with
+        one account's amount moved to the Sybil (the attack a watching device must catch)."""
         task, model = self._task(data, hostile_first=True)
         who = model.aggregator if by_aggregator and not model.honest else HOSTILE
         market = self.ledgers[SPONSOR].balance(self.market)
         amounts = {
             self.address[i]: market if v == "market" else int(v) for i, v in dict(leaves).items()
         }
+        latest = [r for r in model.rounds.values() if r.provable and not r.voided]
+        if total == "drop" and latest:
+            amounts = dict(latest[-1].tree.amounts)
+            victim = data.draw(st.sampled_from(sorted(amounts)))
+            sybil = self.address[SYBIL]
+            amounts[sybil] = amounts.get(sybil, 0) + amounts.pop(victim)
+        elif total in ("drop", "fit"):
+            amounts = _fit(amounts, model.committed, model.escrow)
+        total = "leaves" if total in ("drop", "fit") else total
         tree = RewardTree.build(amounts)
         cumulative = {
             "committed": model.committed,
@@ -443,33 +468,53 @@ class MarketMachine(RuleBasedStateMachine):
     @precondition(lambda self: any(m.rounds for m in self.tasks.values()))
     @rule(
         data=st.data(),
-        at=st.sampled_from(["committed", "committed", "committed", "next"]),
+        at=st.sampled_from(["open", "open", "open", "committed", "next"]),
+        valid=st.sampled_from([True, True, True, False]),
+        with_ack=st.booleans(),
         forged=st.sampled_from([False, False, False, True]),
     )
-    def challenge(self, data: st.DataObject, at: str, forged: bool) -> None:
-        """Anyone challenges a root (or a round not committed): with a leaf of an earlier root
-        (its own, someone else's, or inflated), or with an ack (its own or someone else's,
-        genuine or forged), valid or not."""
-        task = data.draw(st.sampled_from(sorted(t for t, m in self.tasks.items() if m.rounds)))
+    def challenge(
+        self, data: st.DataObject, at: str, valid: bool, with_ack: bool, forged: bool
+    ) -> None:
+        """Anyone challenges a root (or a round not committed), mostly one in its window: with
+        a leaf of an earlier root (its own, someone else's, or inflated), or with an ack (its
+        own or someone else's, genuine or forged); mostly with evidence the contract takes."""
+        tasks = sorted(t for t, m in self.tasks.items() if m.rounds)
+        in_window = [t for t in tasks if self._challengeable(self.tasks[t])]
+        task = data.draw(st.sampled_from(in_window if at == "open" and in_window else tasks))
         model = self.tasks[task]
         committed = sorted(model.rounds)
-        round_ = data.draw(st.sampled_from(committed)) if at == "committed" else 0
-        round_ = round_ or model.last_round + 1
-        if model.acks and data.draw(st.integers(0, 2)) == 0:
-            item = data.draw(st.sampled_from(model.acks))
-            own = self.index[item.ack.device]
-            who = own if data.draw(st.integers(0, 3)) else data.draw(st.sampled_from(EVERYONE))
+        round_ = model.last_round + 1
+        if at != "next":
+            open_ = self._challengeable(model) if at == "open" else []
+            round_ = data.draw(st.sampled_from(open_ or committed))
+        if with_ack and model.acks:
+            usable = [a for a in model.acks if a.genuine and a.ack.round <= round_]
+            item = data.draw(st.sampled_from(usable if valid and usable else model.acks))
+            who = self.index[item.ack.device] if valid else data.draw(st.sampled_from(EVERYONE))
             self._challenge_with_ack(who, task, round_, item)
             return
-        earlier = [r for r in committed if r < round_]
-        pick = earlier if earlier and data.draw(st.integers(0, 3)) else committed
-        evidence_round = data.draw(st.sampled_from(pick))
+        leaves = [
+            (r, account)
+            for r in committed
+            if r < round_ and model.rounds[r].provable
+            for account in sorted(model.rounds[r].tree.amounts)
+        ]
+        if valid and leaves:
+            evidence_round, account = data.draw(st.sampled_from(leaves))
+            who = self.index[account]
+        else:
+            evidence_round = data.draw(st.sampled_from(committed))
+            account = data.draw(st.sampled_from(sorted(model.rounds[evidence_round].tree.amounts)))
+            who = data.draw(st.sampled_from([self.index[account], ANYONE]))
         root = model.rounds[evidence_round]
-        account = data.draw(st.sampled_from(sorted(root.tree.amounts)))
-        who = self.index[account] if data.draw(st.integers(0, 3)) else ANYONE
         amount = root.tree.amounts[account] + (data.draw(st.integers(1, 50)) if forged else 0)
-        valid = root.provable and not forged and account == self.address[who]
-        evidence = LeafEvidence(evidence_round, amount, root.tree.proof(account), valid)
+        evidence = LeafEvidence(
+            evidence_round,
+            amount,
+            root.tree.proof(account),
+            root.provable and not forged and account == self.address[who],
+        )
         self._challenge_with_leaf(who, task, round_, evidence)
 
     @precondition(lambda self: any(m.challenges for m in self.tasks.values()))
@@ -499,17 +544,8 @@ class MarketMachine(RuleBasedStateMachine):
     @precondition(lambda self: any(m.rounds for m in self.tasks.values()))
     @rule(data=st.data(), submitter=st.sampled_from(EVERYONE), forged=st.booleans())
     def claim(self, data: st.DataObject, submitter: int, forged: bool) -> None:
-        task, model, round_, account, amount, proof, valid = self._leaf_claim(data, forged)
-        expected = self._leaf_outcome(model, round_, valid)
-        pay = 0
-        if expected is None:
-            expected, pay = self._pay_outcome(model, account, amount)
-        paid = self._expect(
-            lambda: self.ledgers[submitter].claim(task, round_, account, amount, proof), expected
-        )
-        if expected is None:
-            assert paid == pay
-            self._paid(model, account, amount, pay)
+        task, _, round_, account, amount, proof, valid = self._leaf_claim(data, forged)
+        self._claim_leaf(submitter, task, round_, account, amount, proof, valid)
 
     @precondition(lambda self: any(m.acks for m in self.tasks.values()))
     @rule(data=st.data(), submitter=st.sampled_from(EVERYONE))
@@ -560,17 +596,9 @@ class MarketMachine(RuleBasedStateMachine):
             device = self.address[index]
             amount, best = model.final_leaf(device, self.tick)
             if amount > model.claimed.get(device, 0):
-                expected, pay = self._pay_outcome(model, device, amount)
-                if model.honest:
-                    assert expected is None, "an honest device could not be paid its reward"
                 proof = model.rounds[best].tree.proof(device)
-                paid = self._expect(
-                    lambda: self.ledgers[index].claim(task, best, device, amount, proof),  # noqa: B023
-                    expected,
-                )
-                if expected is None:
-                    assert paid == pay
-                    self._paid(model, device, amount, pay)
+                outcome = self._claim_leaf(index, task, best, device, amount, proof, True)
+                assert outcome is None or not model.honest, "an honest device went unpaid"
             acks = model.genuine_acks(device) if model.acks_payable else []
             item = max(acks, key=lambda a: a.ack.cumulative_amount, default=None)
             if item is not None and item.ack.cumulative_amount > model.claimed.get(device, 0):
@@ -732,7 +760,11 @@ class MarketMachine(RuleBasedStateMachine):
             self.owed[who] = 0
             self.received[who] += due
 
-    @rule()
+    @rule(ticks=st.sampled_from([1, 1, 2]))
+    def wait_rule(self, ticks: int) -> None:
+        for _ in range(ticks):
+            self.wait()
+
     def wait(self) -> None:
         """The online honest parties act, then a tick of chain time passes."""
         for task, model in self.tasks.items():
@@ -756,8 +788,10 @@ class MarketMachine(RuleBasedStateMachine):
                 False,
             ):  # the honest buyer checks every key it gets and disputes a wrong one
                 self._dispute(purchase, BUYER, True)
+        self._press_before_the_tick()
         self.chain.advance(TICK)
         self.tick += 1
+        self._press_after_the_tick()
         for purchase, model in self.purchases.items():
             if not self._past(model.tick):
                 continue
@@ -800,12 +834,8 @@ class MarketMachine(RuleBasedStateMachine):
             assert view["acks"][task] == (model.frozen, model.paid_on_acks)
             for round_, root in model.rounds.items():
                 _, _, total, _, open_challenges, voided, prior = view["rounds"][task, round_]
-                assert (total, open_challenges, voided, prior) == (
-                    root.total,
-                    root.open_challenges,
-                    root.voided,
-                    root.prior_total,
-                )
+                modelled = (root.total, root.open_challenges, root.voided, root.prior_round)
+                assert (total, open_challenges, voided, prior) == modelled, (task, round_)
             for (round_, account), challenge in model.challenges.items():
                 amount, _, is_open = view["challenges"][task, round_, account]
                 assert (amount, is_open) == (challenge.amount, challenge.open)
@@ -973,6 +1003,10 @@ class MarketMachine(RuleBasedStateMachine):
         """Whether a deadline set (WINDOW after a time) in ``tick`` has passed."""
         return self.tick > tick
 
+    def _challengeable(self, model: TaskModel) -> list[int]:
+        """The rounds of a task whose roots are still in their challenge window."""
+        return [r for r, root in model.rounds.items() if not root.voided and root.tick == self.tick]
+
     def _answer_due(self, challenge: ChallengeModel) -> bool:
         """Whether a challenge's answer is still due (RESPONSE_WINDOW after its opening)."""
         return self.tick < challenge.tick + 2
@@ -1018,7 +1052,7 @@ class MarketMachine(RuleBasedStateMachine):
     def _committed(
         self, model: TaskModel, round_: int, tree: RewardTree, total: int, commitment: bytes
     ) -> None:
-        model.rounds[round_] = RoundModel(tree, total, commitment, self.tick, model.committed)
+        model.rounds[round_] = RoundModel(tree, total, commitment, self.tick, model.last_round)
         model.committed, model.last_round = total, round_
 
     def _commit(self, task: TaskId, who: int, round_: int, tree: RewardTree, total: int) -> None:
@@ -1086,6 +1120,29 @@ class MarketMachine(RuleBasedStateMachine):
             return market_errors.RoundNotFinal
         return None
 
+    def _claim_leaf(
+        self,
+        submitter: int,
+        task: TaskId,
+        round_: int,
+        account: str,
+        amount: int,
+        proof: Proof,
+        valid: bool,
+    ) -> Outcome:
+        model = self.tasks[task]
+        expected = self._leaf_outcome(model, round_, valid)
+        pay = 0
+        if expected is None:
+            expected, pay = self._pay_outcome(model, account, amount)
+        paid = self._expect(
+            lambda: self.ledgers[submitter].claim(task, round_, account, amount, proof), expected
+        )
+        if expected is None:
+            assert paid == pay
+            self._paid(model, account, amount, pay)
+        return expected
+
     def _pay_outcome(self, model: TaskModel, account: str, amount: int) -> tuple[Outcome, int]:
         """DataMarket._pay: what paying ``account`` up to ``amount`` cumulative does."""
         already = model.claimed.get(account, 0)
@@ -1140,14 +1197,26 @@ class MarketMachine(RuleBasedStateMachine):
             return market_errors.AlreadyAnswered
         return None
 
-    def _opened(self, model: TaskModel, round_: int, account: str, amount: int) -> None:
+    def _opened(
+        self,
+        task: TaskId,
+        round_: int,
+        account: str,
+        amount: int,
+        evidence: LeafEvidence | AckModel,
+    ) -> None:
+        model = self.tasks[task]
         challenge = model.challenges.get((round_, account))
         if challenge is None or not challenge.open:
             previous = challenge.amount if challenge else 0
-            model.challenges[round_, account] = ChallengeModel(max(previous, amount), self.tick)
+            model.challenges[round_, account] = ChallengeModel(
+                max(previous, amount), self.tick, evidence
+            )
             model.rounds[round_].open_challenges += 1
-        else:
-            challenge.amount = max(challenge.amount, amount)
+        elif amount > challenge.amount:
+            challenge.amount, challenge.evidence = amount, evidence
+        if model.honest:
+            self._answer_challenges(task)  # the honest server answers as it goes
 
     def _challenge_with_leaf(
         self, who: int, task: TaskId, round_: int, evidence: LeafEvidence
@@ -1174,7 +1243,7 @@ class MarketMachine(RuleBasedStateMachine):
             expected,
         )
         if expected is None:
-            self._opened(model, round_, account, evidence.amount)
+            self._opened(task, round_, account, evidence.amount, evidence)
         return expected
 
     def _challenge_with_ack(self, who: int, task: TaskId, round_: int, item: AckModel) -> Outcome:
@@ -1194,7 +1263,7 @@ class MarketMachine(RuleBasedStateMachine):
             expected,
         )
         if expected is None:
-            self._opened(model, round_, ack.device, ack.cumulative_amount)
+            self._opened(task, round_, ack.device, ack.cumulative_amount, item)
         return expected
 
     def _answer(
@@ -1240,8 +1309,9 @@ class MarketMachine(RuleBasedStateMachine):
         self._expect(lambda: self.ledgers[who].void_round(task, round_, account), expected)
         if expected is None:
             root.voided = model.frozen = True
-            if round_ == model.last_round:
-                model.committed = root.prior_total
+            # the committed total falls back to that of the latest round not voided
+            standing = [r for r, other in model.rounds.items() if not other.voided]
+            model.committed = model.rounds[max(standing)].total if standing else 0
 
     def _watch(self, index: int, task: TaskId) -> None:
         """What ``fedmarket device watch`` does for device ``index`` in ``task``: challenge
@@ -1277,6 +1347,48 @@ class MarketMachine(RuleBasedStateMachine):
                 assert outcome is None, "a watching device could not challenge"
             if pays and (best is None or pays > best.amount):
                 best = LeafEvidence(round_, pays, root.tree.proof(device), True)
+
+    def _press_before_the_tick(self) -> None:
+        """Hostile aggregators answer every due challenge with whatever leaf they have for
+        the challenger, and challengers whose challenge was answered ask again, with the same
+        evidence, while the root is in its window."""
+        for task, model in self.tasks.items():
+            for (round_, account), challenge in sorted(model.challenges.items()):
+                root = model.rounds[round_]
+                if challenge.open and self._answer_due(challenge) and not model.honest:
+                    shown = account if account in root.tree.amounts else min(root.tree.amounts)
+                    amount, proof = root.tree.amounts[shown], root.tree.proof(shown)
+                    valid = root.provable and shown == account
+                    self._answer(model.aggregator, task, round_, account, amount, proof, valid)
+                elif not challenge.open and not root.voided and not self._past(root.tick):
+                    who, evidence = self.index[account], challenge.evidence
+                    if isinstance(evidence, AckModel):
+                        self._challenge_with_ack(who, task, round_, evidence)
+                    else:
+                        self._challenge_with_leaf(who, task, round_, evidence)
+
+    def _press_after_the_tick(self) -> None:
+        """Once a tick has passed: whoever holds a leaf of a root under challenge claims from
+        it at once, a stranger voids every challenged root (too early, while its answer is
+        due), and every genuine ack of a closing or frozen task is claimed, first come first
+        served."""
+        for task, model in self.tasks.items():
+            for (round_, account), challenge in sorted(model.challenges.items()):
+                root = model.rounds[round_]
+                if not challenge.open or root.voided:
+                    continue
+                holder = min(root.tree.amounts)
+                amount, proof = root.tree.amounts[holder], root.tree.proof(holder)
+                self._claim_leaf(
+                    self.index[holder], task, round_, holder, amount, proof, root.provable
+                )
+                self._void(ANYONE, task, round_, account)
+            if model.acks_payable:
+                for item in model.acks:
+                    if item.genuine and item.ack.cumulative_amount > model.claimed.get(
+                        item.ack.device, 0
+                    ):
+                        self._claim_ack(ANYONE, model, item)
 
     def _answer_challenges(self, task: TaskId) -> None:
         """The honest aggregator answers every open challenge of its roots while it is due:
