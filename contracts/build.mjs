@@ -12,8 +12,8 @@ const here = dirname(fileURLToPath(import.meta.url));
 
 export const SETTINGS = {
   evmVersion: "cancun",
-  optimizer: { enabled: true, runs: 1000 },
-  viaIR: false,
+  optimizer: { enabled: true, runs: 20000 },
+  viaIR: true,
   metadata: { bytecodeHash: "none" },
   remappings: ["@openzeppelin/=node_modules/@openzeppelin/"],
   outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },

@@ -73,12 +73,15 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     }
 
     struct Round {
+        // What a claim reads, in one word: the first 24 bytes of keccak256(abi.encode(rewardsRoot,
+        // cumulativeTotal)) (a collision costs 2**96 work) beside the root's challenge state.
+        bytes24 rewardsKey;
+        uint40 committedAt; // challenges are open until committedAt + challengeWindow
+        uint16 openChallenges; // at most 65,535 open at once; more revert until one is answered
+        bool voided; // an unanswered challenge showed the root takes back an entitlement
         bytes32 rewardsRoot; // Merkle-sum root of (account, cumulative amount) at this round
         bytes32 modelCommitment; // sha256("fedmarket/model/v1" || salt || model), hiding
         uint128 cumulativeTotal; // the root's sum
-        uint64 committedAt; // challenges are open until committedAt + challengeWindow
-        uint32 openChallenges;
-        bool voided; // an unanswered challenge showed the root takes back an entitlement
         uint64 priorRound; // the task's round committed before this one (0: none)
     }
 
@@ -197,7 +200,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         bytes32 rewardsRoot,
         uint256 cumulativeTotal
     );
-    event Claimed(uint256 indexed task, address indexed account, uint256 amount, uint256 cumulativeAmount);
+    event Claimed(uint256 indexed task, address indexed account, uint256 amount); // claimedBy has the total
     event ChallengeOpened(
         uint256 indexed task, uint256 indexed round, address indexed account, uint256 amount, uint64 deadline
     );
@@ -371,12 +374,13 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         if (cumulativeTotal > t.escrow) revert ExceedsEscrow(task, t.escrow, cumulativeTotal);
         if (modelCommitment == bytes32(0)) revert ZeroCommitment(task, round);
         rounds[task][round] = Round({
+            rewardsKey: _rewardsKey(rewardsRoot, cumulativeTotal),
+            committedAt: uint40(block.timestamp),
+            openChallenges: 0,
+            voided: false,
             rewardsRoot: rewardsRoot,
             modelCommitment: modelCommitment,
             cumulativeTotal: uint128(cumulativeTotal), // <= escrow, which fits
-            committedAt: uint64(block.timestamp),
-            openChallenges: 0,
-            voided: false,
             priorRound: t.lastRound
         });
         t.lastRound = SafeCast.toUint64(round);
@@ -769,12 +773,22 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         r = rounds[task][round];
         if (r.committedAt == 0) revert UnknownRound(task, round);
         (bytes32 root, uint256 sum) = RewardSumTree.rootOf(account, cumulativeAmount, proof);
-        if (root != r.rewardsRoot || sum != r.cumulativeTotal) revert InvalidProof(task, account, cumulativeAmount);
+        if (_rewardsKey(root, sum) != r.rewardsKey) revert InvalidProof(task, account, cumulativeAmount);
+    }
+
+    function _rewardsKey(bytes32 root, uint256 total) private pure returns (bytes24) {
+        bytes32 key;
+        assembly ("memory-safe") {
+            mstore(0x00, root) // keccak256(abi.encode(root, total)) in scratch space
+            mstore(0x20, total)
+            key := keccak256(0x00, 0x40)
+        }
+        return bytes24(key);
     }
 
     function _requireFinal(uint256 task, uint256 round, Round storage r) private view {
         if (r.voided) revert RoundIsVoided(task, round);
-        uint64 finalAt = r.committedAt + challengeWindow;
+        uint64 finalAt = uint64(r.committedAt) + challengeWindow;
         if (block.timestamp < finalAt || r.openChallenges != 0) revert RoundNotFinal(task, round, finalAt);
     }
 
@@ -782,7 +796,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         Round storage r = rounds[task][round];
         if (r.committedAt == 0) revert UnknownRound(task, round);
         if (r.voided) revert RoundIsVoided(task, round);
-        uint64 closedAt = r.committedAt + challengeWindow;
+        uint64 closedAt = uint64(r.committedAt) + challengeWindow;
         if (block.timestamp >= closedAt) revert ChallengeWindowClosed(task, round, closedAt);
         Challenge storage c = challenges[task][round][account];
         uint128 wanted = SafeCast.toUint128(amount);
@@ -819,7 +833,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         t.paid = uint128(paid); // <= escrow, which fits
         claimedBy[task][account] = cumulativeAmount;
         token.safeTransfer(account, amount);
-        emit Claimed(task, account, amount, cumulativeAmount);
+        emit Claimed(task, account, amount);
     }
 
     function _buy(uint256 listing, uint256[2] calldata buyerKey, uint256 maxPrice) private returns (uint256 purchase) {

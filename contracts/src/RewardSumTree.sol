@@ -20,47 +20,51 @@ library RewardSumTree {
 
     error SumOverflow();
 
-    function leafHash(address account, uint256 amount) internal pure returns (bytes32) {
-        return keccak256(bytes.concat(keccak256(abi.encode(account, amount))));
-    }
-
     /// @notice The (hash, sum) of the root that `proof` leads to from the leaf (account, amount).
     /// Reverts with SumOverflow when the sums pass 2**256 - 1 (no real tree's do).
+    /// @dev In assembly, on a claim's hot path: scratch memory past the free pointer (never
+    /// moved) holds each preimage, and the ABI decoder already bounded `proof` to the calldata.
     function rootOf(address account, uint256 amount, Node[] calldata proof)
         internal
         pure
         returns (bytes32 hash, uint256 sum)
     {
-        hash = leafHash(account, amount);
-        sum = amount;
-        for (uint256 i = 0; i < proof.length; ++i) {
-            bytes32 siblingHash = proof[i].hash;
-            uint256 siblingSum = proof[i].sum;
-            hash = hash <= siblingHash
-                ? _parent(hash, sum, siblingHash, siblingSum)
-                : _parent(siblingHash, siblingSum, hash, sum);
-            unchecked {
-                uint256 total = sum + siblingSum;
-                if (total < sum) revert SumOverflow();
-                sum = total;
-            }
-        }
-    }
-
-    function _parent(bytes32 loHash, uint256 loSum, bytes32 hiHash, uint256 hiSum)
-        private
-        pure
-        returns (bytes32 hash)
-    {
-        // keccak256(abi.encode(loHash, loSum, hiHash, hiSum)) in scratch memory past the free
-        // pointer, without moving it.
+        bool overflow;
         assembly ("memory-safe") {
             let m := mload(0x40)
-            mstore(m, loHash)
-            mstore(add(m, 0x20), loSum)
-            mstore(add(m, 0x40), hiHash)
-            mstore(add(m, 0x60), hiSum)
-            hash := keccak256(m, 0x80)
+            // leaf: keccak256(bytes.concat(keccak256(abi.encode(account, amount))))
+            mstore(m, and(account, 0xffffffffffffffffffffffffffffffffffffffff))
+            mstore(add(m, 0x20), amount)
+            mstore(m, keccak256(m, 0x40))
+            hash := keccak256(m, 0x20)
+            sum := amount
+            let node := proof.offset
+            for { let end := add(node, shl(6, proof.length)) } lt(node, end) { node := add(node, 0x40) } {
+                let siblingHash := calldataload(node)
+                let siblingSum := calldataload(add(node, 0x20))
+                // parent: keccak256(abi.encode(lo.hash, lo.sum, hi.hash, hi.sum)), ordered by hash
+                switch gt(hash, siblingHash)
+                case 0 {
+                    mstore(m, hash)
+                    mstore(add(m, 0x20), sum)
+                    mstore(add(m, 0x40), siblingHash)
+                    mstore(add(m, 0x60), siblingSum)
+                }
+                default {
+                    mstore(m, siblingHash)
+                    mstore(add(m, 0x20), siblingSum)
+                    mstore(add(m, 0x40), hash)
+                    mstore(add(m, 0x60), sum)
+                }
+                hash := keccak256(m, 0x80)
+                let total := add(sum, siblingSum)
+                if lt(total, sum) {
+                    overflow := 1
+                    break
+                }
+                sum := total
+            }
         }
+        if (overflow) revert SumOverflow();
     }
 }

@@ -528,7 +528,7 @@ class Web3Ledger(Ledger):
         with self._rpc("rounds"):
             raw = self._c.market.functions.rounds(task, round).call()
             window = self._windows()[0]
-        root, commitment, total, committed_at, open_challenges, voided, _prior = raw
+        _key, committed_at, open_challenges, voided, root, commitment, total, _prior = raw
         if bytes(commitment) == bytes(32):
             return None
         return RoundState(
