@@ -27,18 +27,21 @@ import {RewardSumTree} from "./RewardSumTree.sol";
 ///    its committed total (at most the escrow), so one root never promises more than the task
 ///    holds. Claims are cumulative per account, and a claim may use any final root, so a later
 ///    root cannot erase what an earlier one paid. A root is final `challengeWindow` seconds
-///    after its commit: until then, an account whose cumulative amount in an earlier root (or in
-///    an acknowledgement of the aggregator for that round or before) is more than this root may
-///    give it challenges the root, and the aggregator must show, within `responseWindow`, a leaf
-///    of this root paying the account at least that much. An unanswered challenge voids the
-///    root and freezes the task's commits. Hence all final roots agree that no account's amount
-///    ever falls, and together they pay at most the latest one's total - as long as each account
-///    (its device software does this) looks at every root of its task within the window.
+///    after its commit: until then, anyone holding an account's leaf in an earlier root (or an
+///    acknowledgement of the aggregator for that round or before) worth more than this root
+///    gives the account challenges the root for that account, and the aggregator (or anyone)
+///    must show, within `responseWindow`, a leaf of this root paying the account at least that
+///    much. An unanswered challenge voids the root and freezes the task's commits. Hence all
+///    final roots agree that no account's amount ever falls, and together they pay at most the
+///    latest one's total - as long as one honest party (every device's software does this)
+///    compares each root of the task with the earlier ones within the window.
 /// 3. Inclusion you can prove. For every accepted upload the aggregator signs an Ack(task,
 ///    round, device, upload digest, cumulative amount); a root of that round or later that pays
 ///    the device less is challenged with it, as above. Once the task is closing or frozen, an
-///    ack is also paid directly from the escrow no final root reserves (rounds the aggregator
-///    acknowledged but never committed, or whose root was voided).
+///    ack is also paid directly from the escrow no root reserves (rounds the aggregator
+///    acknowledged but never committed, or whose root was voided); roots committed later never
+///    count on escrow an ack already took, and after a void the sponsor's refund waits a close
+///    grace so that such acks are paid first.
 /// 4. No close front-running. Closing starts a grace period (`closeGrace`) in which the
 ///    aggregator may still commit and devices may still claim; the unspent escrow goes back to
 ///    the sponsor only after it, and never below what was committed or paid.
@@ -73,11 +76,11 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     }
 
     struct Round {
-        // What a claim reads, in one word: the first 24 bytes of keccak256(abi.encode(rewardsRoot,
-        // cumulativeTotal)) (a collision costs 2**96 work) beside the root's challenge state.
-        bytes24 rewardsKey;
+        // What a claim reads, in one word: the first 23 bytes of keccak256(abi.encode(rewardsRoot,
+        // cumulativeTotal)) (a collision costs 2**92 work) beside the root's challenge state.
+        bytes23 rewardsKey;
         uint40 committedAt; // challenges are open until committedAt + challengeWindow
-        uint16 openChallenges; // at most 65,535 open at once; more revert until one is answered
+        uint24 openChallenges;
         bool voided; // an unanswered challenge showed the root takes back an entitlement
         bytes32 rewardsRoot; // Merkle-sum root of (account, cumulative amount) at this round
         bytes32 modelCommitment; // sha256("fedmarket/model/v1" || salt || model), hiding
@@ -168,7 +171,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     mapping(uint256 task => Task) public tasks;
     mapping(uint256 task => mapping(uint256 round => Round)) public rounds;
     mapping(uint256 task => mapping(uint256 round => mapping(address account => Challenge))) public challenges;
-    mapping(uint256 task => bool) public frozen; // a root was voided: no more commits
+    mapping(uint256 task => uint64 time) public frozenAt; // the latest void: no more commits
     mapping(uint256 task => mapping(address account => uint256 amount)) public claimedBy;
     // Paid on acknowledgements: kept back at refund beside what the roots commit, since an ack
     // may pay a device that no final root counts.
@@ -262,7 +265,6 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     error TaskFrozen(uint256 task);
     error ChallengeWindowClosed(uint256 task, uint256 round, uint64 closedAt);
     error EvidenceNotEarlier(uint256 task, uint256 round, uint256 evidenceRound);
-    error NotChallenger(address account, address caller);
     error NotChallenged(uint256 task, uint256 round, address account);
     error ResponseWindowOpen(uint256 task, uint256 round, address account, uint64 deadline);
     error ResponseWindowClosed(uint256 task, uint256 round, address account, uint64 deadline);
@@ -368,10 +370,12 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     ) external {
         Task storage t = _openTask(task);
         if (msg.sender != t.aggregator) revert NotAggregator(task, msg.sender);
-        if (frozen[task]) revert TaskFrozen(task);
+        if (frozenAt[task] != 0) revert TaskFrozen(task);
         if (round <= t.lastRound) revert RoundNotIncreasing(task, t.lastRound, round);
         if (cumulativeTotal < t.committed) revert CumulativeDecreased(task, t.committed, cumulativeTotal);
-        if (cumulativeTotal > t.escrow) revert ExceedsEscrow(task, t.escrow, cumulativeTotal);
+        // Escrow an acknowledgement took is not there for a root to promise again.
+        uint256 available = t.escrow - paidOnAcks[task];
+        if (cumulativeTotal > available) revert ExceedsEscrow(task, available, cumulativeTotal);
         if (modelCommitment == bytes32(0)) revert ZeroCommitment(task, round);
         rounds[task][round] = Round({
             rewardsKey: _rewardsKey(rewardsRoot, cumulativeTotal),
@@ -402,31 +406,32 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         amount = _pay(task, account, cumulativeAmount);
     }
 
-    /// @notice Challenge `round`'s root for paying the caller less than `cumulativeAmount`, the
-    /// caller's leaf in the earlier committed root of `evidenceRound` (its Merkle-sum `proof`).
-    /// Open until `challengeWindow` after the root's commit; the aggregator then has
-    /// `responseWindow` to `answer`, or anyone may `voidRound`.
+    /// @notice Challenge `round`'s root for paying `account` less than `cumulativeAmount`, the
+    /// account's leaf in the earlier committed root of `evidenceRound` (its Merkle-sum `proof`).
+    /// Anyone may, so colluding accounts that stay silent cannot hide a decrease. Open until
+    /// `challengeWindow` after the root's commit; then anyone has `responseWindow` to `answer`,
+    /// or anyone may `voidRound`.
     function challenge(
         uint256 task,
         uint256 round,
         uint256 evidenceRound,
+        address account,
         uint256 cumulativeAmount,
         RewardSumTree.Node[] calldata proof
     ) external {
         if (evidenceRound >= round) revert EvidenceNotEarlier(task, round, evidenceRound);
-        Round storage evidence = _leafRound(task, evidenceRound, msg.sender, cumulativeAmount, proof);
+        Round storage evidence = _leafRound(task, evidenceRound, account, cumulativeAmount, proof);
         if (evidence.voided) revert RoundIsVoided(task, evidenceRound);
-        _openChallenge(task, round, msg.sender, cumulativeAmount);
+        _openChallenge(task, round, account, cumulativeAmount);
     }
 
-    /// @notice Challenge `round`'s root for paying `ack.device` (the caller) less than the
-    /// aggregator acknowledged for `ack.round` <= `round`.
+    /// @notice Challenge `round`'s root for paying `ack.device` less than the aggregator
+    /// acknowledged for `ack.round` <= `round`. Anyone holding the ack may.
     function challengeWithAck(uint256 task, uint256 round, Ack calldata ack, bytes calldata signature) external {
-        if (ack.device != msg.sender) revert NotChallenger(ack.device, msg.sender);
         if (ack.task != task) revert UnknownTask(ack.task);
         if (ack.round > round || ack.round == 0) revert EvidenceNotEarlier(task, round, ack.round);
         _checkAck(ack, signature);
-        _openChallenge(task, round, msg.sender, ack.cumulativeAmount);
+        _openChallenge(task, round, ack.device, ack.cumulativeAmount);
     }
 
     /// @notice Answer a challenge with the challenger's leaf in `round`'s root, paying it at least
@@ -459,7 +464,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         Round storage r = rounds[task][round];
         if (r.voided) revert RoundIsVoided(task, round);
         r.voided = true;
-        frozen[task] = true;
+        frozenAt[task] = uint64(block.timestamp);
         // The committed total is that of the latest round not voided (totals never decrease);
         // the walk only crosses voided rounds, and a frozen task commits no more.
         Task storage t = tasks[task];
@@ -487,7 +492,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         returns (uint256 amount)
     {
         Task storage t = _checkAck(ack, signature);
-        if (t.closesAt == 0 && !frozen[ack.task]) revert AcksNotPayable(ack.task);
+        if (t.closesAt == 0 && frozenAt[ack.task] == 0) revert AcksNotPayable(ack.task);
         amount = _pay(ack.task, ack.device, ack.cumulativeAmount);
         // Acks are paid only from what no root reserves: committed + paidOnAcks <= escrow.
         uint256 onAcks = paidOnAcks[ack.task] + amount;
@@ -541,6 +546,9 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         Task storage t = tasks[task];
         if (t.sponsor == address(0)) revert UnknownTask(task);
         if (t.closesAt == 0 || block.timestamp < t.closesAt) revert TaskNotClosed(task, t.closesAt);
+        // A void frees escrow for the acks the voided root left out: they come first.
+        uint64 afterVoid = frozenAt[task] == 0 ? 0 : frozenAt[task] + closeGrace;
+        if (block.timestamp < afterVoid) revert TaskNotClosed(task, afterVoid);
         uint256 reserved = Math.max(t.committed + paidOnAcks[task], t.paid);
         if (t.escrow <= reserved) revert NothingToRefund(task);
         amount = t.escrow - reserved;
@@ -776,14 +784,14 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         if (_rewardsKey(root, sum) != r.rewardsKey) revert InvalidProof(task, account, cumulativeAmount);
     }
 
-    function _rewardsKey(bytes32 root, uint256 total) private pure returns (bytes24) {
+    function _rewardsKey(bytes32 root, uint256 total) private pure returns (bytes23) {
         bytes32 key;
         assembly ("memory-safe") {
             mstore(0x00, root) // keccak256(abi.encode(root, total)) in scratch space
             mstore(0x20, total)
             key := keccak256(0x00, 0x40)
         }
-        return bytes24(key);
+        return bytes23(key);
     }
 
     function _requireFinal(uint256 task, uint256 round, Round storage r) private view {
@@ -798,6 +806,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         if (r.voided) revert RoundIsVoided(task, round);
         uint64 closedAt = uint64(r.committedAt) + challengeWindow;
         if (block.timestamp >= closedAt) revert ChallengeWindowClosed(task, round, closedAt);
+        if (amount == 0) revert ZeroAmount(); // owed nothing: nothing to challenge
         Challenge storage c = challenges[task][round][account];
         uint128 wanted = SafeCast.toUint128(amount);
         if (!c.open) {

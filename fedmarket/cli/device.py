@@ -249,9 +249,10 @@ def watch(
     ipfs_api: ApiOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Check every rewards root still in its challenge window against what this key is owed
-    (its earlier roots and the aggregator's acknowledgements); challenge any that pays less,
-    and void roots whose challenge went unanswered. Run it at least once per challenge window
+    """Check every rewards root still in its challenge window against the earlier roots (no
+    account's amount may fall) and against this key's acknowledgements; challenge any that pays
+    less, answer baseless challenges of honest roots, and void roots whose challenge went
+    unanswered. Run it at least once per challenge window
     (6 hours by default) while a task of yours commits rounds, e.g. from cron."""
     market = connect(rpc_url, key)
     objections = watch_roots(
@@ -266,6 +267,7 @@ def watch(
         {
             "task": o.task,
             "round": o.round,
+            "account": o.account,
             "owed": to_tokens(o.owed),
             "root_pays": None if o.pays is None else to_tokens(o.pays),
             "evidence": o.evidence,
@@ -275,7 +277,8 @@ def watch(
     ]
     text = (
         "\n".join(
-            f"task {r['task']} round {r['round']}: owed {r['owed']} ({r['evidence']}), root pays "
+            f"task {r['task']} round {r['round']}: {r['account']} is owed {r['owed']} "
+            f"({r['evidence']}), the root pays "
             f"{r['root_pays'] if r['root_pays'] is not None else 'unknown (bundle missing)'}: "
             f"{r['action']}"
             for r in rows

@@ -35,7 +35,11 @@ class TaskState:
     reward_per_update: int
     committed: int  # cumulative rewards at the latest round that was not voided
     paid_on_acks: int = 0  # the part of ``paid`` claimed with acknowledgements
-    frozen: bool = False  # a root was voided: no more commits; acks are payable
+    frozen_at: int = 0  # chain time of the latest void: no more commits; acks are payable
+
+    @property
+    def frozen(self) -> bool:
+        return self.frozen_at != 0
 
     @property
     def closing(self) -> bool:
@@ -184,15 +188,17 @@ class Ledger(ABC):
         round: int,
         *,
         evidence_round: int,
+        account: str,
         cumulative_amount: int,
         proof: Sequence[SumNode],
     ) -> None:
-        """Challenge ``round``'s root for paying this account less than its leaf
-        (``cumulative_amount``, ``proof``) in the earlier root of ``evidence_round``."""
+        """Challenge ``round``'s root for paying ``account`` less than its leaf
+        (``cumulative_amount``, ``proof``) in the earlier root of ``evidence_round``; anyone
+        may."""
 
     @abstractmethod
     def challenge_with_ack(self, task: TaskId, round: int, ack: Ack, signature: bytes) -> None:
-        """Challenge ``round``'s root for paying this account (``ack.device``) less than ``ack``."""
+        """Challenge ``round``'s root for paying ``ack.device`` less than ``ack``; anyone may."""
 
     @abstractmethod
     def answer(

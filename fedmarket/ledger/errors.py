@@ -46,8 +46,9 @@ class TaskIsClosed(MarketRejected):
 
 class TaskNotClosed(MarketRejected):
     advice = (
-        "task {task} has not finished closing (closes at unix time {closesAt}, 0: not closing); "
-        "its unspent escrow is refunded only after the close grace"
+        "task {task} has not finished closing (until unix time {closesAt}, 0: not closing); its "
+        "unspent escrow is refunded only after the close grace, and a close grace after any "
+        "voided root (so the acknowledgements it left out are paid first)"
     )
 
 
@@ -118,10 +119,6 @@ class EvidenceNotEarlier(MarketRejected):
         "task {task} round {round}: the evidence is from round {evidenceRound}; a root is "
         "challenged with a leaf of an earlier root or an acknowledgement of that round or before"
     )
-
-
-class NotChallenger(MarketRejected):
-    advice = "only {account} may challenge with its own leaf or acknowledgement, not {caller}"
 
 
 class NotChallenged(MarketRejected):

@@ -323,15 +323,16 @@ class Web3Ledger(Ledger):
         round: int,
         *,
         evidence_round: int,
+        account: str,
         cumulative_amount: int,
         proof: Sequence[SumNode],
     ) -> None:
         _amount("cumulative_amount", cumulative_amount)
         self._transact(
             self._c.market.functions.challenge(
-                task, round, evidence_round, cumulative_amount, _proof(proof)
+                task, round, evidence_round, _checksum(account), cumulative_amount, _proof(proof)
             ),
-            f"challenge task {task} round {round} with round {evidence_round}",
+            f"challenge task {task} round {round} for {account} with round {evidence_round}",
         )
 
     def challenge_with_ack(self, task: TaskId, round: int, ack: Ack, signature: bytes) -> None:
@@ -505,7 +506,7 @@ class Web3Ledger(Ledger):
         with self._rpc("tasks"):
             raw = self._c.market.functions.tasks(task).call()
             on_acks = int(self._c.market.functions.paidOnAcks(task).call())
-            frozen = bool(self._c.market.functions.frozen(task).call())
+            frozen_at = int(self._c.market.functions.frozenAt(task).call())
         sponsor, last_round, aggregator, closes_at, bps, escrow, paid, reward, committed = raw
         if int(sponsor, 16) == 0:
             raise InvalidInput(f"task {task} does not exist on this market")
@@ -521,7 +522,7 @@ class Web3Ledger(Ledger):
             reward,
             committed,
             on_acks,
-            frozen,
+            frozen_at,
         )
 
     def round_state(self, task: TaskId, round: int) -> RoundState | None:

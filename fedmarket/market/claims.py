@@ -136,11 +136,12 @@ def claim_all(ledger: Ledger, rewards: Iterable[Rewards]) -> dict[TaskId, int]:
     paid: dict[TaskId, int] = {}
     for r in rewards:
         total = 0
-        if r.claimable > 0:
-            if r.ack is not None and r.acked > r.earned:
-                total += ledger.claim_acknowledged(*r.ack)
-            else:
-                total += ledger.claim(r.task, r.round, r.account, r.earned, r.proof)
+        # The root first, then only what the ack adds: an ack paid where a root would pay keeps
+        # that overlap reserved in the escrow for good.
+        if r.earned > r.claimed:
+            total += ledger.claim(r.task, r.round, r.account, r.earned, r.proof)
+        if r.ack is not None and r.acked > max(r.earned, r.claimed):
+            total += ledger.claim_acknowledged(*r.ack)
         for share in r.sale_shares:
             if share.claimable > 0:
                 total += ledger.claim_sale_share(

@@ -1,13 +1,17 @@
-"""A device watching its tasks' rewards roots, and challenging any that pays it too little.
+"""A device watching its tasks' rewards roots: challenge any that takes an amount back.
 
 A root pays nothing until its challenge window is over (``DataMarket.challengeWindow``). In
-that window a device checks the root against what it is owed: its largest cumulative amount in
-an earlier root, and the aggregator's acknowledgements of its uploads for that round or before.
-If the root, rebuilt from the receipts bundles it names, pays the device less (or cannot be
-rebuilt, because the aggregator withheld a bundle), the device challenges it with its best
-evidence; the aggregator must then show the device's leaf on chain, or the root is voided. A
-challenge left unanswered past its deadline is voided here too. Run it at least once per
-challenge window while a task commits rounds (``fedmarket device watch``).
+that window the device rebuilds the root from the receipts bundles it names and compares it
+with the earlier roots: every account's amount must not fall (the contract lets anyone
+challenge for any account, so Sybils that stay silent about their own decrease cannot hide it),
+and the device's own amount must reach the aggregator's acknowledgements of its uploads for that
+round or before. A root that takes an amount back, or that cannot be rebuilt because a bundle
+is withheld (then for the device itself), is challenged with the best evidence; the aggregator
+must show the account's leaf on chain, or the root is voided. The device also answers open
+challenges its rebuilt trees can answer (anyone may), so a baseless challenge cannot void an
+honest root while the aggregator is away, and it voids roots whose challenge went unanswered.
+Run it at least once per challenge window while a task commits rounds
+(``fedmarket device watch``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Objection:
 
     task: TaskId
     round: int
+    account: str
     owed: int  # the best evidence's cumulative amount
     pays: int | None  # what the rebuilt root pays; None when it could not be rebuilt
     evidence: str  # "ack of round N" or "root of round N"
@@ -59,9 +64,10 @@ def watch(
     tasks: Iterable[TaskId] | None = None,
     act: bool = True,
 ) -> list[Objection]:
-    """Check every committed root of ``tasks`` (default: every task with a commit) that
-    ``account`` may still challenge or void; with ``act``, challenge and void (``ledger`` must
-    sign as ``account``). Returns the roots that pay the account too little."""
+    """Check every committed root of ``tasks`` (default: every task with a commit) that may still
+    be challenged, answered or voided; with ``act``, do it (``ledger`` signs and pays the gas;
+    ``account`` is the device whose acknowledgements count). Returns the roots found taking an
+    amount back."""
     account = to_checksum_address(account)
     if tasks is None:
         tasks = sorted({c.task for c in ledger.round_commits()})
@@ -90,29 +96,41 @@ def _watch_task(
     )
     now = ledger.now()
     found = []
-    best_leaf: _Evidence | None = None
+    best: dict[str, _Evidence] = {}  # each account's largest leaf in an earlier root
     for commit in ledger.round_commits(task):
         state = ledger.round_state(task, commit.round)
         if state is None or state.voided:
             continue
         amounts = rebuilt.get(commit.round)
-        pays = amounts.get(account, 0) if amounts is not None else None
-        evidence = _best_evidence(best_leaf, book, commit)
-        if evidence is not None and (pays is None or pays < evidence.amount):
-            action = _object(ledger, task, commit.round, evidence, state.final_at, now, act)
+        open_window = now < state.final_at
+        if open_window and amounts is not None and act:
+            _answer_what_we_can(ledger, task, commit.round, amounts)
+        # Withheld data: only the device's own claim can be pressed, the others are unknown.
+        checked = best.keys() | {account} if amounts is not None else {account}
+        for who in sorted(checked):
+            pays = amounts.get(who, 0) if amounts is not None else None
+            evidence = best.get(who)
+            if who == account:
+                evidence = _with_acks(evidence, book, commit)
+            if evidence is None or (pays is not None and pays >= evidence.amount):
+                continue
+            action = _object(ledger, task, commit.round, who, evidence, state.final_at, now, act)
             found.append(
-                Objection(task, commit.round, evidence.amount, pays, evidence.label, action)
+                Objection(task, commit.round, who, evidence.amount, pays, evidence.label, action)
             )
-        if amounts and pays and (best_leaf is None or pays > best_leaf.amount):
-            proof = RewardTree.build(amounts).proof(account)
-            best_leaf = _Evidence(pays, f"root of round {commit.round}", commit.round, proof)
+        if amounts:
+            tree = RewardTree.build(amounts)
+            for who, amount in amounts.items():
+                if amount > 0 and (who not in best or amount > best[who].amount):
+                    label = f"root of round {commit.round}"
+                    best[who] = _Evidence(amount, label, commit.round, tree.proof(who))
     return found
 
 
-def _best_evidence(
+def _with_acks(
     leaf: _Evidence | None, book: dict[int, tuple[Ack, bytes]], commit: RoundCommit
 ) -> _Evidence | None:
-    """The largest amount the account is owed at ``commit``: an earlier root's leaf or an ack
+    """The largest amount the device is owed at ``commit``: an earlier root's leaf or an ack
     of that round or before."""
     best = leaf
     for round, signed in book.items():
@@ -122,17 +140,35 @@ def _best_evidence(
     return best
 
 
+def _answer_what_we_can(ledger: Ledger, task: TaskId, round: int, amounts: dict[str, int]) -> None:
+    """Answer every open challenge of ``round`` that its rebuilt tree answers."""
+    now = ledger.now()
+    tree: RewardTree | None = None
+    for challenged_round, who in sorted(set(ledger.challenges_opened(task))):
+        if challenged_round != round:
+            continue
+        challenge = ledger.challenge_state(task, round, who)
+        pays = amounts.get(who, 0)
+        if challenge is None or not challenge.open or now > challenge.deadline:
+            continue
+        if pays < challenge.amount:
+            continue  # a real objection: the aggregator must answer, or the root is voided
+        tree = tree or RewardTree.build(amounts)
+        ledger.answer(task, round, who, pays, tree.proof(who))
+
+
 def _object(
     ledger: Ledger,
     task: TaskId,
     round: int,
+    account: str,
     evidence: _Evidence,
     final_at: int,
     now: int,
     act: bool,
 ) -> str:
-    """Challenge ``round`` with ``evidence``, or void it if a challenge went unanswered."""
-    account = ledger.address
+    """Challenge ``round`` for ``account`` with ``evidence``, or void it if a challenge went
+    unanswered."""
     challenge = ledger.challenge_state(task, round, account)
     if challenge is not None and challenge.open:
         if now <= challenge.deadline:
@@ -154,6 +190,7 @@ def _object(
             task,
             round,
             evidence_round=evidence.round,
+            account=account,
             cumulative_amount=evidence.amount,
             proof=evidence.proof,
         )

@@ -1,0 +1,223 @@
+"""The challenge game against colluding parties (red-team reproductions, THREATS.md): every
+test here failed against the first version of the challenge window and passes now."""
+
+from __future__ import annotations
+
+import pytest
+from chain_helpers import CHALLENGE_WINDOW, CLOSE_GRACE, RESPONSE_WINDOW, Chain
+from test_market_contracts import (
+    SPONSOR,
+    SYBIL,
+    TOKEN,
+    A,
+    B,
+    C,
+    D,
+    ack,
+    address,
+    challenge,
+    claim,
+    commit,
+    new_task,
+    signed,
+    tree_of,
+)
+
+from fedmarket.ledger import errors as market_errors
+from fedmarket.ledger.chain import rpc
+from fedmarket.market.claims import Rewards, claim_all
+
+pytestmark = pytest.mark.integration
+
+H = A  # the honest device
+S1, S2 = SYBIL, B  # the aggregator's Sybils: colluding devices that never challenge
+
+
+def test_silent_sybils_cannot_hide_a_decrease_from_an_honest_watcher(chain: Chain) -> None:
+    """Round 2 silently drops Sybil S1 (who never complains) to pay Sybil S2, so that S1 claims
+    from round 1 and S2 from round 2 beyond the escrow. Honest H challenges round 2 *for S1*
+    with S1's round-1 leaf; nobody can answer; the root is voided and H is paid."""
+    # Prepare
+    task = new_task(chain, budget=100 * TOKEN)
+    round1 = tree_of(chain, {S1: 45 * TOKEN, H: 10 * TOKEN})  # total 55
+    round2 = tree_of(chain, {S2: 55 * TOKEN, H: 10 * TOKEN})  # total 65, S1 dropped
+    commit(chain, task, 1, round1)
+    commit(chain, task, 2, round2)
+
+    # Execute: H speaks for S1, the aggregator stays silent, anyone voids
+    challenge(chain, task, 2, 1, round1, S1, by=H)
+    chain.advance(RESPONSE_WINDOW + 1)
+    chain.ledger(H).void_round(task, 2, address(chain, S1))
+    chain.advance(CHALLENGE_WINDOW + 1)
+
+    # Assert: round 2 pays nobody; round 1 pays S1 and H what it committed
+    with pytest.raises(market_errors.RoundIsVoided):
+        claim(chain, task, 2, round2, S2)
+    assert claim(chain, task, 1, round1, S1) == 45 * TOKEN
+    assert claim(chain, task, 1, round1, H) == 10 * TOKEN
+    assert chain.ledger(SPONSOR).task(task).paid == 55 * TOKEN
+
+
+def test_a_root_cannot_promise_escrow_an_ack_already_took(chain: Chain) -> None:
+    """A Sybil's ack is paid once the task is closing; a root committed in the close grace may
+    not count on that escrow again, so H's round-1 leaf stays payable."""
+    task = new_task(chain, budget=100 * TOKEN)
+    round1 = tree_of(chain, {H: 50 * TOKEN})
+    commit(chain, task, 1, round1)
+    chain.advance(CHALLENGE_WINDOW + 1)
+    chain.ledger(SPONSOR).close_task(task)
+    sybil_ack = ack(chain, task, 2, S1, 50 * TOKEN)
+    assert chain.ledger(S1).claim_acknowledged(sybil_ack, signed(chain, sybil_ack)) == 50 * TOKEN
+
+    with pytest.raises(market_errors.ExceedsEscrow):
+        commit(chain, task, 2, tree_of(chain, {H: 50 * TOKEN, S2: 50 * TOKEN}))
+    assert claim(chain, task, 1, round1, H) == 50 * TOKEN
+
+
+def test_a_refund_after_a_void_waits_for_the_acks_the_root_left_out(chain: Chain) -> None:
+    """A root committed late in the close grace pays D less than acked and reserves the whole
+    escrow. D challenges; after the grace the root is voided; the sponsor's refund must wait a
+    close grace so that D's ack is paid first."""
+    # Prepare
+    task = new_task(chain, budget=100 * TOKEN)
+    round1 = tree_of(chain, {D: 10 * TOKEN})
+    commit(chain, task, 1, round1)
+    chain.advance(CHALLENGE_WINDOW + 1)
+    d_ack = ack(chain, task, 2, D, 20 * TOKEN)
+    sponsor, device = chain.ledger(SPONSOR), chain.ledger(D)
+    sponsor.close_task(task)
+    chain.advance(CLOSE_GRACE - 100)
+    commit(chain, task, 2, tree_of(chain, {D: 10 * TOKEN, SYBIL: 90 * TOKEN}))
+    with pytest.raises(market_errors.TaskUnderfunded):  # the pending root reserves everything
+        device.claim_acknowledged(d_ack, signed(chain, d_ack))
+    device.challenge_with_ack(task, 2, d_ack, signed(chain, d_ack))
+    chain.advance(RESPONSE_WINDOW + 1)  # past the grace and the response deadline
+
+    # Execute: anyone voids, and tries to refund in the same breath
+    sponsor.void_round(task, 2, device.address)
+    with pytest.raises(market_errors.TaskNotClosed, match="voided root"):
+        sponsor.refund_unspent(task)
+
+    # Assert: D is paid its round-1 leaf and what its ack adds; only then the sponsor the rest
+    assert claim(chain, task, 1, round1, D) == 10 * TOKEN
+    assert device.claim_acknowledged(d_ack, signed(chain, d_ack)) == 10 * TOKEN
+    chain.advance(CLOSE_GRACE + 1)
+    assert sponsor.refund_unspent(task) == 80 * TOKEN
+
+
+def test_an_acknowledged_round_the_aggregator_never_commits_is_paid_once_the_sponsor_closes(
+    chain: Chain,
+) -> None:
+    """The aggregator acknowledges D's round 2 and stops. Nothing pays the ack while the task is
+    open (no root to challenge), but the escrow is hostage too: the sponsor gets it back only
+    by closing, and closing makes the ack payable (README: what each party must trust)."""
+    task = new_task(chain, budget=100 * TOKEN)
+    round1 = tree_of(chain, {D: 10 * TOKEN})
+    commit(chain, task, 1, round1)
+    d_ack = ack(chain, task, 2, D, 20 * TOKEN)
+    chain.advance(365 * 24 * 3600)
+    device, sponsor = chain.ledger(D), chain.ledger(SPONSOR)
+    with pytest.raises(market_errors.AcksNotPayable):
+        device.claim_acknowledged(d_ack, signed(chain, d_ack))
+    with pytest.raises(market_errors.TaskNotClosed):
+        sponsor.refund_unspent(task)
+
+    sponsor.close_task(task)
+    assert claim(chain, task, 1, round1, D) == 10 * TOKEN
+    assert device.claim_acknowledged(d_ack, signed(chain, d_ack)) == 10 * TOKEN
+    chain.advance(CLOSE_GRACE + 1)
+    assert sponsor.refund_unspent(task) == 80 * TOKEN
+
+
+def test_sixty_five_thousand_open_challenges_do_not_lock_honest_devices_out(chain: Chain) -> None:
+    """The open-challenge counter is 24 bits: 65,535 Sybil challenges (set directly in storage;
+    sending them takes too long for a test) leave room for an honest device's."""
+    task = new_task(chain, budget=100 * TOKEN)
+    round1 = tree_of(chain, {D: 10 * TOKEN})
+    commit(chain, task, 1, round1)
+    chain.advance(CHALLENGE_WINDOW + 1)
+    commit(chain, task, 2, tree_of(chain, {SYBIL: 10 * TOKEN, C: TOKEN}))
+    slot = _first_round_word(chain, task, 2)
+    market = chain.w3.to_checksum_address(chain.deployment.market)
+    word = int.from_bytes(chain.w3.eth.get_storage_at(market, slot), "big")
+    word = (word & ~((2**24 - 1) << 224)) | (65_535 << 224)
+    rpc(chain.local.rpc_url, "anvil_setStorageAt", [market, hex(slot), f"0x{word:064x}"])
+    stored = chain.ledger(SPONSOR).round_state(task, 2)
+    assert stored is not None
+    assert stored.open_challenges == 65_535
+
+    challenge(chain, task, 2, 1, round1, D)
+
+    stored = chain.ledger(SPONSOR).round_state(task, 2)
+    assert stored is not None
+    assert stored.open_challenges == 65_536
+
+
+def test_anyone_answers_a_baseless_challenge_of_an_honest_root(chain: Chain) -> None:
+    """A challenges an honest root (nobody's amount fell) while the aggregator is away; another
+    device that holds the tree answers it, so the root cannot be voided and pays."""
+    task = new_task(chain, budget=100 * TOKEN)
+    round1 = tree_of(chain, {A: 10 * TOKEN, B: 10 * TOKEN})
+    commit(chain, task, 1, round1)
+    round2 = tree_of(chain, {A: 10 * TOKEN, B: 20 * TOKEN})
+    commit(chain, task, 2, round2)
+    challenge(chain, task, 2, 1, round1, A)  # baseless
+
+    a = address(chain, A)
+    chain.ledger(B).answer(task, 2, a, round2.amounts[a], round2.proof(a))
+    chain.advance(RESPONSE_WINDOW + 1)
+
+    with pytest.raises(market_errors.NotChallenged):
+        chain.ledger(A).void_round(task, 2, a)
+    chain.advance(CHALLENGE_WINDOW + 1)
+    assert claim(chain, task, 2, round2, B) == 20 * TOKEN
+
+
+def test_claiming_a_root_and_an_ack_leaves_nothing_locked(chain: Chain) -> None:
+    """D's final leaf is 10 and its ack 12: `claim_all` claims the root, then only the 2 the ack
+    adds, so the refund returns everything else (88) and the market holds nothing for the
+    task."""
+    task = new_task(chain, budget=100 * TOKEN)
+    tree = tree_of(chain, {D: 10 * TOKEN})
+    commit(chain, task, 1, tree)
+    chain.advance(CHALLENGE_WINDOW + 1)
+    d_ack = ack(chain, task, 2, D, 12 * TOKEN)
+    sponsor, device = chain.ledger(SPONSOR), chain.ledger(D)
+    sponsor.close_task(task)
+    d = address(chain, D)
+    owed = Rewards(
+        task=task,
+        account=d,
+        earned=10 * TOKEN,
+        round=1,
+        claimed=0,
+        rounds=1,
+        proof=tree.proof(d),
+        acked=12 * TOKEN,
+        ack=(d_ack, signed(chain, d_ack)),
+    )
+
+    assert claim_all(device, [owed]) == {task: 12 * TOKEN}
+
+    chain.advance(CLOSE_GRACE + 1)
+    assert sponsor.refund_unspent(task) == 88 * TOKEN
+    state = sponsor.task(task)
+    assert state.escrow - state.paid == 0
+
+
+def _first_round_word(chain: Chain, task: int, round_: int) -> int:
+    """The storage slot of rounds[task][round_]'s first word (rewardsKey | committedAt |
+    openChallenges | voided), found by its committedAt."""
+    from eth_abi.abi import encode
+    from eth_utils.crypto import keccak
+
+    market = chain.w3.to_checksum_address(chain.deployment.market)
+    stored = chain.ledger(SPONSOR).round_state(task, round_)
+    assert stored is not None
+    for base in range(16):
+        inner = keccak(encode(["uint256", "uint256"], [task, base]))
+        slot = int.from_bytes(keccak(encode(["uint256"], [round_]) + inner), "big")
+        word = int.from_bytes(chain.w3.eth.get_storage_at(market, slot), "big")
+        if word and (word >> 184) & (2**40 - 1) == stored.committed_at:
+            return slot
+    raise AssertionError("rounds slot not found")
