@@ -24,6 +24,7 @@ from eth_utils.address import to_checksum_address
 
 from fedmarket.acks import Ack
 from fedmarket.device.acks import AckBook
+from fedmarket.exceptions import ContractRejected, TransactionFailed
 from fedmarket.ledger.base import Ledger, RoundCommit
 from fedmarket.market.lineage import verified_prefix
 from fedmarket.market.rewards import Proof, RewardTree
@@ -31,6 +32,7 @@ from fedmarket.store.base import ContentStore
 from fedmarket.types import TaskId
 
 log = logging.getLogger(__name__)
+_MAX_AMOUNT = 2**128 - 1  # escrows and challenges are uint128 on chain
 
 
 @dataclass(frozen=True)
@@ -105,16 +107,24 @@ def _watch_task(
         open_window = now < state.final_at
         if open_window and amounts is not None and act:
             _answer_what_we_can(ledger, task, commit.round, amounts)
-        # Withheld data: only the device's own claim can be pressed, the others are unknown.
-        checked = best.keys() | {account} if amounts is not None else {account}
-        for who in sorted(checked):
+        # A root that cannot be rebuilt (a withheld bundle) is challenged for every account with
+        # an earlier leaf: the aggregator must then show each leaf on chain, or lose the root.
+        for who in sorted(best.keys() | {account}):
             pays = amounts.get(who, 0) if amounts is not None else None
             evidence = best.get(who)
             if who == account:
                 evidence = _with_acks(evidence, book, commit)
             if evidence is None or (pays is not None and pays >= evidence.amount):
                 continue
-            action = _object(ledger, task, commit.round, who, evidence, state.final_at, now, act)
+            try:
+                action = _object(
+                    ledger, task, commit.round, who, evidence, state.final_at, now, act
+                )
+            except (
+                ContractRejected,
+                TransactionFailed,
+            ) as exc:  # one refusal must not stop the rest
+                action = f"failed: {exc}"
             found.append(
                 Objection(task, commit.round, who, evidence.amount, pays, evidence.label, action)
             )
@@ -135,6 +145,8 @@ def _with_acks(
     best = leaf
     for round, signed in book.items():
         amount = signed[0].cumulative_amount
+        if amount > _MAX_AMOUNT:
+            continue  # no escrow holds it (the contract refuses it): the aggregator's own folly
         if round <= commit.round and (best is None or amount > best.amount):
             best = _Evidence(amount, f"ack of round {round}", round, ack=signed)
     return best
