@@ -17,13 +17,22 @@ how much moves), and after every step the chain is checked against it:
   what it paid on acks are as modelled;
 - nobody was paid more than a final root or a payable ack promised it, or anything twice;
 - no honest entitlement falls. The honest devices watch every task, as ``fedmarket device
-  watch`` does: they challenge any root in its window that pays them less than an earlier root
-  or an ack they hold, and void it when the challenge goes unanswered. So no final root pays a
-  device less than an earlier final root or an ack it held while the root was challengeable;
-  in honest tasks every device's best final leaf stays payable from the task and the honest
-  aggregator can answer every challenge; an ack is paid once its task is closing or frozen
-  whenever the escrow no root reserves covers it; honest buyers get wrong keys refunded,
-  honest sellers are never refunded away.
+  watch`` does: they challenge any root in its window that pays any account less than its
+  leaf in an earlier root (anyone may challenge for anyone, so silent Sybils cannot hide a
+  decrease), or pays the device less than an ack it holds; they answer baseless challenges
+  and void roots whose challenge went unanswered. So no final root pays any account less than
+  an earlier final root, nor a device less than an ack it held while the root was
+  challengeable, and every account's best final leaf stays payable from its task, in hostile
+  tasks too; the honest aggregator can answer every challenge of its roots; an ack is paid
+  once its task is closing or frozen whenever the escrow no root reserves covers it; honest
+  buyers get wrong keys refunded, honest sellers are never refunded away.
+
+Hostile parties also press at every turn: a hostile aggregator answers every challenge with
+whatever leaf it has and commits once more in its close grace, counting on the whole escrow;
+challengers ask again once answered; whoever holds a leaf of a root under challenge claims from
+it; a stranger voids every challenged root, too early and as soon as it may; every genuine ack
+of a closing or frozen task is claimed outright, first come first served; sponsors take back
+what they can as soon as they can.
 
 Time moves only in ``wait``, by a tick of TICK seconds of chain time, after the online honest
 parties acted (the devices watch, the aggregator answers challenges and commits within a close
@@ -57,6 +66,7 @@ from hypothesis.stateful import (
 )
 
 from fedmarket.acks import Ack, sign_ack
+from fedmarket.contracts import load_artifact
 from fedmarket.crypto import AssetKey, KeyDelivery, OneTimeKey, deliver_key
 from fedmarket.crypto.key_delivery import GENERATOR
 from fedmarket.exceptions import ContractRejected, InvalidInput, TransactionFailed
@@ -79,30 +89,38 @@ UPLOAD = hashlib.sha256(b"masked upload").digest()
 TICK = 20_000  # chain seconds per `wait`
 WINDOW = 10_000  # delivery, dispute, close grace and challenge windows: over after one tick
 RESPONSE_WINDOW = 30_000  # over after two ticks: a challenge outlives its root's window
+# Commits may end with time passing too: Hypothesis disables a random subset of rules in each
+# example, and time must pass in most examples for roots to become final or be voided.
+TICKS = st.sampled_from([0, 0, 0, 1, 2])
 UINT128 = 2**128  # challenges name amounts as uint128: larger acks cannot be challenged with
 Outcome = type[Exception] | None
-# DataMarket.tasks(task): sponsor, lastRound, aggregator, closesAt, contributorsBps, escrow, paid,
-# reward, committed
-TASK_FIELDS = [
-    "address",
-    "uint64",
-    "address",
-    "uint64",
-    "uint16",
-    "uint128",
-    "uint128",
-    "uint128",
-    "uint128",
-]
-# DataMarket.rounds(task, round): root, model commitment, total, committedAt, openChallenges,
-# voided, priorRound
-ROUND_FIELDS = ["bytes32", "bytes32", "uint128", "uint64", "uint32", "bool", "uint64"]
-# DataMarket.challenges(task, round, account): amount, deadline, open
-CHALLENGE_FIELDS = ["uint128", "uint64", "bool"]
+
+
+def _getter(name: str) -> tuple[list[str], list[str]]:
+    """The output types and names of one of DataMarket's public getters, from its ABI: the
+    machine reads struct fields by name, whatever their order and packing."""
+    (item,) = [x for x in load_artifact("DataMarket").abi if x.get("name") == name]
+    return [o["type"] for o in item["outputs"]], [o["name"] for o in item["outputs"]]
+
+
+TASK_FIELDS, TASK_NAMES = _getter("tasks")
+ROUND_FIELDS, ROUND_NAMES = _getter("rounds")
+CHALLENGE_FIELDS, CHALLENGE_NAMES = _getter("challenges")
+
+
+# An eth_call: (to, function, argument types, arguments, (output types, output names))
+_Call = tuple[str, str, list[str], list[object], tuple[list[str], list[str]]]
 
 
 def _calldata(name: str, types: list[str], args: list[object]) -> bytes:
     return keccak(text=f"{name}({','.join(types)})")[:4] + encode(types, args)
+
+
+def _amount(evidence: LeafEvidence | AckModel | None) -> int:
+    """What a challenge's evidence says its account is owed (0: no evidence)."""
+    if evidence is None:
+        return 0
+    return evidence.ack.cumulative_amount if isinstance(evidence, AckModel) else evidence.amount
 
 
 def _fit(amounts: dict[str, int], low: int, high: int) -> dict[str, int]:
@@ -141,6 +159,8 @@ class ChallengeModel:
     tick: int  # when it was (re)opened: its answer is due before two more ticks
     evidence: LeafEvidence | AckModel  # what it was (last) opened or raised with
     open: bool = True
+    pressed: bool = False  # the hostile press already tried it in this state
+    rushed: bool = False  # its root was already claimed from and voided too early
 
 
 @dataclass
@@ -149,6 +169,7 @@ class AckModel:
     signature: bytes
     genuine: bool  # signed by the task's aggregator
     tick: int  # when the device got it
+    pressed: bool = False  # the hostile press already claimed it in vain
 
 
 @dataclass
@@ -162,7 +183,7 @@ class TaskModel:
     committed: int = 0
     last_round: int = 0
     closes_tick: int | None = None  # the tick of the close: closed once the tick moves on
-    frozen: bool = False
+    frozen_tick: int | None = None  # the tick of the latest void: no more commits
     rounds: dict[int, RoundModel] = field(default_factory=dict)
     challenges: dict[tuple[int, str], ChallengeModel] = field(default_factory=dict)
     claimed: dict[str, int] = field(default_factory=dict)
@@ -172,6 +193,15 @@ class TaskModel:
     @property
     def reserved(self) -> int:
         return max(self.committed + self.paid_on_acks, self.paid)
+
+    @property
+    def frozen(self) -> bool:
+        return self.frozen_tick is not None
+
+    @property
+    def available(self) -> int:
+        """What a root may promise: the escrow, less what acks took."""
+        return self.escrow - self.paid_on_acks
 
     @property
     def acks_payable(self) -> bool:
@@ -232,9 +262,11 @@ class PurchaseModel:
 
 @dataclass(frozen=True)
 class LeafEvidence:
-    """A challenge's evidence: a leaf in an earlier root, and whether it is the caller's own."""
+    """A challenge's evidence: ``account``'s leaf in an earlier root, and whether the
+    contract takes it (that root's leaf of that account, as proven)."""
 
     round: int
+    account: str
     amount: int
     proof: Proof
     valid: bool
@@ -267,35 +299,57 @@ class MarketMachine(RuleBasedStateMachine):
     @initialize(
         honest_budget=st.integers(60, 300),
         rewards=st.lists(st.integers(1, 20), min_size=len(DEVICES), max_size=len(DEVICES)),
-        hostile_budget=st.integers(1, 50),
+        slack=st.integers(-10, 30),
         hostile_aggregator=st.sampled_from([HOSTILE, SYBIL]),
         hostile_leaves=st.lists(st.integers(1, 20), min_size=3, max_size=3),
+        dropping=st.booleans(),
+        bonus=st.integers(0, 10),
+        kept=st.integers(-1, 3),
+        promised=st.integers(0, 40),
     )
     def open_markets(
         self,
         honest_budget: int,
         rewards: list[int],
-        hostile_budget: int,
+        slack: int,
         hostile_aggregator: int,
         hostile_leaves: list[int],
+        dropping: bool,
+        bonus: int,
+        kept: int,
+        promised: int,
     ) -> None:
-        """Fund the actors; an honest task with round 1 committed, and a hostile task whose
-        round 1 pays itself, its Sybil and an honest device (the leaves may pass the total);
-        once both are final, each is listed."""
+        """Fund the actors; an honest task with round 1 committed, and a hostile task (its
+        escrow ``slack`` above its leaves) whose round 1 pays itself, its Sybil and an honest
+        device (the leaves may pass the escrow); once both are final, each is listed. Then,
+        ``dropping``, the hostile aggregator acks ``promised`` more to the device for round 2
+        (if any) and commits a round 2 that moves all of the device's amount but ``kept`` (and
+        ``bonus`` more) to the Sybil."""
         for index in (HOSTILE, BUYER, HOSTILE_BUYER):
             self.ledgers[SPONSOR].transfer(self.address[index], START_FUNDS)
         self.start = {i: self.ledgers[i].balance(a) for i, a in self.address.items()}
         self.market_start = self.ledgers[SPONSOR].balance(self.market)
         honest = self._create(SPONSOR, AGGREGATOR, honest_budget)
         self.honest_round(honest, rewards, commit=True)
-        hostile = self._create(HOSTILE, hostile_aggregator, hostile_budget)
+        budget = max(1, sum(hostile_leaves) + slack)
+        hostile = self._create(HOSTILE, hostile_aggregator, budget)
         leaves = zip((HOSTILE, SYBIL, DEVICES[0]), hostile_leaves, strict=True)
         tree = RewardTree.build({self.address[i]: v for i, v in leaves})
-        self._commit(hostile, hostile_aggregator, 1, tree, min(tree.total, hostile_budget))
+        self._commit(hostile, hostile_aggregator, 1, tree, min(tree.total, budget))
         self.wait()
         # each round for sale: the honest one by its aggregator, the hostile one by its owner
         self._list(honest, 1, AGGREGATOR, price=30, bps=2500)
         self._list(hostile, 1, hostile_aggregator, price=20, bps=10_000)
+        device = self.address[DEVICES[0]]
+        if dropping and self.tasks[hostile].rounds[1].provable:
+            if promised:
+                amount = tree.amounts[device] + promised
+                ack = Ack(hostile, 2, device, UPLOAD, amount)
+                signature = self._sign(ack, hostile_aggregator)
+                self.tasks[hostile].acks.append(AckModel(ack, signature, True, self.tick))
+            tree = RewardTree.build(self._dropping(hostile, device, bonus, kept))
+            self._commit(hostile, hostile_aggregator, 2, tree, tree.total)
+            self._seen(hostile)
 
     # -- tasks and commits ---------------------------------------------------------------------
 
@@ -325,10 +379,14 @@ class MarketMachine(RuleBasedStateMachine):
         data=st.data(),
         rewards=st.lists(st.integers(0, 20), min_size=len(DEVICES), max_size=len(DEVICES)),
         commit=st.sampled_from([True, True, False]),
+        ticks=TICKS,
     )
-    def honest_round_rule(self, data: st.DataObject, rewards: list[int], commit: bool) -> None:
+    def honest_round_rule(
+        self, data: st.DataObject, rewards: list[int], commit: bool, ticks: int
+    ) -> None:
         open_honest = [t for t, m in self.tasks.items() if m.honest and not self._closed(m)]
         self.honest_round(data.draw(st.sampled_from(open_honest)), rewards, commit=commit)
+        self.wait(ticks)
 
     def honest_round(self, task: TaskId, rewards: list[int], *, commit: bool) -> None:
         """The honest aggregator acks each device's accepted upload for the next round (0: no
@@ -353,7 +411,7 @@ class MarketMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.tasks)
     @rule(
         data=st.data(),
-        by_aggregator=st.sampled_from([True, True, True, False]),
+        by_aggregator=st.sampled_from([True, True, True, True, False]),
         skip=st.sampled_from([1, 1, 1, 2, 0]),
         leaves=st.lists(
             st.tuples(
@@ -367,6 +425,7 @@ class MarketMachine(RuleBasedStateMachine):
             ["drop", "drop", "fit", "fit", "committed", "escrow", "leaves", "below", "above"]
         ),
         zero_commitment=st.sampled_from([False, False, False, False, True]),
+        ticks=TICKS,
     )
     def hostile_commit(
         self,
@@ -376,6 +435,7 @@ class MarketMachine(RuleBasedStateMachine):
         leaves: list[tuple[int, int | str]],
         total: str,
         zero_commitment: bool,
+        ticks: int,
     ) -> None:
         """Commit any root: into a hostile task by its aggregator, or into any task by a
         stranger; leaves for anyone (honest devices too), up to the market's whole balance,
@@ -390,12 +450,13 @@ class MarketMachine(RuleBasedStateMachine):
         }
         latest = [r for r in model.rounds.values() if r.provable and not r.voided]
         if total == "drop" and latest:
-            amounts = dict(latest[-1].tree.amounts)
-            victim = data.draw(st.sampled_from(sorted(amounts)))
-            sybil = self.address[SYBIL]
-            amounts[sybil] = amounts.get(sybil, 0) + amounts.pop(victim)
+            accounts = sorted(latest[-1].tree.amounts)
+            devices = [a for a in accounts if self.index[a] in DEVICES]
+            victim = data.draw(st.sampled_from(devices or accounts))
+            bonus, kept = data.draw(st.integers(0, 10)), data.draw(st.integers(-1, 3))
+            amounts = self._dropping(task, victim, bonus, kept)
         elif total in ("drop", "fit"):
-            amounts = _fit(amounts, model.committed, model.escrow)
+            amounts = _fit(amounts, model.committed, model.available)
         total = "leaves" if total in ("drop", "fit") else total
         tree = RewardTree.build(amounts)
         cumulative = {
@@ -407,44 +468,8 @@ class MarketMachine(RuleBasedStateMachine):
         }[total]
         round_ = model.last_round + skip
         commitment = bytes(32) if zero_commitment else MODEL_COMMITMENT
-        same = model.rounds.get(round_)
-        expected: Outcome = None
-        if round_ == 0 or cumulative < 0:
-            expected = InvalidInput
-        elif same and (same.tree.root, same.total, same.commitment) == (
-            tree.root,
-            cumulative,
-            commitment,
-        ):
-            expected = None  # the ledger sees it on chain already and sends nothing
-        elif self._closed(model):
-            expected = market_errors.TaskIsClosed
-        elif who != model.aggregator:
-            expected = market_errors.NotAggregator
-        elif model.frozen:
-            expected = market_errors.TaskFrozen
-        elif round_ <= model.last_round:
-            expected = market_errors.RoundNotIncreasing
-        elif cumulative < model.committed:
-            expected = market_errors.CumulativeDecreased
-        elif cumulative > model.escrow:
-            expected = market_errors.ExceedsEscrow
-        elif zero_commitment:
-            expected = market_errors.ZeroCommitment
-        sent = self._expect(
-            lambda: self.ledgers[who].commit_round(
-                task,
-                round_,
-                model_commitment=commitment,
-                model_cid=MODEL_CID,
-                bundle_cid=EMPTY_CID,
-                rewards_root=tree.root,
-                cumulative_total=cumulative,
-            ),
-            expected,
-        )
-        if expected is None and sent:
-            self._committed(model, round_, tree, cumulative, commitment)
+        self._hostile_commit(who, task, round_, tree, cumulative, commitment)
+        self.wait(ticks)
 
     @precondition(lambda self: self.tasks)
     @rule(
@@ -478,7 +503,8 @@ class MarketMachine(RuleBasedStateMachine):
     ) -> None:
         """Anyone challenges a root (or a round not committed), mostly one in its window: with
         a leaf of an earlier root (its own, someone else's, or inflated), or with an ack (its
-        own or someone else's, genuine or forged); mostly with evidence the contract takes."""
+        own or someone else's, genuine or forged); mostly with evidence the contract takes.
+        Anyone may challenge for any account."""
         tasks = sorted(t for t, m in self.tasks.items() if m.rounds)
         in_window = [t for t in tasks if self._challengeable(self.tasks[t])]
         task = data.draw(st.sampled_from(in_window if at == "open" and in_window else tasks))
@@ -491,8 +517,7 @@ class MarketMachine(RuleBasedStateMachine):
         if with_ack and model.acks:
             usable = [a for a in model.acks if a.genuine and a.ack.round <= round_]
             item = data.draw(st.sampled_from(usable if valid and usable else model.acks))
-            who = self.index[item.ack.device] if valid else data.draw(st.sampled_from(EVERYONE))
-            self._challenge_with_ack(who, task, round_, item)
+            self._challenge_with_ack(data.draw(st.sampled_from(EVERYONE)), task, round_, item)
             return
         leaves = [
             (r, account)
@@ -502,20 +527,16 @@ class MarketMachine(RuleBasedStateMachine):
         ]
         if valid and leaves:
             evidence_round, account = data.draw(st.sampled_from(leaves))
-            who = self.index[account]
-        else:
+            named = account
+        else:  # maybe the proof of one account's leaf for another
             evidence_round = data.draw(st.sampled_from(committed))
             account = data.draw(st.sampled_from(sorted(model.rounds[evidence_round].tree.amounts)))
-            who = data.draw(st.sampled_from([self.index[account], ANYONE]))
+            named = data.draw(st.sampled_from([account, self.address[ANYONE]]))
         root = model.rounds[evidence_round]
         amount = root.tree.amounts[account] + (data.draw(st.integers(1, 50)) if forged else 0)
-        evidence = LeafEvidence(
-            evidence_round,
-            amount,
-            root.tree.proof(account),
-            root.provable and not forged and account == self.address[who],
-        )
-        self._challenge_with_leaf(who, task, round_, evidence)
+        valid = root.provable and not forged and named == account
+        evidence = LeafEvidence(evidence_round, named, amount, root.tree.proof(account), valid)
+        self._challenge_with_leaf(data.draw(st.sampled_from(EVERYONE)), task, round_, evidence)
 
     @precondition(lambda self: any(m.challenges for m in self.tasks.values()))
     @rule(data=st.data(), who=st.sampled_from(EVERYONE), forged=st.booleans())
@@ -581,15 +602,15 @@ class MarketMachine(RuleBasedStateMachine):
             assert paid == due - already
             sales.claimed[account] = due
             sales.paid += paid
-            self.received[self._index(account)] += paid
+            self.received[self.index[account]] += paid
 
     @precondition(lambda self: any(m.rounds or m.acks for m in self.tasks.values()))
     @rule(data=st.data())
     def honest_devices_collect(self, data: st.DataObject) -> None:
         """Every honest device takes all it is owed in a task: its best final leaf, then its
-        best ack once acks are payable, then its sale shares. In an honest task, whatever the
-        hostile actors did before, each leaf and sale-share claim must go through; in any
-        task, an ack must whenever the escrow no root reserves covers it."""
+        best ack once acks are payable, then its sale shares. Whatever the hostile actors did
+        before, in any task, each leaf and sale-share claim must go through; an ack does
+        whenever the escrow no root reserves covers it."""
         task = data.draw(st.sampled_from([t for t, m in self.tasks.items() if m.rounds or m.acks]))
         model = self.tasks[task]
         for index in DEVICES:
@@ -598,7 +619,7 @@ class MarketMachine(RuleBasedStateMachine):
             if amount > model.claimed.get(device, 0):
                 proof = model.rounds[best].tree.proof(device)
                 outcome = self._claim_leaf(index, task, best, device, amount, proof, True)
-                assert outcome is None or not model.honest, "an honest device went unpaid"
+                assert outcome is None, "a watching device went unpaid its best final leaf"
             acks = model.genuine_acks(device) if model.acks_payable else []
             item = max(acks, key=lambda a: a.ack.cumulative_amount, default=None)
             if item is not None and item.ack.cumulative_amount > model.claimed.get(device, 0):
@@ -641,17 +662,8 @@ class MarketMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.tasks)
     @rule(data=st.data(), who=st.sampled_from(EVERYONE))
     def refund_unspent(self, data: st.DataObject, who: int) -> None:
-        task, model = self._task(data)
-        expected: Outcome = None
-        if not self._closed(model):
-            expected = market_errors.TaskNotClosed
-        elif model.escrow <= model.reserved:
-            expected = market_errors.NothingToRefund
-        refund = self._expect(lambda: self.ledgers[who].refund_unspent(task), expected)
-        if expected is None:
-            assert refund == model.escrow - model.reserved
-            model.escrow = model.reserved
-            self.received[model.sponsor] += refund
+        task, _ = self._task(data)
+        self._refund_unspent(who, task)
 
     # -- sales ---------------------------------------------------------------------------------
 
@@ -762,14 +774,20 @@ class MarketMachine(RuleBasedStateMachine):
 
     @rule(ticks=st.sampled_from([1, 1, 2]))
     def wait_rule(self, ticks: int) -> None:
-        for _ in range(ticks):
-            self.wait()
+        self.wait(ticks)
 
-    def wait(self) -> None:
-        """The online honest parties act, then a tick of chain time passes."""
-        for task, model in self.tasks.items():
-            if model.honest and model.closes_tick == self.tick:
+    def wait(self, ticks: int = 1) -> None:
+        """``ticks`` times: the online honest parties act, then a tick of chain time passes."""
+        for _ in range(ticks):
+            self._tick()
+
+    def _tick(self) -> None:
+        self._claim_acks_outright()  # before the aggregator's last commit, in the close grace
+        for task, model in list(self.tasks.items()):
+            if model.closes_tick == self.tick and model.honest:
                 self._honest_commit(task)  # within the close grace
+            elif model.closes_tick == self.tick and not model.frozen:
+                self._last_minute_commit(task)
         for index in DEVICES:
             for task in sorted(self.tasks):
                 self._watch(index, task)
@@ -788,7 +806,8 @@ class MarketMachine(RuleBasedStateMachine):
                 False,
             ):  # the honest buyer checks every key it gets and disputes a wrong one
                 self._dispute(purchase, BUYER, True)
-        self._press_before_the_tick()
+        for task in sorted(self.tasks):
+            self._press(task)
         self.chain.advance(TICK)
         self.tick += 1
         self._press_after_the_tick()
@@ -823,7 +842,10 @@ class MarketMachine(RuleBasedStateMachine):
         owed = sum(self.owed.values())
         assert market - self.market_start == in_escrow + in_sales + in_purchases + owed
         for task, model in self.tasks.items():
-            _, last_round, _, _, _, escrow, paid, _, committed = view["tasks"][task]
+            on_chain = view["tasks"][task]
+            last_round, escrow, paid, committed = (
+                on_chain[k] for k in ("lastRound", "escrow", "paid", "committed")
+            )
             assert (escrow, paid, committed, last_round) == (
                 model.escrow,
                 model.paid,
@@ -831,13 +853,20 @@ class MarketMachine(RuleBasedStateMachine):
                 model.last_round,
             )
             assert paid <= escrow
-            assert view["acks"][task] == (model.frozen, model.paid_on_acks)
+            frozen_at, paid_on_acks = view["acks"][task]
+            assert (frozen_at != 0, paid_on_acks) == (model.frozen, model.paid_on_acks)
             for round_, root in model.rounds.items():
-                _, _, total, _, open_challenges, voided, prior = view["rounds"][task, round_]
+                on_chain = view["rounds"][task, round_]
+                total, open_challenges, voided, prior = (
+                    on_chain[k]
+                    for k in ("cumulativeTotal", "openChallenges", "voided", "priorRound")
+                )
                 modelled = (root.total, root.open_challenges, root.voided, root.prior_round)
                 assert (total, open_challenges, voided, prior) == modelled, (task, round_)
             for (round_, account), challenge in model.challenges.items():
-                amount, _, is_open = view["challenges"][task, round_, account]
+                amount, is_open = (
+                    view["challenges"][task, round_, account][k] for k in ("amount", "open")
+                )
                 assert (amount, is_open) == (challenge.amount, challenge.open)
         for key, sales in self.sales.items():
             if sales.revenue:
@@ -859,23 +888,30 @@ class MarketMachine(RuleBasedStateMachine):
                 assert claimed <= sales.revenue * leaf // model.rounds[round_].total
 
     @invariant()
-    def a_watching_device_is_never_paid_less_by_a_final_root(self) -> None:
-        """No final root pays an honest device less than an earlier final root, or than an ack
-        of that round or before that the device held while the root was challengeable."""
+    def final_roots_never_take_an_amount_back(self) -> None:
+        """With the devices watching, no final root pays any account less than an earlier
+        final root, nor an honest device less than an ack of that round or before that it held
+        while the root was challengeable; so every account's best final leaf stays payable:
+        together they are the latest final root's total, which the escrow keeps beside what
+        acks took (in every task, hostile ones too)."""
         for model in self.tasks.values():
-            final = [r for r in sorted(model.rounds) if model.final(r, self.tick)]
+            final = [model.rounds[r] for r in sorted(model.rounds) if model.final(r, self.tick)]
+            best: dict[str, int] = {}
+            for root in final:
+                for account in best.keys() | root.tree.amounts.keys():
+                    pays = root.leaf(account) or 0
+                    assert pays >= best.get(account, 0), account
+                    best[account] = pays
             for index in DEVICES:
                 device = self.address[index]
-                best = 0
-                for round_ in final:
-                    root = model.rounds[round_]
-                    pays = root.leaf(device) or 0
-                    assert pays >= best, (round_, device)
-                    best = pays
-                    for item in model.genuine_acks(device):
-                        ack = item.ack
-                        if ack.round <= round_ and item.tick <= root.tick:
-                            assert pays >= ack.cumulative_amount or ack.cumulative_amount >= UINT128
+                for item in model.genuine_acks(device):
+                    owed = item.ack.cumulative_amount
+                    for round_, root in model.rounds.items():
+                        held = item.ack.round <= round_ and item.tick <= root.tick
+                        if held and owed < UINT128 and model.final(round_, self.tick):
+                            assert (root.leaf(device) or 0) >= owed, (round_, device)
+            unpaid = sum(max(0, v - model.claimed.get(a, 0)) for a, v in best.items())
+            assert model.escrow - model.paid >= unpaid
 
     @invariant()
     def honest_entitlements_never_fall(self) -> None:
@@ -916,34 +952,42 @@ class MarketMachine(RuleBasedStateMachine):
 
     def _read_chain(self) -> dict[str, Any]:
         """Everything the invariants compare, as one JSON-RPC batch of raw ``eth_call``s
-        (web3's per-call ABI handling would cost more than the calls themselves)."""
+        (web3's per-call ABI handling would cost more than the calls themselves). A struct
+        getter's answer comes back as a dict by field name, any other as its one value."""
         token, market = self.chain.deployment.token, self.market
         tasks = sorted(self.tasks)
         rounds = sorted((t, r) for t in tasks for r in self.tasks[t].rounds)
         challenges = sorted((t, r, a) for t in tasks for r, a in self.tasks[t].challenges)
         sold = sorted(key for key, sales in self.sales.items() if sales.revenue)
-        uint = ["uint256"]
-        calls: list[tuple[str, str, list[str], list[object], list[str]]] = [
-            (token, "totalSupply", [], [], uint),
-            (token, "balanceOf", ["address"], [market], uint),
-            *[(token, "balanceOf", ["address"], [self.address[i]], uint) for i in EVERYONE],
-            *[(market, "tasks", uint, [task], TASK_FIELDS) for task in tasks],
+        uint, one = ["uint256"], (["uint256"], [])
+        at = ["uint256", "uint256"]
+        calls: list[_Call] = [
+            (token, "totalSupply", [], [], one),
+            (token, "balanceOf", ["address"], [market], one),
+            *[(token, "balanceOf", ["address"], [self.address[i]], one) for i in EVERYONE],
+            *[(market, "tasks", uint, [task], (TASK_FIELDS, TASK_NAMES)) for task in tasks],
             *[
-                (market, name, uint, [task], out)
+                (market, name, uint, [task], (out, []))
                 for task in tasks
-                for name, out in (("frozen", ["bool"]), ("paidOnAcks", uint))
+                for name, out in (("frozenAt", uint), ("paidOnAcks", uint))
             ],
-            *[(market, "rounds", uint * 2, [t, r], ROUND_FIELDS) for t, r in rounds],
+            *[(market, "rounds", at, [t, r], (ROUND_FIELDS, ROUND_NAMES)) for t, r in rounds],
             *[
-                (market, "challenges", [*uint * 2, "address"], [t, r, a], CHALLENGE_FIELDS)
+                (
+                    market,
+                    "challenges",
+                    [*at, "address"],
+                    [t, r, a],
+                    (CHALLENGE_FIELDS, CHALLENGE_NAMES),
+                )
                 for t, r, a in challenges
             ],
             *[
-                (market, name, uint * 2, [task, round_], uint)
+                (market, name, at, [task, round_], one)
                 for task, round_ in sold
                 for name in ("salesRevenue", "salesPaid")
             ],
-            *[(market, "owed", ["address"], [self.address[i]], uint) for i in SELLERS],
+            *[(market, "owed", ["address"], [self.address[i]], one) for i in SELLERS],
         ]
         batch = [
             {
@@ -956,8 +1000,12 @@ class MarketMachine(RuleBasedStateMachine):
         ]
         response = requests.post(self.chain.local.rpc_url, json=batch, timeout=30)
         answers = {item["id"]: bytes.fromhex(item["result"][2:]) for item in response.json()}
-        decoded = (decode(out, answers[n]) for n, (*_, out) in enumerate(calls))
-        words = (values if len(values) > 1 else values[0] for values in decoded)
+
+        def value(n: int, out: list[str], names: list[str]) -> Any:
+            values = decode(out, answers[n])
+            return dict(zip(names, values, strict=True)) if names else values[0]
+
+        words = (value(n, *shape) for n, (*_, shape) in enumerate(calls))
         return {
             "supply": next(words),
             "market": next(words),
@@ -995,9 +1043,6 @@ class MarketMachine(RuleBasedStateMachine):
     def _purchase(self, data: st.DataObject) -> tuple[PurchaseId, PurchaseModel]:
         purchase = data.draw(st.sampled_from(sorted(self.purchases)))
         return purchase, self.purchases[purchase]
-
-    def _index(self, account: str) -> int:
-        return self.index[account]
 
     def _past(self, tick: int) -> bool:
         """Whether a deadline set (WINDOW after a time) in ``tick`` has passed."""
@@ -1080,7 +1125,11 @@ class MarketMachine(RuleBasedStateMachine):
             return
         tree = RewardTree.build(model.pending)
         round_ = model.last_round + 1
-        expected = market_errors.TaskIsClosed if self._closed(model) else None
+        expected: Outcome = None
+        if self._closed(model):
+            expected = market_errors.TaskIsClosed
+        elif tree.total > model.available:  # acks claimed outright took part of the escrow
+            expected = market_errors.ExceedsEscrow
         self._expect(
             lambda: self.ledgers[AGGREGATOR].commit_round(
                 task,
@@ -1155,9 +1204,9 @@ class MarketMachine(RuleBasedStateMachine):
     def _paid(self, model: TaskModel, account: str, amount: int, pay: int) -> None:
         model.claimed[account] = amount
         model.paid += pay
-        self.received[self._index(account)] += pay
+        self.received[self.index[account]] += pay
 
-    def _claim_ack(self, submitter: int, model: TaskModel, item: AckModel) -> None:
+    def _claim_ack(self, submitter: int, model: TaskModel, item: AckModel) -> Outcome:
         """claimAcknowledged: only the aggregator's acks, only once the task is closing or
         frozen, and only from the escrow no root reserves."""
         account, amount = item.ack.device, item.ack.cumulative_amount
@@ -1179,10 +1228,11 @@ class MarketMachine(RuleBasedStateMachine):
             assert paid == pay
             self._paid(model, account, amount, pay)
             model.paid_on_acks += pay
+        return expected
 
     def _open_outcome(self, model: TaskModel, round_: int, account: str, amount: int) -> Outcome:
-        """DataMarket._openChallenge: whether ``account`` may challenge ``round_`` for
-        ``amount``."""
+        """DataMarket._openChallenge: whether ``round_`` may be challenged for paying
+        ``account`` less than ``amount``."""
         root = model.rounds.get(round_)
         if root is None:
             return market_errors.UnknownRound
@@ -1190,6 +1240,8 @@ class MarketMachine(RuleBasedStateMachine):
             return market_errors.RoundIsVoided
         if self._past(root.tick):
             return market_errors.ChallengeWindowClosed
+        if amount == 0:
+            return market_errors.ZeroAmount
         if amount >= UINT128:
             return market_errors.MarketRejected  # SafeCastOverflowedUintDowncast
         challenge = model.challenges.get((round_, account))
@@ -1214,7 +1266,7 @@ class MarketMachine(RuleBasedStateMachine):
             )
             model.rounds[round_].open_challenges += 1
         elif amount > challenge.amount:
-            challenge.amount, challenge.evidence = amount, evidence
+            challenge.amount, challenge.evidence, challenge.pressed = amount, evidence, False
         if model.honest:
             self._answer_challenges(task)  # the honest server answers as it goes
 
@@ -1222,7 +1274,7 @@ class MarketMachine(RuleBasedStateMachine):
         self, who: int, task: TaskId, round_: int, evidence: LeafEvidence
     ) -> Outcome:
         model = self.tasks[task]
-        account = self.address[who]
+        account = evidence.account
         expected: Outcome
         if evidence.round >= round_:
             expected = market_errors.EvidenceNotEarlier
@@ -1237,6 +1289,7 @@ class MarketMachine(RuleBasedStateMachine):
                 task,
                 round_,
                 evidence_round=evidence.round,
+                account=account,
                 cumulative_amount=evidence.amount,
                 proof=evidence.proof,
             ),
@@ -1250,9 +1303,7 @@ class MarketMachine(RuleBasedStateMachine):
         model = self.tasks[task]
         ack = item.ack
         expected: Outcome
-        if ack.device != self.address[who]:
-            expected = market_errors.NotChallenger
-        elif ack.round > round_:
+        if ack.round > round_:
             expected = market_errors.EvidenceNotEarlier
         elif not item.genuine:
             expected = market_errors.NotAcknowledgedByAggregator
@@ -1292,7 +1343,7 @@ class MarketMachine(RuleBasedStateMachine):
         )
         if expected is None:
             assert challenge is not None
-            challenge.open, challenge.amount = False, amount
+            challenge.open, challenge.amount, challenge.pressed = False, amount, False
             model.rounds[round_].open_challenges -= 1
 
     def _void(self, who: int, task: TaskId, round_: int, account: str) -> None:
@@ -1308,87 +1359,221 @@ class MarketMachine(RuleBasedStateMachine):
             expected = market_errors.RoundIsVoided
         self._expect(lambda: self.ledgers[who].void_round(task, round_, account), expected)
         if expected is None:
-            root.voided = model.frozen = True
+            root.voided, model.frozen_tick = True, self.tick
             # the committed total falls back to that of the latest round not voided
             standing = [r for r, other in model.rounds.items() if not other.voided]
             model.committed = model.rounds[max(standing)].total if standing else 0
 
     def _watch(self, index: int, task: TaskId) -> None:
-        """What ``fedmarket device watch`` does for device ``index`` in ``task``: challenge
-        every root in its window that pays the device less than its largest leaf in an
-        earlier root or its largest ack of that round or before, and void every root whose
-        challenge by the device went unanswered."""
+        """What ``fedmarket device watch`` does, as device ``index``, in ``task``: for every
+        root in its window, challenge for every account it pays less than that account's
+        largest leaf in an earlier root (anyone may), and for the device itself less than its
+        largest ack of that round or before; answer every due challenge a root's own leaf
+        answers; void every root whose challenge went unanswered."""
         model = self.tasks[task]
         device = self.address[index]
-        best: LeafEvidence | None = None  # the largest leaf in an earlier root, not voided
+        best: dict[str, LeafEvidence] = {}  # each account's largest leaf in an earlier root
         for round_ in sorted(model.rounds):
             root = model.rounds[round_]
-            challenge = model.challenges.get((round_, device))
             if root.voided:
                 continue
-            if challenge is not None and challenge.open and not self._answer_due(challenge):
-                self._void(index, task, round_, device)
+            challenged = sorted((a, c) for (r, a), c in model.challenges.items() if r == round_)
+            overdue = [a for a, c in challenged if c.open and not self._answer_due(c)]
+            if overdue:
+                self._void(index, task, round_, overdue[0])
                 continue
-            pays = root.leaf(device) or 0
+            for account, challenge in challenged:
+                amount = root.leaf(account)
+                if challenge.open and amount is not None and amount >= challenge.amount:
+                    proof = root.tree.proof(account)
+                    self._answer(index, task, round_, account, amount, proof, True)
+            owed: dict[str, LeafEvidence | AckModel] = dict(best)
             acks = [
                 a
                 for a in model.genuine_acks(device)
                 if a.ack.round <= round_ and a.ack.cumulative_amount < UINT128
             ]
             ack = max(acks, key=lambda a: a.ack.cumulative_amount, default=None)
-            owed = max(best.amount if best else 0, ack.ack.cumulative_amount if ack else 0)
-            shown = challenge.amount if challenge is not None else 0
-            if not self._past(root.tick) and owed > max(pays, shown):
-                if ack is not None and ack.ack.cumulative_amount == owed:
-                    outcome = self._challenge_with_ack(index, task, round_, ack)
+            if ack is not None and ack.ack.cumulative_amount > _amount(owed.get(device)):
+                owed[device] = ack
+            for account, evidence in sorted(owed.items()):
+                challenge = model.challenges.get((round_, account))
+                shown = challenge.amount if challenge is not None else 0
+                if self._past(root.tick) or _amount(evidence) <= max(
+                    root.leaf(account) or 0, shown
+                ):
+                    continue
+                if isinstance(evidence, AckModel):
+                    outcome = self._challenge_with_ack(index, task, round_, evidence)
                 else:
-                    assert best is not None
-                    outcome = self._challenge_with_leaf(index, task, round_, best)
+                    outcome = self._challenge_with_leaf(index, task, round_, evidence)
                 assert outcome is None, "a watching device could not challenge"
-            if pays and (best is None or pays > best.amount):
-                best = LeafEvidence(round_, pays, root.tree.proof(device), True)
+            for account, amount in root.tree.amounts.items() if root.provable else ():
+                if amount > _amount(best.get(account)):
+                    proof = root.tree.proof(account)
+                    best[account] = LeafEvidence(round_, account, amount, proof, True)
 
-    def _press_before_the_tick(self) -> None:
-        """Hostile aggregators answer every due challenge with whatever leaf they have for
-        the challenger, and challengers whose challenge was answered ask again, with the same
-        evidence, while the root is in its window."""
-        for task, model in self.tasks.items():
-            for (round_, account), challenge in sorted(model.challenges.items()):
-                root = model.rounds[round_]
-                if challenge.open and self._answer_due(challenge) and not model.honest:
-                    shown = account if account in root.tree.amounts else min(root.tree.amounts)
-                    amount, proof = root.tree.amounts[shown], root.tree.proof(shown)
-                    valid = root.provable and shown == account
-                    self._answer(model.aggregator, task, round_, account, amount, proof, valid)
-                elif not challenge.open and not root.voided and not self._past(root.tick):
-                    who, evidence = self.index[account], challenge.evidence
-                    if isinstance(evidence, AckModel):
-                        self._challenge_with_ack(who, task, round_, evidence)
-                    else:
-                        self._challenge_with_leaf(who, task, round_, evidence)
+    def _hostile_commit(
+        self,
+        who: int,
+        task: TaskId,
+        round_: int,
+        tree: RewardTree,
+        cumulative: int,
+        commitment: bytes = MODEL_COMMITMENT,
+    ) -> None:
+        """Commit ``tree`` under ``cumulative`` as ``round_``, as ``who``; once committed, the
+        devices see it at once and its aggregator answers what it can."""
+        model = self.tasks[task]
+        same = model.rounds.get(round_)
+        expected: Outcome = None
+        if round_ == 0 or cumulative < 0:
+            expected = InvalidInput
+        elif same and (same.tree.root, same.total, same.commitment) == (
+            tree.root,
+            cumulative,
+            commitment,
+        ):
+            expected = None  # the ledger sees it on chain already and sends nothing
+        elif self._closed(model):
+            expected = market_errors.TaskIsClosed
+        elif who != model.aggregator:
+            expected = market_errors.NotAggregator
+        elif model.frozen:
+            expected = market_errors.TaskFrozen
+        elif round_ <= model.last_round:
+            expected = market_errors.RoundNotIncreasing
+        elif cumulative < model.committed:
+            expected = market_errors.CumulativeDecreased
+        elif cumulative > model.available:
+            expected = market_errors.ExceedsEscrow
+        elif commitment == bytes(32):
+            expected = market_errors.ZeroCommitment
+        sent = self._expect(
+            lambda: self.ledgers[who].commit_round(
+                task,
+                round_,
+                model_commitment=commitment,
+                model_cid=MODEL_CID,
+                bundle_cid=EMPTY_CID,
+                rewards_root=tree.root,
+                cumulative_total=cumulative,
+            ),
+            expected,
+        )
+        if expected is None and sent:
+            self._committed(model, round_, tree, cumulative, commitment)
+            self._seen(task)
+
+    def _last_minute_commit(self, task: TaskId) -> None:
+        """A hostile aggregator's commit in its task's close grace that counts on the whole
+        escrow (the Sybil takes what the latest root leaves), acks claimed before or not."""
+        model = self.tasks[task]
+        latest = [r for r in model.rounds.values() if r.provable and not r.voided]
+        amounts = dict(latest[-1].tree.amounts) if latest else {}
+        sybil = self.address[SYBIL]
+        amounts[sybil] = amounts.get(sybil, 0) + max(0, model.escrow - sum(amounts.values()))
+        tree = RewardTree.build(amounts)
+        self._hostile_commit(model.aggregator, task, model.last_round + 1, tree, tree.total)
+
+    def _dropping(self, task: TaskId, victim: str, bonus: int, kept: int) -> dict[str, int]:
+        """The latest provable root's amounts with ``victim``'s moved to the Sybil but for
+        ``kept`` (less than it had; -1: the victim is left out), plus ``bonus`` more as far as
+        the escrow allows."""
+        model = self.tasks[task]
+        latest = [r for r in model.rounds.values() if r.provable and not r.voided][-1]
+        amounts = dict(latest.tree.amounts)
+        sybil = self.address[SYBIL]
+        if victim != sybil:
+            had = amounts.pop(victim)
+            kept = min(kept, had - 1)
+            amounts[sybil] = amounts.get(sybil, 0) + had - max(kept, 0)
+            if kept >= 0:
+                amounts[victim] = kept
+        amounts[sybil] = amounts.get(sybil, 0) + min(
+            bonus, max(0, model.available - sum(amounts.values()))
+        )
+        return amounts
+
+    def _seen(self, task: TaskId) -> None:
+        """A hostile root was committed: the devices see it and object at once, and its
+        aggregator answers what it can."""
+        for index in DEVICES:
+            self._watch(index, task)
+        self._press(task)
+
+    def _press(self, task: TaskId) -> None:
+        """A hostile aggregator answers every due challenge of its task with whatever leaf it
+        has for the challenger, and challengers whose challenge was answered ask again, with
+        the same evidence, while the root is in its window (each once)."""
+        model = self.tasks[task]
+        for (round_, account), challenge in sorted(model.challenges.items()):
+            root = model.rounds[round_]
+            if challenge.pressed:
+                continue
+            challenge.pressed = True
+            if challenge.open and self._answer_due(challenge) and not model.honest:
+                shown = account if account in root.tree.amounts else min(root.tree.amounts)
+                amount, proof = root.tree.amounts[shown], root.tree.proof(shown)
+                valid = root.provable and shown == account
+                self._answer(model.aggregator, task, round_, account, amount, proof, valid)
+            elif not challenge.open and not root.voided and not self._past(root.tick):
+                who, evidence = self.index[account], challenge.evidence
+                if isinstance(evidence, AckModel):
+                    self._challenge_with_ack(who, task, round_, evidence)
+                else:
+                    self._challenge_with_leaf(who, task, round_, evidence)
 
     def _press_after_the_tick(self) -> None:
         """Once a tick has passed: whoever holds a leaf of a root under challenge claims from
-        it at once, a stranger voids every challenged root (too early, while its answer is
-        due), and every genuine ack of a closing or frozen task is claimed, first come first
-        served."""
+        it at once, a stranger voids every challenged root (once too early, while its answer
+        is due, then as soon as it may), acks are claimed outright, and sponsors of closed
+        tasks take back what they can."""
         for task, model in self.tasks.items():
             for (round_, account), challenge in sorted(model.challenges.items()):
                 root = model.rounds[round_]
                 if not challenge.open or root.voided:
                     continue
+                if not self._answer_due(challenge):
+                    self._void(ANYONE, task, round_, account)  # as soon as it may
+                    continue
+                if challenge.rushed:
+                    continue
+                challenge.rushed = True
                 holder = min(root.tree.amounts)
                 amount, proof = root.tree.amounts[holder], root.tree.proof(holder)
                 self._claim_leaf(
                     self.index[holder], task, round_, holder, amount, proof, root.provable
                 )
                 self._void(ANYONE, task, round_, account)
-            if model.acks_payable:
-                for item in model.acks:
-                    if item.genuine and item.ack.cumulative_amount > model.claimed.get(
-                        item.ack.device, 0
-                    ):
-                        self._claim_ack(ANYONE, model, item)
+        self._claim_acks_outright()
+        for task, model in self.tasks.items():  # the sponsor takes back what it can at once
+            if self._closed(model) and model.escrow > model.reserved:
+                self._refund_unspent(model.sponsor, task)
+
+    def _refund_unspent(self, who: int, task: TaskId) -> None:
+        model = self.tasks[task]
+        expected: Outcome = None
+        if not self._closed(model):
+            expected = market_errors.TaskNotClosed
+        elif model.frozen_tick is not None and not self._past(model.frozen_tick):
+            expected = market_errors.TaskNotClosed  # a void's acks come first, for a grace
+        elif model.escrow <= model.reserved:
+            expected = market_errors.NothingToRefund
+        refund = self._expect(lambda: self.ledgers[who].refund_unspent(task), expected)
+        if expected is None:
+            assert refund == model.escrow - model.reserved
+            model.escrow = model.reserved
+            self.received[model.sponsor] += refund
+
+    def _claim_acks_outright(self) -> None:
+        """Every genuine ack of a closing or frozen task is claimed as it is (first come,
+        first served), not after its device's leaf: what a careless or hostile holder does."""
+        for model in self.tasks.values():
+            for item in model.acks if model.acks_payable else ():
+                unpaid = item.ack.cumulative_amount > model.claimed.get(item.ack.device, 0)
+                if item.genuine and unpaid and not item.pressed:
+                    item.pressed = self._claim_ack(ANYONE, model, item) is not None
 
     def _answer_challenges(self, task: TaskId) -> None:
         """The honest aggregator answers every open challenge of its roots while it is due:
@@ -1510,7 +1695,7 @@ def test_market_invariants_hold_under_random_honest_and_hostile_play(chain: Chai
     run_state_machine_as_test(
         MarketMachine,
         settings=settings(
-            max_examples=25,
+            max_examples=30,
             stateful_step_count=60,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],

@@ -3,6 +3,7 @@ upload, commit once, resume after SIGKILL with the same model commitments."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,10 +25,18 @@ from net import Forward, RpcProxy
 from web3 import Web3
 
 from fedmarket.acks import verify_ack
+from fedmarket.device.acks import AckBook
 from fedmarket.exceptions import DataError, InvalidInput
 from fedmarket.ledger import Web3Ledger
-from fedmarket.ledger.errors import AcksNotPayable, NothingToClaim, RoundNotFinal
+from fedmarket.ledger.errors import (
+    AcksNotPayable,
+    ExceedsEscrow,
+    NothingToClaim,
+    RoundNotFinal,
+    TaskUnderfunded,
+)
 from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt
+from fedmarket.market.claims import claim_all, rewards_of
 from fedmarket.market.lineage import verify_task
 from fedmarket.market.publisher import RoundPublisher, default_secret_path
 from fedmarket.models.weights import Weights, weights_to_bytes
@@ -373,6 +382,49 @@ def test_uploads_acknowledged_before_a_crash_are_paid_exactly_once(
         with pytest.raises(NothingToClaim):
             chain.ledger(3).claim_acknowledged(*acks[device.address])
     assert chain.ledger(0).task(task).paid == 3 * REWARD
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TaskUnderfunded,
+    reason="an ack claimed outright, before its device's leaf, reserves that leaf twice "
+    "(committed + paidOnAcks): the acknowledged round can no longer be committed "
+    "(ExceedsEscrow) and another device's ack is refused, its remainder locked in the escrow",
+)
+def test_an_ack_claimed_outright_in_the_close_grace_leaves_the_others_paid(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """Budget 40 at 10 a round: round 1 pays a and b (committed 20, final). The aggregator
+    acknowledges both for round 2 (20 each) and the sponsor closes the task; before round 2 is
+    published in the grace, a's ack is claimed outright (by a, or anyone holding it). The
+    escrow still holds b's 20, and b should get it, with or without round 2 committed."""
+    task = new_task(chain, budget=4 * REWARD)
+    publisher = open_publisher(chain, task, tmp_path)
+    a, b = chain.accounts[2:4]
+    publisher.publish(
+        1,
+        model=b"m1",
+        trained_from=TRAINED_FROM,
+        survivors=[a.address, b.address],
+        receipts=[signed(chain, a, 1, task), signed(chain, b, 1, task)],
+        evidence={},
+    )
+    chain.finalize()
+    acks = publisher.acknowledge(2, [signed(chain, a, 2, task), signed(chain, b, 2, task)])
+    chain.ledger(0).close_task(task)
+    assert chain.ledger(9).claim_acknowledged(*acks[a.address]) == 2 * REWARD
+    with contextlib.suppress(ExceedsEscrow):  # today the round can no longer be committed
+        publisher.publish(
+            2, model=b"m2", trained_from=TRAINED_FROM, survivors=[], receipts=[], evidence={}
+        )
+    chain.finalize()
+    device = chain.ledger(3)
+    book = AckBook(tmp_path / "device-b", b.address)
+    book.add(*acks[b.address], chain_id=chain.deployment.chain_id, market=chain.deployment.market)
+
+    claim_all(device, rewards_of(device, publisher.store, b.address, acks=book))
+
+    assert device.balance(b.address) == 2 * REWARD
 
 
 def test_a_committed_round_takes_no_more_acknowledgements(chain: Chain, tmp_path: Path) -> None:
