@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 from chain_helpers import EMPTY_CID, Chain
 from chain_helpers import commit as commit_round
-from eth_abi.exceptions import EncodingError
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
