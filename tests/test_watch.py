@@ -186,7 +186,10 @@ def test_a_root_dropping_a_device_is_challenged_voided_and_the_earlier_root_stil
     assert challenge is not None
     assert (challenge.amount, challenge.open) == (REWARD, True)
     assert t.publisher.answer_challenges() == []  # its trees cannot show round 2's leaves
-    for index in DEVICES:  # every watcher now waits for the answers
+    for index in DEVICES:  # a device whose ack says more raises its challenge to it ...
+        first = actions(t.watch(index)).values()
+        assert all(a.startswith("waiting for the answer") or a == "challenge raised" for a in first)
+    for index in DEVICES:  # ... then every watcher waits for the answers
         assert all(a.startswith("waiting for the answer") for a in actions(t.watch(index)).values())
     state = chain.ledger(0).round_state(t.task, 2)
     assert state is not None
@@ -419,16 +422,9 @@ def test_a_root_left_unwatched_past_its_window_is_too_late_to_challenge(
     assert claim_all(device, [owed]) == {t.task: REWARD}
 
 
-# -- known gaps (strict xfail: each passes once the library closes it) ---------------------------
+# -- challenges raised to the ack -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="watch leaves a challenge for its device that is already open, opened by another "
-    "watcher for less (an earlier leaf), as it is instead of raising it to the device's ack "
-    "(the contract would): an answer after the window then makes the root final paying less",
-)
 def test_an_open_challenge_for_less_is_raised_to_the_devices_ack(
     chain: Chain, tmp_path: Path
 ) -> None:

@@ -182,14 +182,15 @@ def _object(
     """Challenge ``round`` for ``account`` with ``evidence``, or void it if a challenge went
     unanswered."""
     challenge = ledger.challenge_state(task, round, account)
-    if challenge is not None and challenge.open:
+    raise_it = challenge is not None and challenge.amount < evidence.amount and now < final_at
+    if challenge is not None and challenge.open and not raise_it:
         if now <= challenge.deadline:
             return f"waiting for the answer (due at chain time {challenge.deadline})"
         if act:
             ledger.void_round(task, round, account)
             return "voided (the challenge went unanswered)"
         return "voidable (the challenge went unanswered)"
-    if challenge is not None and challenge.amount >= evidence.amount:
+    if challenge is not None and not challenge.open and challenge.amount >= evidence.amount:
         return "answered: the aggregator showed a leaf paying this much"
     if now >= final_at:
         return "too late: the challenge window is over"
@@ -206,4 +207,4 @@ def _object(
             cumulative_amount=evidence.amount,
             proof=evidence.proof,
         )
-    return "challenged"
+    return "challenge raised" if raise_it else "challenged"
