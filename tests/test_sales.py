@@ -531,3 +531,33 @@ def test_a_delivery_that_misses_its_deadline_does_not_stop_the_others(
     assert seller.purchase(first).state is PurchaseState.PENDING
     assert seller.purchase(second).state is PurchaseState.DELIVERED
     assert chain.ledger(8).refund(first) == PRICE
+
+
+def test_list_model_refuses_a_round_in_its_challenge_window_before_storing_anything(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """The seller's client checks finality first: nothing is stored or sent for a round whose
+    rewards may still be challenged."""
+    task = chain.ledger(0).create_task(
+        aggregator=chain.accounts[1].address, reward_per_update=1, budget=BUDGET, spec_cid=MODEL_CID
+    )
+    publisher = open_publisher(chain, task, tmp_path)
+    publish_first_round(chain, publisher, task, MODEL, chain.accounts[2:4])
+    store = LocalStore(tmp_path / "seller-store")
+    before = nonces(chain)
+
+    with pytest.raises(InvalidInput, match="is not final yet"):
+        list_model(
+            chain.ledger(1),
+            store,
+            Keyring(tmp_path / "seller-keys"),
+            task=task,
+            round=1,
+            model=publisher.sealed_model(1),
+            price=PRICE,
+            metadata={},
+            contributors_bps=BPS,
+        )
+
+    assert nonces(chain) == before
+    assert not [p for p in (tmp_path / "seller-store").rglob("*") if p.is_file()]

@@ -111,6 +111,13 @@ def list_model(
             f"that model does not open task {task} round {round}'s commitment "
             f"0x{committed.model_commitment.hex()}; list the model that round committed"
         )
+    if committed.voided:
+        raise InvalidInput(f"task {task} round {round} was voided; it cannot be listed")
+    if not committed.final(ledger.now()):
+        raise InvalidInput(
+            f"task {task} round {round} is not final yet (its challenge window ends at chain "
+            f"time {committed.final_at}, or a challenge of it is open); list it after that"
+        )
     key = AssetKey.generate()
     asset_cid = store.put_bytes(encrypt_bytes(model.to_bytes(), key))
     document = {

@@ -128,6 +128,8 @@ def _watch_task(
             found.append(
                 Objection(task, commit.round, who, evidence.amount, pays, evidence.label, action)
             )
+            if action.startswith("voided"):
+                break  # the root is done with: the other accounts' challenges are moot
         if amounts:
             tree = RewardTree.build(amounts)
             for who, amount in amounts.items():
