@@ -221,3 +221,18 @@ def _first_round_word(chain: Chain, task: int, round_: int) -> int:
         if word and (word >> 184) & (2**40 - 1) == stored.committed_at:
             return slot
     raise AssertionError("rounds slot not found")
+
+
+def test_a_zero_leaf_cannot_open_a_challenge(chain: Chain) -> None:
+    """An account owed nothing has nothing to challenge: a zero leaf opens none, so it cannot be
+    used to make the aggregator answer for free."""
+    task = new_task(chain, budget=100 * TOKEN)
+    round1 = tree_of(chain, {A: 10 * TOKEN, C: 0})
+    commit(chain, task, 1, round1)
+    commit(chain, task, 2, tree_of(chain, {A: 10 * TOKEN}))
+
+    with pytest.raises(market_errors.ZeroAmount):
+        challenge(chain, task, 2, 1, round1, C, by=A)
+    stored = chain.ledger(SPONSOR).round_state(task, 2)
+    assert stored is not None
+    assert stored.open_challenges == 0
