@@ -15,6 +15,7 @@ from chain_helpers import MODEL_CID, Chain
 from cli_invoke import invoke
 from test_sales import deliver_wrong_key, nonces, publish_first_round, windows
 
+from fedmarket.acks import Ack
 from fedmarket.contracts import load_artifact
 from fedmarket.crypto import AssetKey, encrypt_bytes
 from fedmarket.crypto.key_delivery import OneTimeKey
@@ -878,3 +879,42 @@ def test_bad_market_input_fails_clearly_and_sends_nothing(
     assert got == code, err
     assert message in err
     assert PASSPHRASE not in err
+
+
+def test_server_answer_answers_a_devices_challenge_from_the_cli(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    chain: Chain,
+    home: Path,
+) -> None:
+    """A device challenges round 1 with its ack while the root is in its window; the
+    operator's `fedmarket server answer` shows its leaf on chain, and the root becomes final."""
+    task = chain.ledger(0).create_task(
+        aggregator=chain.accounts[1].address,
+        reward_per_update=TOKEN // 2,
+        budget=10 * TOKEN,
+        spec_cid=MODEL_CID,
+    )
+    publisher = RoundPublisher(
+        store=LocalStore(home / "store"),
+        ledger=chain.ledger(1),
+        task=task,
+        chain_id=chain.deployment.chain_id,
+        market=chain.deployment.market,
+        state_path=server_folder(chain, home) / f"task-{task}.json",
+    )
+    publish_first_round(chain, publisher, task, MODEL, chain.accounts[2:4])
+    device = chain.accounts[2]
+    acked = Ack(task, 1, device.address, bytes(32), TOKEN // 2)
+    signature = chain.ledger(1).sign_ack(acked)
+    chain.ledger(2).challenge_with_ack(task, 1, acked, signature)
+
+    answered = run_json(
+        monkeypatch, capsys, chain, "server", "answer", "--task", str(task), "--key", "dev:1"
+    )
+
+    assert answered == {"task": task, "answered": [{"round": 1, "account": device.address}]}
+    chain.finalize()
+    state = chain.ledger(0).round_state(task, 1)
+    assert state is not None
+    assert state.final(chain.ledger(0).now())
