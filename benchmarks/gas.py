@@ -188,8 +188,9 @@ def main() -> None:
                         "kind": "claim",
                         "rounds": k,
                         "cohort": len(cohort),
-                        "proof_length": len(proof),
+                        "first_proof_length": len(proof),
                         "first_claim_gas": first,
+                        "later_proof_length": len(later_proof),
                         "later_claim_gas": later,
                         "goal": 60000,
                     }
@@ -217,6 +218,7 @@ def main() -> None:
                 game,
                 2,
                 evidence_round=1,
+                account=device.address,
                 cumulative_amount=TOKEN,
                 proof=first_root.proof(device.address),
             )

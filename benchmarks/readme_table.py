@@ -107,14 +107,15 @@ def gas(doc: dict) -> str:
         )
     lines += [
         "",
-        "| rounds claimed at once | cohort | proof length | first claim gas | later claim gas "
-        "| goal |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| rounds claimed at once | cohort | first claim: proof length | gas "
+        "| later claim: proof length | gas | goal |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in (r for r in rows if r["kind"] == "claim"):
         lines.append(
-            f"| {r['rounds']} | {r['cohort']} | {r['proof_length']} | "
-            f"{r['first_claim_gas']:,} | {r['later_claim_gas']:,} | <= {r['goal']:,} |"
+            f"| {r['rounds']} | {r['cohort']} | {r['first_proof_length']} | "
+            f"{r['first_claim_gas']:,} | {r['later_proof_length']} | {r['later_claim_gas']:,} "
+            f"| <= {r['goal']:,} |"
         )
     lines += ["", "| operation | gas | note |", "|---|---:|---|"]
     for r in (r for r in rows if r["kind"] == "operation"):

@@ -49,7 +49,7 @@ from fedmarket.ledger import Deployment, PurchaseState, Web3Ledger
 from fedmarket.ledger import errors as market_errors
 from fedmarket.ledger.base import ChallengeState
 from fedmarket.ledger.deploy import deploy_contract, send_call
-from fedmarket.market.rewards import RewardTree, SumNode, leaf, parent, verify
+from fedmarket.market.rewards import RewardTree, SumNode, encode_proof, leaf, parent, verify
 from fedmarket.receipts import Receipt, eip712_domain, sign_receipt, verify_receipt
 from fedmarket.types import ListingId, PurchaseId, TaskId
 
@@ -904,7 +904,7 @@ def wrapping_parent(a: SumNode, b: SumNode) -> SumNode:
     return SumNode(keccak(words), (a.sum + b.sum) % 2**256)
 
 
-def test_a_proof_whose_sums_overflow_reverts(chain: Chain) -> None:
+def test_a_proof_cannot_wrap_its_sums(chain: Chain) -> None:
     # Prepare: A's 10 and the Sybil's 10 under a phantom node of sum 2**256 - 10, so that in
     # wrapping arithmetic the root's leaves add up to the 10 the escrow holds
     task = new_task(chain, budget=10 * TOKEN)
@@ -922,16 +922,35 @@ def test_a_proof_whose_sums_overflow_reverts(chain: Chain) -> None:
         cumulative_total=10 * TOKEN,
     )
     chain.finalize()
-    proofs = {a: [leaf(thief, 10 * TOKEN), phantom], thief: [leaf(a, 10 * TOKEN), phantom]}
     assert root.sum == 10 * TOKEN
-    assert not verify(root.hash, 10 * TOKEN, thief, 10 * TOKEN, proofs[thief])
+    sybil = chain.ledger(SYBIL)
 
-    # Execute / Assert: the contract's sums overflow: a typed refusal, not a payout
-    for account, proof in proofs.items():
-        with pytest.raises(market_errors.SumOverflow, match="no proof of any real reward tree"):
-            chain.ledger(SYBIL).claim(task, 1, account, 10 * TOKEN, proof)
-    assert chain.ledger(SYBIL).balance(thief) == 0
+    # Execute / Assert: a packed proof holds sums below 2**128 only, so the phantom cannot be
+    # sent; cut to 128 bits it leads to another root; a leaf past 2**128 - 1 is refused outright
+    with pytest.raises(InvalidInput, match=r"sum must be in 0..2\*\*128-1"):
+        sybil.claim(task, 1, thief, 10 * TOKEN, [leaf(a, 10 * TOKEN), phantom])
+    cut = SumNode(phantom.hash, phantom.sum % 2**128)
+    with pytest.raises(market_errors.InvalidProof):
+        sybil.claim(task, 1, thief, 10 * TOKEN, [leaf(a, 10 * TOKEN), cut])
+    with pytest.raises(market_errors.SumOverflow, match=r"past 2\*\*128 - 1"):
+        sybil.claim(task, 1, thief, 2**256 - 10 * TOKEN, [pair])
+    assert sybil.balance(thief) == 0
     assert chain.ledger(SPONSOR).task(task).paid == 0
+
+
+@pytest.mark.parametrize("extra", [1, 47])
+def test_a_proof_of_partial_nodes_is_refused(chain: Chain, extra: int) -> None:
+    task = new_task(chain)
+    tree = tree_of(chain, {A: TOKEN, B: TOKEN})
+    commit(chain, task, 1, tree)
+    chain.finalize()
+    a = address(chain, A)
+    packed = encode_proof(tree.proof(a)) + bytes(extra)
+    claim_call = raw_market(chain).functions.claim(task, a, 1, TOKEN, packed)
+
+    with pytest.raises(market_errors.MalformedProof, match=f"{48 + extra} bytes"):
+        send_raw(chain, A, claim_call)
+    assert chain.ledger(A).claim(task, 1, a, TOKEN, tree.proof(a)) == TOKEN
 
 
 # -- attack: the sponsor front-runs a commit with a close --------------------------------------
@@ -1612,9 +1631,9 @@ class HostileMarket:
     def balance(self, index: int) -> int:
         return int(self.token.functions.balanceOf(address(self.chain, index)).call())
 
-    def raw_proof(self, account: str) -> list[tuple[bytes, int]]:
-        """``account``'s proof in round 1 as the ABI encoder takes it (Node structs)."""
-        return [node.as_struct() for node in self.tree.proof(account)]
+    def raw_proof(self, account: str) -> bytes:
+        """``account``'s proof in round 1 as the contract takes it (packed)."""
+        return encode_proof(self.tree.proof(account))
 
 
 def _deploy(chain: Chain, abi: list[dict[str, object]], bytecode: str, *args: object) -> str:
@@ -1735,15 +1754,24 @@ EXPECTED_PAYOUT = {
 }
 
 
-@pytest.mark.parametrize("operation", EXPECTED_PAYOUT)
-@pytest.mark.parametrize("inner", ["same call", "another payout"])
+# claim holds no lock of its own (it is CEI): another payout entered from its transfer runs as
+# if called after it (test_a_claim_entered_from_its_own_transfer_pays_each_once).
+REENTRY_CASES = [
+    (operation, inner)
+    for operation in EXPECTED_PAYOUT
+    for inner in ("same call", "another payout")
+    if (operation, inner) != ("claim", "another payout")
+]
+
+
+@pytest.mark.parametrize(("operation", "inner"), REENTRY_CASES)
 def test_a_reentrant_token_cannot_pay_twice(chain: Chain, operation: str, inner: str) -> None:
     # Prepare: arm the token to call back into the market when the market pays out
     h = hostile_market(chain)
     receiver, outer = _outer_calls(h)[operation]
     b = address(chain, B)
     if inner == "another payout":  # valid on its own: only the guard can refuse it
-        attack = h.market.encode_abi("claim", [1, 1, b, TOKEN, h.raw_proof(b)])
+        attack = h.market.encode_abi("claim", [1, b, 1, TOKEN, h.raw_proof(b)])
     else:
         attack = _same_call(h, operation)
     h.send(SPONSOR, h.token.functions.arm(h.market.address, attack))
@@ -1762,14 +1790,40 @@ def test_a_reentrant_token_cannot_pay_twice(chain: Chain, operation: str, inner:
     assert h.ledger(B).claim(TaskId(1), 1, b, TOKEN, h.tree.proof(b)) == TOKEN  # nothing lost
 
 
+def test_a_claim_entered_from_its_own_transfer_pays_each_once(chain: Chain) -> None:
+    # Prepare: A's claim transfers; the token then claims B's reward inside that transfer
+    h = hostile_market(chain)
+    a, b = address(chain, A), address(chain, B)
+    attack = h.market.encode_abi("claim", [1, b, 1, TOKEN, h.raw_proof(b)])
+    h.send(SPONSOR, h.token.functions.arm(h.market.address, attack))
+    market_before = int(h.token.functions.balanceOf(h.market.address).call())
+    before = {a: h.balance(A), b: h.balance(B)}
+
+    # Execute
+    paid = h.ledger(A).claim(TaskId(1), 1, a, 5 * TOKEN, h.tree.proof(a))
+
+    # Assert: A's claim had settled before its transfer, so B's ran as a claim of its own; each
+    # account was paid once, exactly what its leaf holds, and a second claim finds nothing
+    assert h.token.functions.reentered().call() is True
+    assert (paid, h.balance(A) - before[a], h.balance(B) - before[b]) == (
+        5 * TOKEN,
+        5 * TOKEN,
+        TOKEN,
+    )
+    assert h.token.functions.balanceOf(h.market.address).call() == market_before - 6 * TOKEN
+    for index, account, amount in ((A, a, 5 * TOKEN), (B, b, TOKEN)):
+        with pytest.raises(market_errors.NothingToClaim):
+            h.ledger(index).claim(TaskId(1), 1, account, amount, h.tree.proof(account))
+
+
 def _same_call(h: HostileMarket, operation: str) -> bytes:
     """The outer call's own calldata, replayed from inside the token."""
     a = address(h.chain, A)
     acked, signature = _hostile_ack(h)
     arguments: dict[str, list[object]] = {
-        "claim": [1, 1, a, 5 * TOKEN, h.raw_proof(a)],
+        "claim": [1, a, 1, 5 * TOKEN, h.raw_proof(a)],
         "claimAcknowledged": [tuple(acked.as_struct().values()), signature],
-        "claimSaleShare": [1, 1, a, 5 * TOKEN, h.raw_proof(a)],
+        "claimSaleShare": [1, a, 1, 5 * TOKEN, h.raw_proof(a)],
         "dispute": [
             h.wrong,
             h.one_time.secret,

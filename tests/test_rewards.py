@@ -14,12 +14,20 @@ from hypothesis import strategies as st
 
 from fedmarket.exceptions import InvalidInput
 from fedmarket.ledger import errors as market_errors
-from fedmarket.market.rewards import RewardTree, SumNode, leaf, parent, root_of, verify
+from fedmarket.market.rewards import (
+    RewardTree,
+    SumNode,
+    encode_proof,
+    leaf,
+    parent,
+    root_of,
+    verify,
+)
 from fedmarket.types import TaskId
 
 ADDRESSES = st.integers(min_value=1, max_value=2**160 - 1).map(lambda n: f"0x{n:040x}")
-# Up to 40 amounts below 2**250 add up to less than 2**256: every such tree can be built.
-AMOUNTS = st.integers(min_value=0, max_value=2**250)
+# Up to 40 amounts below 2**120 add up to less than 2**128: every such tree can be built.
+AMOUNTS = st.integers(min_value=0, max_value=2**120)
 REWARDS = st.dictionaries(ADDRESSES, AMOUNTS, min_size=1, max_size=40)
 
 
@@ -124,12 +132,12 @@ def test_a_one_account_tree_is_its_leaf() -> None:
     ("rewards", "message"),
     [
         ({}, "at least one account"),
-        ({"0x" + "11" * 20: -1}, "must be in 0..2\\*\\*256-1"),
-        ({"0x" + "11" * 20: 2**256}, "must be in 0..2\\*\\*256-1"),
+        ({"0x" + "11" * 20: -1}, "must be in 0..2\\*\\*128-1"),
+        ({"0x" + "11" * 20: 2**128}, "must be in 0..2\\*\\*128-1"),
         ({"0x" + "11" * 20: 1.5}, "must be an integer"),
         ({"0x" + "11" * 20: True}, "must be an integer"),
         ({"0x" + "ab" * 20: 1, "0x" + "AB" * 20: 2}, "appears twice"),
-        ({"0x" + "11" * 20: 2**256 - 1, "0x" + "22" * 20: 1}, "more than 2\\*\\*256-1"),
+        ({"0x" + "11" * 20: 2**128 - 1, "0x" + "22" * 20: 1}, "more than 2\\*\\*128-1"),
     ],
 )
 def test_bad_rewards_are_refused(rewards: dict[str, int], message: str) -> None:
@@ -213,6 +221,34 @@ def test_the_contract_pays_every_python_proof_and_refuses_bent_ones(
 
 def test_a_proof_whose_sums_overflow_does_not_verify() -> None:
     account = "0x" + "11" * 20
-    proof = [SumNode(b"\x01" * 32, 2**255), SumNode(b"\x02" * 32, 0)]
+    proof = [SumNode(b"\x01" * 32, 2**127), SumNode(b"\x02" * 32, 0)]
 
-    assert not verify(bytes(32), 1, account, 2**255, proof)
+    assert not verify(bytes(32), 1, account, 2**127, proof)  # the sums pass 2**128 - 1
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        (SumNode(bytes(31), 0), "hash must be 32 bytes"),
+        (SumNode(bytes(32), 2**128), "sum must be in 0..2\\*\\*128-1"),
+        (SumNode(bytes(32), -1), "sum must be in 0..2\\*\\*128-1"),
+    ],
+)
+def test_a_malformed_node_is_not_encoded(node: SumNode, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        encode_proof([node])
+
+
+@given(rewards=REWARDS, data=st.data())
+@settings(max_examples=40, deadline=None)
+def test_packed_proofs_are_48_bytes_a_node(rewards: dict[str, int], data: st.DataObject) -> None:
+    tree = RewardTree.build(rewards)
+    account = data.draw(st.sampled_from(sorted(tree.amounts)))
+    proof = tree.proof(account)
+
+    packed = encode_proof(proof)
+
+    assert len(packed) == 48 * len(proof)
+    for i, node in enumerate(proof):
+        chunk = packed[48 * i : 48 * (i + 1)]
+        assert (chunk[:32], int.from_bytes(chunk[32:], "big")) == (node.hash, node.sum)

@@ -394,14 +394,19 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
 
     /// @notice Pay `account` its cumulative reward as committed at `round` (any final round)
     /// minus what it already claimed. One claim covers any number of rounds. Anyone may submit
-    /// it; the tokens go to `account`. `proof` is the leaf's Merkle-sum path (RewardSumTree).
+    /// it; the tokens go to `account`. `proof` is the leaf's packed Merkle-sum path
+    /// (RewardSumTree, 48 bytes a node).
     function claim(
         uint256 task,
-        uint256 round,
         address account,
+        uint256 round,
         uint256 cumulativeAmount,
-        RewardSumTree.Node[] calldata proof
-    ) external nonReentrant returns (uint256 amount) {
+        bytes calldata proof
+    ) external returns (uint256 amount) {
+        // No lock of its own (a claim is every device's hot path): _pay writes claimedBy and
+        // paid before it transfers, so a claim re-entered from itself finds nothing left, and
+        // one entered from inside another payout is refused here.
+        if (_reentrancyGuardEntered()) revert ReentrancyGuardReentrantCall();
         _requireFinal(task, round, _leafRound(task, round, account, cumulativeAmount, proof));
         amount = _pay(task, account, cumulativeAmount);
     }
@@ -417,7 +422,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         uint256 evidenceRound,
         address account,
         uint256 cumulativeAmount,
-        RewardSumTree.Node[] calldata proof
+        bytes calldata proof
     ) external {
         if (evidenceRound >= round) revert EvidenceNotEarlier(task, round, evidenceRound);
         Round storage evidence = _leafRound(task, evidenceRound, account, cumulativeAmount, proof);
@@ -438,10 +443,10 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     /// what the challenge named. Anyone holding the tree may answer.
     function answer(
         uint256 task,
-        uint256 round,
         address account,
+        uint256 round,
         uint256 cumulativeAmount,
-        RewardSumTree.Node[] calldata proof
+        bytes calldata proof
     ) external {
         Challenge storage c = challenges[task][round][account];
         if (!c.open) revert NotChallenged(task, round, account);
@@ -506,10 +511,10 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     /// minus what it already took. Anyone may submit it; the tokens go to `account`.
     function claimSaleShare(
         uint256 task,
-        uint256 round,
         address account,
+        uint256 round,
         uint256 cumulativeAmount,
-        RewardSumTree.Node[] calldata proof
+        bytes calldata proof
     ) external nonReentrant returns (uint256 amount) {
         Round storage r = _leafRound(task, round, account, cumulativeAmount, proof);
         _requireFinal(task, round, r);
@@ -776,7 +781,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         uint256 round,
         address account,
         uint256 cumulativeAmount,
-        RewardSumTree.Node[] calldata proof
+        bytes calldata proof
     ) private view returns (Round storage r) {
         r = rounds[task][round];
         if (r.committedAt == 0) revert UnknownRound(task, round);
@@ -831,7 +836,8 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
 
     /// @dev Pay `account` up to `cumulativeAmount` in `task`, within the task's own escrow.
     function _pay(uint256 task, address account, uint256 cumulativeAmount) private returns (uint256 amount) {
-        uint256 already = claimedBy[task][account];
+        mapping(address => uint256) storage claimed = claimedBy[task];
+        uint256 already = claimed[account];
         if (cumulativeAmount <= already) revert NothingToClaim(task, account, already);
         unchecked {
             amount = cumulativeAmount - already; // > 0: checked just above
@@ -840,7 +846,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         uint256 paid = t.paid + amount;
         if (paid > t.escrow) revert TaskUnderfunded(task, t.escrow, paid);
         t.paid = uint128(paid); // <= escrow, which fits
-        claimedBy[task][account] = cumulativeAmount;
+        claimed[account] = cumulativeAmount;
         token.safeTransfer(account, amount);
         emit Claimed(task, account, amount);
     }

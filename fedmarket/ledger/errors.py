@@ -148,8 +148,15 @@ class AlreadyAnswered(MarketRejected):
 
 class SumOverflow(MarketRejected):
     advice = (
-        "the proof's sums add up past 2**256 - 1, so it is no proof of any real reward tree; "
-        "rebuild it from the round's receipts bundle"
+        "the amount is past 2**128 - 1, more than any reward tree's total can hold; "
+        "take the amount and proof from the round's receipts bundle"
+    )
+
+
+class MalformedProof(MarketRejected):
+    advice = (
+        "a proof of {length} bytes is not a whole number of 48-byte nodes; encode it with "
+        "fedmarket.market.rewards.encode_proof"
     )
 
 

@@ -6,6 +6,8 @@ leaves adding up to exactly that total. Leaves are ``keccak256(keccak256(abi.enc
 uint256)))`` with sum = amount, sorted by hash and laid out as a complete binary tree in an array,
 as OpenZeppelin's ``StandardMerkleTree``; a parent is ``keccak256(abi.encode(lo.hash, lo.sum,
 hi.hash, hi.sum))`` with its children ordered by hash, and its sum ``lo.sum + hi.sum``.
+Amounts and sums are uint128 (the market's totals are), so a proof travels packed: 48 bytes a
+node, the sibling's hash then its sum (:func:`encode_proof`).
 ``DataMarket`` checks the proofs on chain (a test builds trees here and claims with them there).
 No maintained library builds Merkle-sum trees in this layout, hence this module.
 """
@@ -23,7 +25,8 @@ from fedmarket.exceptions import InvalidInput
 
 _LEAF_TYPES = ["address", "uint256"]
 _NODE_TYPES = ["bytes32", "uint256", "bytes32", "uint256"]
-_MAX_UINT256 = 2**256 - 1
+MAX_AMOUNT = 2**128 - 1  # the market's totals and claims are uint128
+NODE_BYTES = 48  # a packed proof node: 32-byte hash, 16-byte big-endian sum
 
 
 @dataclass(frozen=True)
@@ -33,25 +36,30 @@ class SumNode:
     hash: bytes
     sum: int
 
-    def as_struct(self) -> tuple[bytes, int]:
-        """The ``RewardSumTree.Node`` struct, as web3 takes it."""
-        return (self.hash, self.sum)
+    def packed(self) -> bytes:
+        """The node as ``RewardSumTree`` reads it: hash (32 bytes) then sum (uint128, 16 bytes).
+        Raises :class:`InvalidInput` for a hash that is not 32 bytes or a sum past 2**128-1."""
+        if len(self.hash) != 32:
+            raise InvalidInput(f"each proof node's hash must be 32 bytes, got {len(self.hash)}")
+        if not 0 <= self.sum <= MAX_AMOUNT:
+            raise InvalidInput(f"each proof node's sum must be in 0..2**128-1, got {self.sum}")
+        return self.hash + self.sum.to_bytes(16, "big")
 
 
 Proof = tuple[SumNode, ...]
 
 
 def leaf(account: str, amount: int) -> SumNode:
-    """Raises :class:`InvalidInput` for an amount outside 0..2**256-1."""
-    if not 0 <= amount <= _MAX_UINT256:
-        raise InvalidInput(f"a reward must be in 0..2**256-1, got {amount}")
+    """Raises :class:`InvalidInput` for an amount outside 0..2**128-1."""
+    if not 0 <= amount <= MAX_AMOUNT:
+        raise InvalidInput(f"a reward must be in 0..2**128-1, got {amount}")
     return SumNode(keccak(keccak(encode(_LEAF_TYPES, [account, amount]))), amount)
 
 
 def parent(a: SumNode, b: SumNode) -> SumNode:
-    """Raises :class:`InvalidInput` when the sums pass 2**256-1 (the contract's SumOverflow)."""
-    if a.sum + b.sum > _MAX_UINT256 or min(a.sum, b.sum) < 0:
-        raise InvalidInput("the sums of a reward tree must stay in 0..2**256-1")
+    """Raises :class:`InvalidInput` when a sum leaves 0..2**128-1 (no committed total holds it)."""
+    if a.sum + b.sum > MAX_AMOUNT or min(a.sum, b.sum) < 0:
+        raise InvalidInput("the sums of a reward tree must stay in 0..2**128-1")
     lo, hi = (a, b) if a.hash <= b.hash else (b, a)
     return SumNode(keccak(encode(_NODE_TYPES, [lo.hash, lo.sum, hi.hash, hi.sum])), a.sum + b.sum)
 
@@ -67,7 +75,7 @@ class RewardTree:
     @classmethod
     def build(cls, amounts: Mapping[str, int]) -> RewardTree:
         """Raises :class:`InvalidInput` for no accounts, a repeated account, or an amount that is
-        not an integer in 0..2**256-1 (or a total past 2**256-1)."""
+        not an integer in 0..2**128-1 (or a total past 2**128-1)."""
         if not amounts:
             raise InvalidInput("a reward tree needs at least one account")
         clean: dict[str, int] = {}
@@ -75,13 +83,13 @@ class RewardTree:
             address = to_checksum_address(account)
             if isinstance(amount, bool) or not isinstance(amount, int):
                 raise InvalidInput(f"reward for {address} must be an integer, got {amount!r}")
-            if not 0 <= amount <= _MAX_UINT256:
-                raise InvalidInput(f"reward for {address} must be in 0..2**256-1, got {amount}")
+            if not 0 <= amount <= MAX_AMOUNT:
+                raise InvalidInput(f"reward for {address} must be in 0..2**128-1, got {amount}")
             if address in clean:
                 raise InvalidInput(f"{address} appears twice in the rewards")
             clean[address] = amount
-        if sum(clean.values()) > _MAX_UINT256:
-            raise InvalidInput("the rewards add up to more than 2**256-1")
+        if sum(clean.values()) > MAX_AMOUNT:
+            raise InvalidInput("the rewards add up to more than 2**128-1")
         leaves = sorted(((leaf(a, v), a) for a, v in clean.items()), key=lambda x: x[0].hash)
         size = 2 * len(leaves) - 1
         tree: list[SumNode] = [SumNode(b"", 0)] * size
@@ -111,6 +119,12 @@ class RewardTree:
             path.append(self._tree[i + 1 if i % 2 else i - 1])
             i = (i - 1) // 2
         return tuple(path)
+
+
+def encode_proof(proof: Sequence[SumNode]) -> bytes:
+    """``proof`` packed as ``DataMarket`` takes it: 48 bytes a node, from the leaf's sibling up.
+    Raises :class:`InvalidInput` for a malformed node."""
+    return b"".join(node.packed() for node in proof)
 
 
 def root_of(account: str, amount: int, proof: Sequence[SumNode]) -> SumNode:
