@@ -9,9 +9,9 @@
   Uniswap's MerkleDistributor: 62.8k-91.6k).
 - the challenge game: ``challenge`` (with an earlier leaf), ``challengeWithAck``, ``answer`` and
   ``voidRound``, on 100-device Merkle-sum trees.
-- v2's other payouts and the sale's steps: ``claimAcknowledged``, ``claimSaleShare``,
-  ``buyWithPermit`` and ``deliverKey`` with a one-time alt_bn128 key, ``dispute`` (two ``ecMul``
-  precompile calls), ``settle``, ``closeTask`` and ``refundUnspent``.
+- v2's other payouts and the sale's steps: ``claimAcknowledged``, ``creditAck``,
+  ``claimSaleShare``, ``buyWithPermit`` and ``deliverKey`` with a one-time alt_bn128 key,
+  ``dispute`` (two ``ecMul`` precompile calls), ``settle``, ``closeTask`` and ``refundUnspent``.
 
 Run: ``python -m benchmarks.gas``.
 """
@@ -237,6 +237,29 @@ def main() -> None:
                 "claimAcknowledged",
                 watcher,
                 "frozen task, from unreserved escrow: fresh storage, fresh token holder",
+            )
+
+            # An ack claimed before its device's leaf, then that leaf credited (100-device root).
+            credit_task = sponsor.create_task(
+                aggregator=aggregator.address,
+                reward_per_update=TOKEN,
+                budget=budget,
+                spec_cid=EMPTY_CID,
+            )
+            credit_root = RewardTree.build(dict.fromkeys([device.address, *others], TOKEN))
+            commit(aggregator, credit_task, 1, credit_root)
+            advance(chain.rpc_url, CHALLENGE_WINDOW + 1)
+            sponsor.close_task(credit_task)
+            early = Ack(credit_task, 2, device.address, bytes(32), 2 * TOKEN)
+            watcher.claim_acknowledged(
+                early, sign_ack(early, accounts[1], chain_id=deployment.chain_id, market=market)
+            )
+            leaf_proof = credit_root.proof(device.address)
+            watcher.credit_ack(credit_task, device.address, TOKEN, leaf_proof)
+            op(
+                "creditAck",
+                watcher,
+                f"its leaf in the final committed root, proof {len(leaf_proof)}",
             )
 
             # Sales: round 2 (100 devices, final) sold with 20 % to its devices.

@@ -59,8 +59,9 @@ def test_silent_sybils_cannot_hide_a_decrease_from_an_honest_watcher(chain: Chai
 
 
 def test_a_root_cannot_promise_escrow_an_ack_already_took(chain: Chain) -> None:
-    """A Sybil's ack is paid once the task is closing; a root committed in the close grace may
-    not count on that escrow again, so H's round-1 leaf stays payable."""
+    """A Sybil's ack is paid once the task is closing; that freezes the task, so no root
+    committed in the close grace can count on that escrow again, and H's round-1 leaf stays
+    payable."""
     task = new_task(chain, budget=100 * TOKEN)
     round1 = tree_of(chain, {H: 50 * TOKEN})
     commit(chain, task, 1, round1)
@@ -69,9 +70,76 @@ def test_a_root_cannot_promise_escrow_an_ack_already_took(chain: Chain) -> None:
     sybil_ack = ack(chain, task, 2, S1, 50 * TOKEN)
     assert chain.ledger(S1).claim_acknowledged(sybil_ack, signed(chain, sybil_ack)) == 50 * TOKEN
 
-    with pytest.raises(market_errors.ExceedsEscrow):
+    with pytest.raises(market_errors.TaskFrozen):
         commit(chain, task, 2, tree_of(chain, {H: 50 * TOKEN, S2: 50 * TOKEN}))
     assert claim(chain, task, 1, round1, H) == 50 * TOKEN
+
+
+def test_an_ack_claimed_before_its_leaf_is_counted_once_after_a_credit(chain: Chain) -> None:
+    """Budget 40: round 1 pays A and B 10 each (final); round 2 is acknowledged to both at 20
+    and never committed. Someone claims A's ack outright, before A's leaf: counted in full, it
+    reserves A's round-1 10 twice and B's ack no longer fits. Anyone shows A's leaf in the
+    committed root (`creditAck`): A's 10 is counted once, and B is paid in full."""
+    # Prepare
+    task = new_task(chain, budget=40 * TOKEN)
+    round1 = tree_of(chain, {A: 10 * TOKEN, B: 10 * TOKEN})
+    commit(chain, task, 1, round1)
+    chain.advance(CHALLENGE_WINDOW + 1)
+    chain.ledger(SPONSOR).close_task(task)
+    a_ack, b_ack = ack(chain, task, 2, A, 20 * TOKEN), ack(chain, task, 2, B, 20 * TOKEN)
+    anyone = chain.ledger(SYBIL)
+    assert anyone.claim_acknowledged(a_ack, signed(chain, a_ack)) == 20 * TOKEN
+    assert claim(chain, task, 1, round1, B) == 10 * TOKEN
+    with pytest.raises(market_errors.TaskUnderfunded):
+        anyone.claim_acknowledged(b_ack, signed(chain, b_ack))
+
+    # Execute
+    a = address(chain, A)
+    credited = anyone.credit_ack(task, a, 10 * TOKEN, round1.proof(a))
+
+    # Assert: A's overlap left the ack reserve once; B's ack fits; nothing is locked or owed
+    assert credited == 10 * TOKEN
+    with pytest.raises(market_errors.NothingToCredit):
+        anyone.credit_ack(task, a, 10 * TOKEN, round1.proof(a))
+    assert anyone.claim_acknowledged(b_ack, signed(chain, b_ack)) == 10 * TOKEN
+    state = chain.ledger(SPONSOR).task(task)
+    assert (state.paid, state.committed, state.paid_on_acks) == (40 * TOKEN, 20 * TOKEN, 20 * TOKEN)
+    chain.advance(CLOSE_GRACE + 1)
+    with pytest.raises(market_errors.NothingToRefund):
+        chain.ledger(SPONSOR).refund_unspent(task)
+
+
+def test_a_credit_shows_the_final_committed_leaf_and_no_other(chain: Chain) -> None:
+    """Budget 60: round 2 (A 20, B 20) is committed but still in its window when A's ack of 20
+    is claimed outright. A credit must show A's leaf in the committed root, not an earlier one,
+    not a larger amount, and only once that root is final."""
+    task = new_task(chain, budget=60 * TOKEN)
+    round1 = tree_of(chain, {A: 10 * TOKEN, B: 10 * TOKEN})
+    round2 = tree_of(chain, {A: 20 * TOKEN, B: 20 * TOKEN})
+    commit(chain, task, 1, round1)
+    chain.advance(CHALLENGE_WINDOW + 1)
+    commit(chain, task, 2, round2)
+    chain.ledger(SPONSOR).close_task(task)
+    a_ack = ack(chain, task, 2, A, 20 * TOKEN)
+    anyone, a = chain.ledger(SYBIL), address(chain, A)
+    assert anyone.claim_acknowledged(a_ack, signed(chain, a_ack)) == 20 * TOKEN
+
+    with pytest.raises(market_errors.InvalidProof):  # round 1 is no longer the committed root
+        anyone.credit_ack(task, a, 10 * TOKEN, round1.proof(a))
+    with pytest.raises(market_errors.InvalidProof):  # a leaf larger than the root holds
+        anyone.credit_ack(task, a, 25 * TOKEN, round2.proof(a))
+    with pytest.raises(market_errors.RoundNotFinal):
+        anyone.credit_ack(task, a, 20 * TOKEN, round2.proof(a))
+    chain.advance(CHALLENGE_WINDOW + 1)
+    b = address(chain, B)
+    with pytest.raises(market_errors.NothingToCredit):  # B was never paid on an ack
+        anyone.credit_ack(task, b, 20 * TOKEN, round2.proof(b))
+
+    assert anyone.credit_ack(task, a, 20 * TOKEN, round2.proof(a)) == 20 * TOKEN
+    assert chain.ledger(SPONSOR).task(task).paid_on_acks == 0
+    with pytest.raises(market_errors.NothingToClaim):  # A's leaf was paid by its ack
+        claim(chain, task, 2, round2, A)
+    assert claim(chain, task, 2, round2, B) == 20 * TOKEN
 
 
 def test_a_refund_after_a_void_waits_for_the_acks_the_root_left_out(chain: Chain) -> None:

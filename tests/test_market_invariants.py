@@ -183,12 +183,18 @@ class TaskModel:
     committed: int = 0
     last_round: int = 0
     closes_tick: int | None = None  # the tick of the close: closed once the tick moves on
-    frozen_tick: int | None = None  # the tick of the latest void: no more commits
+    frozen_tick: int | None = None  # the latest void or the first ack paid: no more commits
     rounds: dict[int, RoundModel] = field(default_factory=dict)
     challenges: dict[tuple[int, str], ChallengeModel] = field(default_factory=dict)
     claimed: dict[str, int] = field(default_factory=dict)
     acks: list[AckModel] = field(default_factory=list)
     pending: dict[str, int] = field(default_factory=dict)  # honest: acked, not yet committed
+    ack_counted: dict[str, int] = field(default_factory=dict)  # each account's paid_on_acks
+
+    @property
+    def committed_round(self) -> int:
+        """The round whose total counts as committed: the latest not voided (0: none)."""
+        return max((r for r, root in self.rounds.items() if not root.voided), default=0)
 
     @property
     def reserved(self) -> int:
@@ -416,7 +422,8 @@ class MarketMachine(RuleBasedStateMachine):
         leaves=st.lists(
             st.tuples(
                 st.sampled_from(EVERYONE),
-                st.one_of(st.integers(0, 100), st.sampled_from(["market", 2**128])),
+                # 2**125: past any escrow, yet four of them still make a tree (sums < 2**128)
+                st.one_of(st.integers(0, 100), st.sampled_from(["market", 2**125])),
             ),
             min_size=1,
             max_size=4,
@@ -575,6 +582,25 @@ class MarketMachine(RuleBasedStateMachine):
         self._claim_ack(
             submitter, self.tasks[task], data.draw(st.sampled_from(self.tasks[task].acks))
         )
+
+    @precondition(lambda self: any(m.ack_counted for m in self.tasks.values()))
+    @rule(data=st.data(), who=st.sampled_from(EVERYONE), forged=st.booleans())
+    def credit_ack(self, data: st.DataObject, who: int, forged: bool) -> None:
+        task = data.draw(st.sampled_from([t for t, m in self.tasks.items() if m.ack_counted]))
+        model = self.tasks[task]
+        account = data.draw(st.sampled_from(sorted(model.ack_counted)))
+        root = model.rounds.get(model.committed_round)
+        if root is None or account not in root.tree.amounts:  # no leaf to show: any other
+            round_ = data.draw(st.sampled_from(sorted(model.rounds))) if model.rounds else 0
+            tree = model.rounds[round_].tree if round_ else RewardTree.build({account: 1})
+            other = next(iter(tree.amounts))
+            leaf, proof, valid = tree.amounts[other], tree.proof(other), False
+        else:
+            leaf, proof = root.tree.amounts[account], root.tree.proof(account)
+            valid = root.provable and not forged
+            if forged:
+                leaf += data.draw(st.integers(1, 100))
+        self._credit_ack(who, task, account, leaf, proof, valid)
 
     @precondition(lambda self: any(m.rounds for m in self.tasks.values()))
     @rule(data=st.data(), submitter=st.sampled_from(EVERYONE), forged=st.booleans())
@@ -855,6 +881,10 @@ class MarketMachine(RuleBasedStateMachine):
             assert paid <= escrow
             frozen_at, paid_on_acks = view["acks"][task]
             assert (frozen_at != 0, paid_on_acks) == (model.frozen, model.paid_on_acks)
+            # paid_on_acks is each account's ack payments beyond its committed leaf, summed
+            assert paid_on_acks == sum(model.ack_counted.values())
+            for account, counted in model.ack_counted.items():
+                assert view["ack_counted"][task, account] == counted, (task, account)
             for round_, root in model.rounds.items():
                 on_chain = view["rounds"][task, round_]
                 total, open_challenges, voided, prior = (
@@ -923,7 +953,8 @@ class MarketMachine(RuleBasedStateMachine):
                 self.seen_entitlement[task, device] = entitled
             if not model.honest:
                 continue
-            assert not model.frozen  # the honest aggregator answered every challenge
+            # the honest aggregator answered every challenge (a paid ack may freeze it still)
+            assert not any(root.voided for root in model.rounds.values())
             outstanding = sum(
                 model.entitlement(self.address[i], self.tick)
                 - model.claimed.get(self.address[i], 0)
@@ -959,6 +990,7 @@ class MarketMachine(RuleBasedStateMachine):
         rounds = sorted((t, r) for t in tasks for r in self.tasks[t].rounds)
         challenges = sorted((t, r, a) for t in tasks for r, a in self.tasks[t].challenges)
         sold = sorted(key for key, sales in self.sales.items() if sales.revenue)
+        counted = sorted((t, a) for t in tasks for a in self.tasks[t].ack_counted)
         uint, one = ["uint256"], (["uint256"], [])
         at = ["uint256", "uint256"]
         calls: list[_Call] = [
@@ -988,6 +1020,7 @@ class MarketMachine(RuleBasedStateMachine):
                 for name in ("salesRevenue", "salesPaid")
             ],
             *[(market, "owed", ["address"], [self.address[i]], one) for i in SELLERS],
+            *[(market, "ackCounted", ["uint256", "address"], [t, a], one) for t, a in counted],
         ]
         batch = [
             {
@@ -1016,6 +1049,7 @@ class MarketMachine(RuleBasedStateMachine):
             "challenges": {key: next(words) for key in challenges},
             "sales": {key: (next(words), next(words)) for key in sold},
             "owed": {i: next(words) for i in SELLERS},
+            "ack_counted": {key: next(words) for key in counted},
         }
 
     def _task(
@@ -1128,6 +1162,8 @@ class MarketMachine(RuleBasedStateMachine):
         expected: Outcome = None
         if self._closed(model):
             expected = market_errors.TaskIsClosed
+        elif model.frozen:  # an ack was paid (acks claimed outright): its devices take acks
+            expected = market_errors.TaskFrozen
         elif tree.total > model.available:  # acks claimed outright took part of the escrow
             expected = market_errors.ExceedsEscrow
         self._expect(
@@ -1228,6 +1264,33 @@ class MarketMachine(RuleBasedStateMachine):
             assert paid == pay
             self._paid(model, account, amount, pay)
             model.paid_on_acks += pay
+            model.ack_counted[account] = model.ack_counted.get(account, 0) + pay
+            if model.frozen_tick is None:  # the first ack paid settles the roots
+                model.frozen_tick = self.tick
+        return expected
+
+    def _credit_ack(
+        self, who: int, task: TaskId, account: str, leaf: int, proof: Proof, valid: bool
+    ) -> Outcome:
+        """creditAck: count ``account``'s leaf in the committed root once against its acks."""
+        model = self.tasks[task]
+        round_ = model.committed_round
+        counted = model.ack_counted.get(account, 0)
+        beyond = max(0, model.claimed.get(account, 0) - leaf)
+        expected: Outcome
+        if round_ == 0:
+            expected = market_errors.UnknownRound
+        else:
+            expected = self._leaf_outcome(model, round_, valid)
+        if expected is None and beyond >= counted:
+            expected = market_errors.NothingToCredit
+        credited = self._expect(
+            lambda: self.ledgers[who].credit_ack(task, account, leaf, proof), expected
+        )
+        if expected is None:
+            assert credited == counted - beyond
+            model.ack_counted[account] = beyond
+            model.paid_on_acks -= credited
         return expected
 
     def _open_outcome(self, model: TaskModel, round_: int, account: str, amount: int) -> Outcome:

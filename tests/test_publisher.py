@@ -3,7 +3,6 @@ upload, commit once, resume after SIGKILL with the same model commitments."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from chain_helpers import MODEL_CID, Chain, open_publisher, signed_receipt
+from chain_helpers import CLOSE_GRACE, MODEL_CID, Chain, open_publisher, signed_receipt
 from eth_account.signers.local import LocalAccount
 from net import Forward, RpcProxy
 from web3 import Web3
@@ -30,10 +29,10 @@ from fedmarket.exceptions import DataError, InvalidInput
 from fedmarket.ledger import Web3Ledger
 from fedmarket.ledger.errors import (
     AcksNotPayable,
-    ExceedsEscrow,
     NothingToClaim,
+    NothingToRefund,
     RoundNotFinal,
-    TaskUnderfunded,
+    TaskFrozen,
 )
 from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt
 from fedmarket.market.claims import claim_all, rewards_of
@@ -384,13 +383,6 @@ def test_uploads_acknowledged_before_a_crash_are_paid_exactly_once(
     assert chain.ledger(0).task(task).paid == 3 * REWARD
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TaskUnderfunded,
-    reason="an ack claimed outright, before its device's leaf, reserves that leaf twice "
-    "(committed + paidOnAcks): the acknowledged round can no longer be committed "
-    "(ExceedsEscrow) and another device's ack is refused, its remainder locked in the escrow",
-)
 def test_an_ack_claimed_outright_in_the_close_grace_leaves_the_others_paid(
     chain: Chain, tmp_path: Path
 ) -> None:
@@ -413,18 +405,24 @@ def test_an_ack_claimed_outright_in_the_close_grace_leaves_the_others_paid(
     acks = publisher.acknowledge(2, [signed(chain, a, 2, task), signed(chain, b, 2, task)])
     chain.ledger(0).close_task(task)
     assert chain.ledger(9).claim_acknowledged(*acks[a.address]) == 2 * REWARD
-    with contextlib.suppress(ExceedsEscrow):  # today the round can no longer be committed
+    with pytest.raises(TaskFrozen):  # a paid ack settles the roots: round 2 is paid on acks
         publisher.publish(
             2, model=b"m2", trained_from=TRAINED_FROM, survivors=[], receipts=[], evidence={}
         )
-    chain.finalize()
     device = chain.ledger(3)
     book = AckBook(tmp_path / "device-b", b.address)
     book.add(*acks[b.address], chain_id=chain.deployment.chain_id, market=chain.deployment.market)
 
     claim_all(device, rewards_of(device, publisher.store, b.address, acks=book))
 
+    # b's claim credited a's leaf in round 1 (counted once), then took its own ack's remainder
     assert device.balance(b.address) == 2 * REWARD
+    state = chain.ledger(0).task(task)
+    assert (state.paid, state.committed, state.paid_on_acks) == (4 * REWARD, 2 * REWARD, 2 * REWARD)
+    assert [chain.ledger(0).ack_counted(task, x.address) for x in (a, b)] == [REWARD, REWARD]
+    chain.advance(CLOSE_GRACE + 1)
+    with pytest.raises(NothingToRefund):  # nothing was left locked or owed
+        chain.ledger(0).refund_unspent(task)
 
 
 def test_a_committed_round_takes_no_more_acknowledgements(chain: Chain, tmp_path: Path) -> None:

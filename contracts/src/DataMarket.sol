@@ -39,9 +39,11 @@ import {RewardSumTree} from "./RewardSumTree.sol";
 ///    round, device, upload digest, cumulative amount); a root of that round or later that pays
 ///    the device less is challenged with it, as above. Once the task is closing or frozen, an
 ///    ack is also paid directly from the escrow no root reserves (rounds the aggregator
-///    acknowledged but never committed, or whose root was voided); roots committed later never
-///    count on escrow an ack already took, and after a void the sponsor's refund waits a close
-///    grace so that such acks are paid first.
+///    acknowledged but never committed, or whose root was voided). The first ack paid freezes
+///    the task's commits, so the committed root is settled; the part of an ack's payment that
+///    the device's leaf in that root already reserves is counted once (`creditAck`, by anyone,
+///    once the root is final). After a void or an ack payment the sponsor's refund waits a
+///    close grace, so that acks are paid first.
 /// 4. No close front-running. Closing starts a grace period (`closeGrace`) in which the
 ///    aggregator may still commit and devices may still claim; the unspent escrow goes back to
 ///    the sponsor only after it, and never below what was committed or paid.
@@ -171,11 +173,14 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     mapping(uint256 task => Task) public tasks;
     mapping(uint256 task => mapping(uint256 round => Round)) public rounds;
     mapping(uint256 task => mapping(uint256 round => mapping(address account => Challenge))) public challenges;
-    mapping(uint256 task => uint64 time) public frozenAt; // the latest void: no more commits
+    // The latest void, or the first ack paid: the task commits no more rounds.
+    mapping(uint256 task => uint64 time) public frozenAt;
     mapping(uint256 task => mapping(address account => uint256 amount)) public claimedBy;
     // Paid on acknowledgements: kept back at refund beside what the roots commit, since an ack
     // may pay a device that no final root counts.
     mapping(uint256 task => uint256 amount) public paidOnAcks;
+    // Each account's part of paidOnAcks: its ack payments beyond its leaf in the committed root.
+    mapping(uint256 task => mapping(address account => uint256 amount)) public ackCounted;
     mapping(uint256 task => mapping(uint256 round => uint256 amount)) public salesRevenue;
     mapping(uint256 task => mapping(uint256 round => uint256 amount)) public salesPaid;
     mapping(uint256 task => mapping(uint256 round => mapping(address account => uint256 amount))) public
@@ -210,6 +215,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     event ChallengeAnswered(uint256 indexed task, uint256 indexed round, address indexed account);
     event RoundVoided(uint256 indexed task, uint256 indexed round, address indexed account);
     event AckClaimed(uint256 indexed task, uint256 indexed round, address indexed account, bytes32 uploadDigest);
+    event AckCredited(uint256 indexed task, address indexed account, uint256 amount);
     event SaleShareClaimed(uint256 indexed task, uint256 indexed round, address indexed account, uint256 amount);
     event TaskClosing(uint256 indexed task, uint64 closesAt);
     event TaskClosed(uint256 indexed task, uint256 refund);
@@ -260,6 +266,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     error TaskUnderfunded(uint256 task, uint256 escrow, uint256 wouldPay);
     error NotAcknowledgedByAggregator(uint256 task, address signer);
     error AcksNotPayable(uint256 task);
+    error NothingToCredit(uint256 task, address account, uint256 counted);
     error RoundNotFinal(uint256 task, uint256 round, uint64 finalAt);
     error RoundIsVoided(uint256 task, uint256 round);
     error TaskFrozen(uint256 task);
@@ -490,7 +497,10 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     /// @notice Pay what the aggregator acknowledged to `ack.device`, minus what the device already
     /// claimed, once the task is closing or frozen: this pays acknowledged rounds the aggregator
     /// never committed, or whose root was voided for leaving the device out. It pays only from
-    /// the escrow that no committed root reserves.
+    /// the escrow that no committed root reserves, and freezes the task's commits (a root
+    /// committed now would promise that escrow a second time). A device claims its leaf in the
+    /// committed root first (`claim`), so that only what the ack adds is counted; otherwise
+    /// `creditAck` counts the overlap once.
     function claimAcknowledged(Ack calldata ack, bytes calldata signature)
         external
         nonReentrant
@@ -503,7 +513,31 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         uint256 onAcks = paidOnAcks[ack.task] + amount;
         if (t.committed + onAcks > t.escrow) revert TaskUnderfunded(ack.task, t.escrow - t.committed, onAcks);
         paidOnAcks[ack.task] = onAcks;
+        ackCounted[ack.task][ack.device] += amount;
+        if (frozenAt[ack.task] == 0) frozenAt[ack.task] = uint64(block.timestamp);
         emit AckClaimed(ack.task, ack.round, ack.device, ack.uploadDigest);
+    }
+
+    /// @notice Count `account`'s leaf in the task's committed root (the latest not voided) against
+    /// what its acknowledgements were paid: that part is already reserved by the committed total,
+    /// so it leaves paidOnAcks, and other devices' acks can be paid from it. For an ack claimed
+    /// before (or instead of) the device's root claim. Anyone may call it once the root is
+    /// final; a task that paid an ack commits no more, so the root stays the committed one.
+    function creditAck(uint256 task, address account, uint256 leafAmount, bytes calldata proof)
+        external
+        returns (uint256 amount)
+    {
+        uint256 round = tasks[task].lastRound;
+        while (round != 0 && rounds[task][round].voided) round = rounds[task][round].priorRound;
+        _requireFinal(task, round, _leafRound(task, round, account, leafAmount, proof));
+        uint256 counted = ackCounted[task][account];
+        uint256 claimed = claimedBy[task][account];
+        uint256 beyondLeaf = claimed > leafAmount ? claimed - leafAmount : 0;
+        if (beyondLeaf >= counted) revert NothingToCredit(task, account, counted);
+        amount = counted - beyondLeaf;
+        ackCounted[task][account] = beyondLeaf;
+        paidOnAcks[task] -= amount; // counted is part of it
+        emit AckCredited(task, account, amount);
     }
 
     /// @notice Pay `account` its share of the contributors' revenue from sales of `round`'s
@@ -551,7 +585,8 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         Task storage t = tasks[task];
         if (t.sponsor == address(0)) revert UnknownTask(task);
         if (t.closesAt == 0 || block.timestamp < t.closesAt) revert TaskNotClosed(task, t.closesAt);
-        // A void frees escrow for the acks the voided root left out: they come first.
+        // A void frees escrow for the acks the voided root left out, and one ack paid calls the
+        // others: they come first.
         uint64 afterVoid = frozenAt[task] == 0 ? 0 : frozenAt[task] + closeGrace;
         if (block.timestamp < afterVoid) revert TaskNotClosed(task, afterVoid);
         uint256 reserved = Math.max(t.committed + paidOnAcks[task], t.paid);

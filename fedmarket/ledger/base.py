@@ -35,7 +35,8 @@ class TaskState:
     reward_per_update: int
     committed: int  # cumulative rewards at the latest round that was not voided
     paid_on_acks: int = 0  # the part of ``paid`` claimed with acknowledgements
-    frozen_at: int = 0  # chain time of the latest void: no more commits; acks are payable
+    # chain time of the latest void or the first ack paid: no more commits; acks are payable
+    frozen_at: int = 0
 
     @property
     def frozen(self) -> bool:
@@ -220,6 +221,13 @@ class Ledger(ABC):
         """Claim what the aggregator acknowledged to ``ack.device``."""
 
     @abstractmethod
+    def credit_ack(
+        self, task: TaskId, account: str, leaf_amount: int, proof: Sequence[SumNode]
+    ) -> int:
+        """Count ``account``'s leaf in the committed (final) root against its ack payments, so
+        the escrow does not reserve it twice; return what left ``paid_on_acks``. Anyone may."""
+
+    @abstractmethod
     def claim_sale_share(
         self,
         task: TaskId,
@@ -286,6 +294,14 @@ class Ledger(ABC):
     @abstractmethod
     def challenge_state(self, task: TaskId, round: int, account: str) -> ChallengeState | None:
         """``account``'s challenge of ``round``'s root, or None if it never challenged it."""
+
+    @abstractmethod
+    def ack_counted(self, task: TaskId, account: str) -> int:
+        """``account``'s part of ``paid_on_acks``: its ack payments beyond its committed leaf."""
+
+    @abstractmethod
+    def acks_paid(self, task: TaskId) -> list[Address]:
+        """The accounts paid on an acknowledgement in ``task``, once each, oldest first."""
 
     @abstractmethod
     def challenges_opened(self, task: TaskId) -> list[tuple[int, Address]]:

@@ -86,6 +86,13 @@ class AcksNotPayable(MarketRejected):
     )
 
 
+class NothingToCredit(MarketRejected):
+    advice = (
+        "{account}'s acknowledgements in task {task} count {counted} beyond its leaf in the "
+        "committed root already: nothing to credit"
+    )
+
+
 class RoundNotFinal(MarketRejected):
     advice = (
         "task {task} round {round} is not final: its challenge window ends at unix time "
@@ -102,8 +109,9 @@ class RoundIsVoided(MarketRejected):
 
 class TaskFrozen(MarketRejected):
     advice = (
-        "task {task} is frozen: one of its roots was voided, so it commits no more rounds; "
-        "start a new task"
+        "task {task} is frozen: one of its roots was voided or an acknowledgement was paid, so "
+        "it commits no more rounds; its devices claim their acknowledgements (`fedmarket device "
+        "claim`); start a new task"
     )
 
 

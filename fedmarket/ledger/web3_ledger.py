@@ -372,6 +372,18 @@ class Web3Ledger(Ledger):
         )
         return int(self._event(receipt, "Claimed", task=ack.task, account=ack.device)["amount"])
 
+    def credit_ack(
+        self, task: TaskId, account: str, leaf_amount: int, proof: Sequence[SumNode]
+    ) -> int:
+        _amount("leaf_amount", leaf_amount)
+        receipt = self._transact(
+            self._c.market.functions.creditAck(
+                task, _checksum(account), leaf_amount, encode_proof(proof)
+            ),
+            f"credit {account}'s committed leaf against its acknowledgements in task {task}",
+        )
+        return int(self._event(receipt, "AckCredited", task=task, account=account)["amount"])
+
     def claim_sale_share(
         self,
         task: TaskId,
@@ -555,6 +567,19 @@ class Web3Ledger(Ledger):
         if deadline == 0:
             return None
         return ChallengeState(int(amount), int(deadline), bool(is_open))
+
+    def ack_counted(self, task: TaskId, account: str) -> int:
+        with self._rpc("ackCounted"):
+            value = self._c.market.functions.ackCounted(task, _checksum(account)).call()
+        return int(value)
+
+    def acks_paid(self, task: TaskId) -> list[Address]:
+        event = self._c.market.events.AckClaimed
+        with self._rpc("read AckClaimed events"):
+            logs = event.get_logs(
+                from_block=self._c.deployment.block, argument_filters={"task": task}
+            )
+        return list(dict.fromkeys(Address(log["args"]["account"]) for log in logs))
 
     def challenges_opened(self, task: TaskId) -> list[tuple[int, Address]]:
         event = self._c.market.events.ChallengeOpened

@@ -7,7 +7,10 @@ claims its largest cumulative amount in a *final* root (its challenge window ove
 round's root counts, so a later root cannot take it back) with its own Merkle-sum proof; amounts
 in roots still in their window are reported as pending. A root that pays the device less than it
 is owed is challenged (:mod:`fedmarket.market.watch`); once the task is closing or frozen, an
-acknowledgement worth more than the final roots pay is claimed directly. Sales of a round's
+acknowledgement worth more than the roots pay is claimed directly (after the device's own root
+claim, so that only what it adds is taken from the unreserved escrow). Where another device's
+ack was claimed before its root, its leaf in the committed root is credited first
+(``DataMarket.creditAck``), so the same reward is not reserved twice. Sales of a round's
 model pay its contributors a share pro rata to their cumulative rewards at that round, claimed
 the same way.
 """
@@ -22,7 +25,8 @@ from eth_utils.address import to_checksum_address
 
 from fedmarket.acks import Ack
 from fedmarket.device.acks import AckBook
-from fedmarket.ledger.base import Ledger
+from fedmarket.ledger.base import Ledger, TaskState
+from fedmarket.ledger.errors import NothingToCredit, TaskUnderfunded
 from fedmarket.market.lineage import Lineage, verified_prefix
 from fedmarket.market.rewards import Proof, RewardTree
 from fedmarket.store.base import ContentStore
@@ -47,6 +51,15 @@ class SaleShare:
 
 
 @dataclass(frozen=True)
+class Credit:
+    """Another account's leaf in the committed root, counted in full on its acks so far."""
+
+    account: str
+    leaf: int
+    proof: Proof
+
+
+@dataclass(frozen=True)
 class Rewards:
     """One account's rewards in one task (token base units)."""
 
@@ -62,6 +75,7 @@ class Rewards:
     sale_shares: tuple[SaleShare, ...] = ()
     pending: int = 0  # largest cumulative amount in a verified root still in its window
     final_at: int = 0  # chain time from which ``pending`` can be claimed
+    credits: tuple[Credit, ...] = ()  # leaves to credit should the ack not fit the escrow
 
     @property
     def owed(self) -> int:
@@ -125,6 +139,7 @@ def rewards_of(
                 sale_shares=_sale_shares(ledger, lineage, final, account) if lineage else (),
                 pending=waiting if waiting > earned else 0,
                 final_at=_final_at(ledger, task, waiting_round) if waiting > earned else 0,
+                credits=_credits(ledger, state, final) if ack and state.paid_on_acks else (),
             )
         )
     return found
@@ -140,8 +155,8 @@ def claim_all(ledger: Ledger, rewards: Iterable[Rewards]) -> dict[TaskId, int]:
         # that overlap reserved in the escrow for good.
         if r.earned > r.claimed:
             total += ledger.claim(r.task, r.round, r.account, r.earned, r.proof)
-        if r.ack is not None and r.acked > max(r.earned, r.claimed):
-            total += ledger.claim_acknowledged(*r.ack)
+        if r.ack is not None and r.acked > max(r.earned, r.claimed, r.pending):
+            total += _claim_ack(ledger, r, r.ack)
         for share in r.sale_shares:
             if share.claimable > 0:
                 total += ledger.claim_sale_share(
@@ -153,6 +168,47 @@ def claim_all(ledger: Ledger, rewards: Iterable[Rewards]) -> dict[TaskId, int]:
 
 
 _Rewards = dict[int, dict[str, int]]  # round -> account -> cumulative amount
+
+
+def _claim_ack(ledger: Ledger, r: Rewards, ack: tuple[Ack, bytes]) -> int:
+    """Claim ``ack``; where the unreserved escrow is short only because other accounts' acks
+    were counted in full beside their committed leaves, credit those leaves and try again."""
+    try:
+        return ledger.claim_acknowledged(*ack)
+    except TaskUnderfunded:
+        if not r.credits:
+            raise
+    for credit in r.credits:
+        try:
+            ledger.credit_ack(r.task, credit.account, credit.leaf, credit.proof)
+        except NothingToCredit:  # someone credited it since
+            continue
+    return ledger.claim_acknowledged(*ack)
+
+
+def _credits(ledger: Ledger, state: TaskState, final: _Rewards) -> tuple[Credit, ...]:
+    """Leaves of the committed root (the latest not voided; it must be final and verified)
+    that accounts paid on acks have not been credited with yet."""
+    amounts = final.get(_committed_round(ledger, state.task), {})
+    if not amounts:
+        return ()
+    tree = RewardTree.build(amounts)
+    credits = []
+    for account in ledger.acks_paid(state.task):
+        leaf = amounts.get(account, 0)
+        beyond = max(0, ledger.claimed(state.task, account) - leaf)
+        if leaf and ledger.ack_counted(state.task, account) > beyond:
+            credits.append(Credit(account, leaf, tree.proof(account)))
+    return tuple(credits)
+
+
+def _committed_round(ledger: Ledger, task: TaskId) -> int:
+    """The round whose total the contract counts as committed: the latest not voided (0: none)."""
+    for commit in sorted(ledger.round_commits(task), key=lambda c: c.round, reverse=True):
+        state = ledger.round_state(task, commit.round)
+        if state is not None and not state.voided:
+            return commit.round
+    return 0
 
 
 def _final_and_pending(ledger: Ledger, lineage: Lineage, now: int) -> tuple[_Rewards, _Rewards]:
