@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from chain_helpers import CHALLENGE_WINDOW, CLOSE_GRACE, RESPONSE_WINDOW, Chain
 from test_market_contracts import (
+    AGGREGATOR,
     SPONSOR,
     SYBIL,
     TOKEN,
@@ -19,13 +20,17 @@ from test_market_contracts import (
     claim,
     commit,
     new_task,
+    raw_market,
+    send_raw,
     signed,
     tree_of,
 )
 
+from fedmarket.acks import ACK_TYPES
 from fedmarket.ledger import errors as market_errors
 from fedmarket.ledger.chain import rpc
 from fedmarket.market.claims import Rewards, claim_all
+from fedmarket.receipts import eip712_domain
 
 pytestmark = pytest.mark.integration
 
@@ -302,5 +307,28 @@ def test_a_zero_leaf_cannot_open_a_challenge(chain: Chain) -> None:
     with pytest.raises(market_errors.ZeroAmount):
         challenge(chain, task, 2, 1, round1, C, by=A)
     stored = chain.ledger(SPONSOR).round_state(task, 2)
+    assert stored is not None
+    assert stored.open_challenges == 0
+
+
+def test_a_zero_ack_cannot_open_a_challenge(chain: Chain) -> None:
+    """The aggregator signs an ack of 0 (our client refuses to make one, so it is signed by
+    hand): it opens no challenge either, signed or not."""
+    task = new_task(chain, budget=100 * TOKEN)
+    commit(chain, task, 1, tree_of(chain, {A: 10 * TOKEN}))
+    zero = {
+        "task": task,
+        "round": 1,
+        "device": address(chain, D),
+        "uploadDigest": bytes(32),
+        "cumulativeAmount": 0,
+    }
+    domain = eip712_domain(chain.deployment.chain_id, chain.deployment.market)
+    signature = chain.accounts[AGGREGATOR].sign_typed_data(domain, ACK_TYPES, zero).signature
+    call = raw_market(chain).functions.challengeWithAck(task, 1, tuple(zero.values()), signature)
+
+    with pytest.raises(market_errors.ZeroAmount):
+        send_raw(chain, D, call)
+    stored = chain.ledger(SPONSOR).round_state(task, 1)
     assert stored is not None
     assert stored.open_challenges == 0

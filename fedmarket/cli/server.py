@@ -48,6 +48,18 @@ app = typer.Typer(
 TaskOption = Annotated[int, typer.Option(help="The task on the market this server aggregates.")]
 
 
+def _publisher(market: Market, task: int, backend: Backend, ipfs_api: str | None) -> RoundPublisher:
+    """The task's round publisher: its store, this key's ledger and its saved state."""
+    return RoundPublisher(
+        store=open_store(backend, ipfs_api, 30.0),
+        ledger=market.ledger,
+        task=TaskId(task),
+        chain_id=market.chain_id,
+        market=market.address,
+        state_path=state_path(market, task),
+    )
+
+
 def state_path(market: Market, task: int) -> Path:
     return fedmarket_home() / "server" / f"{market.chain_id}-{market.address}" / f"task-{task}.json"
 
@@ -170,14 +182,7 @@ def run(
     """Run the task's remaining rounds with simulated devices; store and commit each round."""
     settings = paid_task(config)
     market = connect(rpc_url, key)
-    publisher = RoundPublisher(
-        store=open_store(backend, ipfs_api, 30.0),
-        ledger=market.ledger,
-        task=TaskId(task),
-        chain_id=market.chain_id,
-        market=market.address,
-        state_path=state_path(market, task),
-    )
+    publisher = _publisher(market, task, backend, ipfs_api)
     fleet = SimulatedFleet.from_config(settings, fedmarket_home() / "simulated-devices")
     fleet.split()
     plan = FederationPlan.from_config(settings, market=publisher.terms)
@@ -207,14 +212,7 @@ def answer(
     """Answer every open challenge of this task's roots from the stored receipts bundles (a
     running server does this after each round); an unanswered challenge voids its root."""
     market = connect(rpc_url, key)
-    publisher = RoundPublisher(
-        store=open_store(backend, ipfs_api, 30.0),
-        ledger=market.ledger,
-        task=TaskId(task),
-        chain_id=market.chain_id,
-        market=market.address,
-        state_path=state_path(market, task),
-    )
+    publisher = _publisher(market, task, backend, ipfs_api)
     answered = publisher.answer_challenges()
     emit(
         {"task": task, "answered": [{"round": r, "account": a} for r, a in answered]},

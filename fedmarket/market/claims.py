@@ -119,7 +119,9 @@ def rewards_of(
                 task=task,
                 up_to_round=2**64 - 1,
             )
-        final, pending = _final_and_pending(ledger, lineage, now) if lineage else ({}, {})
+        final, pending, final_at = (
+            _final_and_pending(ledger, lineage, now) if lineage else ({}, {}, {})
+        )
         earned, round_, proof = _best_leaf(final, account)
         waiting, waiting_round, _ = _best_leaf(pending, account)
         if earned == 0 and waiting == 0 and ack is None:
@@ -138,7 +140,7 @@ def rewards_of(
                 ack=ack,
                 sale_shares=_sale_shares(ledger, lineage, final, account) if lineage else (),
                 pending=waiting if waiting > earned else 0,
-                final_at=_final_at(ledger, task, waiting_round) if waiting > earned else 0,
+                final_at=final_at.get(waiting_round, 0) if waiting > earned else 0,
                 credits=_credits(ledger, state, final) if ack and state.paid_on_acks else (),
             )
         )
@@ -211,11 +213,15 @@ def _committed_round(ledger: Ledger, task: TaskId) -> int:
     return 0
 
 
-def _final_and_pending(ledger: Ledger, lineage: Lineage, now: int) -> tuple[_Rewards, _Rewards]:
+def _final_and_pending(
+    ledger: Ledger, lineage: Lineage, now: int
+) -> tuple[_Rewards, _Rewards, dict[int, int]]:
     """The verified rounds' rewards split into those whose roots pay now and those still in
-    their challenge window (voided roots and roots under challenge are in neither)."""
+    their challenge window (voided roots and roots under challenge are in neither), and the
+    chain time each pending root becomes final."""
     final: _Rewards = {}
     pending: _Rewards = {}
+    final_at: dict[int, int] = {}
     for round, amounts in lineage.rewards_at.items():
         state = ledger.round_state(lineage.task, round)
         if state is None or state.voided:
@@ -224,12 +230,8 @@ def _final_and_pending(ledger: Ledger, lineage: Lineage, now: int) -> tuple[_Rew
             final[round] = amounts
         elif state.open_challenges == 0:
             pending[round] = amounts
-    return final, pending
-
-
-def _final_at(ledger: Ledger, task: TaskId, round: int) -> int:
-    state = ledger.round_state(task, round)
-    return state.final_at if state else 0
+            final_at[round] = state.final_at
+    return final, pending, final_at
 
 
 def _best_leaf(rewards: _Rewards, account: str) -> tuple[int, int, Proof]:

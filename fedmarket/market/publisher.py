@@ -33,13 +33,12 @@ from fedmarket.exceptions import (
     ChainUnavailable,
     DataError,
     InvalidInput,
-    LineageBroken,
     ReceiptInvalid,
 )
 from fedmarket.files import atomic_write
 from fedmarket.ledger.base import Ledger
 from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt, canonical_json
-from fedmarket.market.lineage import verify_lineage
+from fedmarket.market.lineage import verified_prefix
 from fedmarket.market.rewards import Proof, RewardTree
 from fedmarket.market.sealed_models import SealedModel, TaskSecret
 from fedmarket.market.terms import MarketTerms
@@ -164,14 +163,13 @@ class RoundPublisher:
         task = TaskId(self._state.task)
         now = self.ledger.now()
         answered: list[tuple[int, str]] = []
-        trees: dict[int, RewardTree | None] = {}
+        trees: dict[int, RewardTree] | None = None  # rebuilt once, when a challenge is open
         for round, account in sorted(set(self.ledger.challenges_opened(task))):
             challenge = self.ledger.challenge_state(task, round, account)
             if challenge is None or not challenge.open or now > challenge.deadline:
                 continue
-            if round not in trees:
-                trees[round] = self._tree_at(round)
-            tree = trees[round]
+            trees = self._committed_trees() if trees is None else trees
+            tree = trees.get(round)
             amount = tree.amounts.get(account, 0) if tree else 0
             if tree is None or amount < challenge.amount:
                 log.error(
@@ -191,18 +189,17 @@ class RoundPublisher:
             answered.append((round, account))
         return answered
 
-    def _tree_at(self, round: int) -> RewardTree | None:
-        """The reward tree committed at ``round``, rebuilt from the stored receipts bundles."""
+    def _committed_trees(self) -> dict[int, RewardTree]:
+        """The reward tree of every committed round whose lineage verifies, rebuilt from the
+        stored receipts bundles in one walk of the task."""
         s = self._state
-        try:
-            lineage = verify_lineage(
-                self.ledger, self.store, TaskId(s.task), round, chain_id=s.chain_id, market=s.market
-            )
-        except LineageBroken as exc:
-            log.error("task %d round %d: %s", TaskId(s.task), round, exc)
-            return None
-        amounts = lineage.rewards_at[round]
-        return RewardTree.build(amounts) if amounts else None
+        lineage, broken = verified_prefix(
+            self.ledger, self.store, TaskId(s.task), chain_id=s.chain_id, market=s.market
+        )
+        if broken:
+            log.error("task %d: %s", s.task, broken)
+        rewards = lineage.rewards_at if lineage else {}
+        return {round: RewardTree.build(amounts) for round, amounts in rewards.items() if amounts}
 
     def trained_from(self, round: int, model: bytes) -> bytes:
         """The commitment devices sign as the model they train from in ``round``: that of

@@ -29,7 +29,7 @@ from fedmarket.ledger.base import Ledger, RoundCommit
 from fedmarket.market.lineage import verified_prefix
 from fedmarket.market.rewards import Proof, RewardTree
 from fedmarket.store.base import ContentStore
-from fedmarket.types import TaskId
+from fedmarket.types import Address, TaskId
 
 log = logging.getLogger(__name__)
 _MAX_AMOUNT = 2**128 - 1  # escrows and challenges are uint128 on chain
@@ -99,6 +99,7 @@ def _watch_task(
     now = ledger.now()
     found = []
     best: dict[str, _Evidence] = {}  # each account's largest leaf in an earlier root
+    opened: set[tuple[int, Address]] | None = None  # the task's challenges, read once if needed
     for commit in ledger.round_commits(task):
         state = ledger.round_state(task, commit.round)
         if state is None or state.voided:
@@ -106,7 +107,8 @@ def _watch_task(
         amounts = rebuilt.get(commit.round)
         open_window = now < state.final_at
         if open_window and amounts is not None and act:
-            _answer_what_we_can(ledger, task, commit.round, amounts)
+            opened = set(ledger.challenges_opened(task)) if opened is None else opened
+            _answer_what_we_can(ledger, task, commit.round, amounts, opened)
         # A root that cannot be rebuilt (a withheld bundle) is challenged for every account with
         # an earlier leaf: the aggregator must then show each leaf on chain, or lose the root.
         for who in sorted(best.keys() | {account}):
@@ -154,13 +156,18 @@ def _with_acks(
     return best
 
 
-def _answer_what_we_can(ledger: Ledger, task: TaskId, round: int, amounts: dict[str, int]) -> None:
-    """Answer every open challenge of ``round`` that its rebuilt tree answers."""
+def _answer_what_we_can(
+    ledger: Ledger,
+    task: TaskId,
+    round: int,
+    amounts: dict[str, int],
+    opened: set[tuple[int, Address]],
+) -> None:
+    """Answer every open challenge of ``round`` (among ``opened``: the task's challenges as
+    (round, account)) that its rebuilt tree answers."""
     now = ledger.now()
     tree: RewardTree | None = None
-    for challenged_round, who in sorted(set(ledger.challenges_opened(task))):
-        if challenged_round != round:
-            continue
+    for who in sorted(who for challenged, who in opened if challenged == round):
         challenge = ledger.challenge_state(task, round, who)
         pays = amounts.get(who, 0)
         if challenge is None or not challenge.open or now > challenge.deadline:
