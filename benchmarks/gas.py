@@ -250,6 +250,7 @@ def main() -> None:
             commit(aggregator, credit_task, 1, credit_root)
             advance(chain.rpc_url, CHALLENGE_WINDOW + 1)
             sponsor.close_task(credit_task)
+            advance(chain.rpc_url, CLOSE_GRACE + 1)  # commits are over: acks pay
             early = Ack(credit_task, 2, device.address, bytes(32), 2 * TOKEN)
             watcher.claim_acknowledged(
                 early, sign_ack(early, accounts[1], chain_id=deployment.chain_id, market=market)
@@ -322,12 +323,12 @@ def main() -> None:
             op("claimSaleShare", device, "100-device round, first share: fresh storage and holder")
             sponsor.close_task(task)
             op("closeTask", sponsor, "starts the close grace")
-            advance(chain.rpc_url, CLOSE_GRACE + 1)
+            advance(chain.rpc_url, 2 * CLOSE_GRACE + 1)  # the close grace, then the acks' grace
             sponsor.refund_unspent(task)
             op(
                 "refundUnspent",
                 sponsor,
-                "after the grace: escrow above committed + ack-paid (or paid)",
+                "a grace after commits stop: escrow above committed + ack-paid (or paid)",
             )
             receipt = Receipt.for_update(
                 task=1,

@@ -4,9 +4,10 @@ An :class:`Ack` names the task, round, device, the sha256 of the masked upload i
 the device's cumulative reward in the task once that round is paid. It matches
 ``DataMarket.Ack``. A root of that round or later that pays the device less is challenged with
 it (``challengeWithAck``, :mod:`fedmarket.market.watch`): the aggregator must show a leaf paying
-at least ``cumulative_amount`` or the root is voided. Once the task is closing or frozen, the
-ack is also paid directly (``claimAcknowledged``) from the escrow no root reserves, which covers
-rounds the aggregator acknowledged but never committed.
+at least ``cumulative_amount`` or the root is voided. Once the task commits no more (its close
+grace is over, or a root was voided), the ack is also paid directly (``claimAcknowledged``)
+from the escrow no root reserves, which covers rounds the aggregator acknowledged but never
+committed.
 """
 
 from __future__ import annotations

@@ -214,9 +214,9 @@ def _paid_story(
     step("devices verify their rewards from chain and store, then claim them and their sale share")
     devices = _claim_for_devices(config, fleet, sponsor, store, out)
 
-    step("the sponsor closes the task; after the grace, unspent escrow returns")
+    step("the sponsor closes the task; after the grace and the acks' grace, unspent escrow returns")
     sponsor.close_task(task)
-    _advance(chain.rpc_url, DEFAULT_CLOSE_GRACE + 1)
+    _advance(chain.rpc_url, 2 * DEFAULT_CLOSE_GRACE + 1)  # last commits, then acks are paid
     state = sponsor.task(task)
     refunded = sponsor.refund_unspent(task) if state.escrow > state.reserved else 0
     sale_paid = sum(d["sale_share"] for d in devices)

@@ -456,7 +456,8 @@ def test_a_sale_settles_to_the_seller_and_the_contributors_never_the_sponsor(
     )
     assert code == 2
     assert "reclaim after that" in err
-    chain.advance(windows(chain).close_grace + 1)
+    assert closing["refund_opens_at"] == closing["closes_at"] + windows(chain).close_grace
+    chain.advance(2 * windows(chain).close_grace + 1)  # commits stop, then acks are paid
     assert run_json(
         monkeypatch, capsys, chain, "market", "reclaim", "--task", str(task), "--key", "dev:0"
     ) == {"task": task, "refund": "9"}  # budget 10 - 2 updates x 0.5

@@ -63,21 +63,26 @@ def test_silent_sybils_cannot_hide_a_decrease_from_an_honest_watcher(chain: Chai
     assert chain.ledger(SPONSOR).task(task).paid == 55 * TOKEN
 
 
-def test_a_root_cannot_promise_escrow_an_ack_already_took(chain: Chain) -> None:
-    """A Sybil's ack is paid once the task is closing; that freezes the task, so no root
-    committed in the close grace can count on that escrow again, and H's round-1 leaf stays
-    payable."""
+def test_no_ack_is_paid_while_the_task_still_commits(chain: Chain) -> None:
+    """Closing opens the grace for the aggregator's last commit. Anyone (the sponsor too)
+    holding an ack cannot cash it then, so cannot stop that commit nor take escrow its root
+    will reserve; once commits stop, a Sybil's ack takes only what no root reserves, and H's
+    leaves stay payable."""
     task = new_task(chain, budget=100 * TOKEN)
     round1 = tree_of(chain, {H: 50 * TOKEN})
     commit(chain, task, 1, round1)
     chain.advance(CHALLENGE_WINDOW + 1)
     chain.ledger(SPONSOR).close_task(task)
     sybil_ack = ack(chain, task, 2, S1, 50 * TOKEN)
-    assert chain.ledger(S1).claim_acknowledged(sybil_ack, signed(chain, sybil_ack)) == 50 * TOKEN
+    with pytest.raises(market_errors.AcksNotPayable):
+        chain.ledger(SPONSOR).claim_acknowledged(sybil_ack, signed(chain, sybil_ack))
 
-    with pytest.raises(market_errors.TaskFrozen):
-        commit(chain, task, 2, tree_of(chain, {H: 50 * TOKEN, S2: 50 * TOKEN}))
-    assert claim(chain, task, 1, round1, H) == 50 * TOKEN
+    round2 = tree_of(chain, {H: 60 * TOKEN, S2: 10 * TOKEN})
+    commit(chain, task, 2, round2)  # the last commit lands in the grace
+    chain.advance(CLOSE_GRACE + 1)
+    with pytest.raises(market_errors.TaskUnderfunded):  # 30 unreserved: not the 50 it names
+        chain.ledger(S1).claim_acknowledged(sybil_ack, signed(chain, sybil_ack))
+    assert claim(chain, task, 2, round2, H) == 60 * TOKEN
 
 
 def test_an_ack_claimed_before_its_leaf_is_counted_once_after_a_credit(chain: Chain) -> None:
@@ -91,6 +96,7 @@ def test_an_ack_claimed_before_its_leaf_is_counted_once_after_a_credit(chain: Ch
     commit(chain, task, 1, round1)
     chain.advance(CHALLENGE_WINDOW + 1)
     chain.ledger(SPONSOR).close_task(task)
+    chain.advance(CLOSE_GRACE + 1)  # commits are over: acks pay
     a_ack, b_ack = ack(chain, task, 2, A, 20 * TOKEN), ack(chain, task, 2, B, 20 * TOKEN)
     anyone = chain.ledger(SYBIL)
     assert anyone.claim_acknowledged(a_ack, signed(chain, a_ack)) == 20 * TOKEN
@@ -123,8 +129,10 @@ def test_a_credit_shows_the_final_committed_leaf_and_no_other(chain: Chain) -> N
     round2 = tree_of(chain, {A: 20 * TOKEN, B: 20 * TOKEN})
     commit(chain, task, 1, round1)
     chain.advance(CHALLENGE_WINDOW + 1)
-    commit(chain, task, 2, round2)
     chain.ledger(SPONSOR).close_task(task)
+    chain.advance(CLOSE_GRACE - CHALLENGE_WINDOW // 2)
+    commit(chain, task, 2, round2)  # late in the grace: still in its window once acks pay
+    chain.advance(CHALLENGE_WINDOW // 2 + 1)
     a_ack = ack(chain, task, 2, A, 20 * TOKEN)
     anyone, a = chain.ledger(SYBIL), address(chain, A)
     assert anyone.claim_acknowledged(a_ack, signed(chain, a_ack)) == 20 * TOKEN
@@ -161,7 +169,7 @@ def test_a_refund_after_a_void_waits_for_the_acks_the_root_left_out(chain: Chain
     sponsor.close_task(task)
     chain.advance(CLOSE_GRACE - 100)
     commit(chain, task, 2, tree_of(chain, {D: 10 * TOKEN, SYBIL: 90 * TOKEN}))
-    with pytest.raises(market_errors.TaskUnderfunded):  # the pending root reserves everything
+    with pytest.raises(market_errors.AcksNotPayable):  # the grace is on: commits may come
         device.claim_acknowledged(d_ack, signed(chain, d_ack))
     device.challenge_with_ack(task, 2, d_ack, signed(chain, d_ack))
     chain.advance(RESPONSE_WINDOW + 1)  # past the grace and the response deadline
@@ -196,9 +204,10 @@ def test_an_acknowledged_round_the_aggregator_never_commits_is_paid_once_the_spo
         sponsor.refund_unspent(task)
 
     sponsor.close_task(task)
+    chain.advance(CLOSE_GRACE + 1)  # no commit came in the grace: the ack pays
     assert claim(chain, task, 1, round1, D) == 10 * TOKEN
     assert device.claim_acknowledged(d_ack, signed(chain, d_ack)) == 10 * TOKEN
-    chain.advance(CLOSE_GRACE + 1)
+    chain.advance(CLOSE_GRACE)
     assert sponsor.refund_unspent(task) == 80 * TOKEN
 
 
@@ -257,6 +266,7 @@ def test_claiming_a_root_and_an_ack_leaves_nothing_locked(chain: Chain) -> None:
     d_ack = ack(chain, task, 2, D, 12 * TOKEN)
     sponsor, device = chain.ledger(SPONSOR), chain.ledger(D)
     sponsor.close_task(task)
+    chain.advance(CLOSE_GRACE + 1)
     d = address(chain, D)
     owed = Rewards(
         task=task,
@@ -272,7 +282,7 @@ def test_claiming_a_root_and_an_ack_leaves_nothing_locked(chain: Chain) -> None:
 
     assert claim_all(device, [owed]) == {task: 12 * TOKEN}
 
-    chain.advance(CLOSE_GRACE + 1)
+    chain.advance(CLOSE_GRACE)
     assert sponsor.refund_unspent(task) == 88 * TOKEN
     state = sponsor.task(task)
     assert state.escrow - state.paid == 0

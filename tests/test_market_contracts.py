@@ -564,10 +564,11 @@ def test_re_rooting_on_a_tight_escrow_cannot_outrun_an_earlier_reward(chain: Cha
     with pytest.raises(market_errors.TaskFrozen, match="frozen"):
         commit(chain, task, 3, tree_of(chain, {A: 10 * TOKEN, B: 10 * TOKEN, SYBIL: 10 * TOKEN}))
     assert chain.ledger(SPONSOR).challenges_opened(task) == [(2, a)]
-    # What no root pays goes back to the sponsor, not to the Sybil.
+    # What no root pays goes back to the sponsor, not to the Sybil: a close grace after the
+    # task's commits stop (acks are paid first).
     sponsor = chain.ledger(SPONSOR)
     sponsor.close_task(task)
-    chain.advance(CLOSE_GRACE + 1)
+    chain.advance(2 * CLOSE_GRACE + 1)
     assert sponsor.refund_unspent(task) == 10 * TOKEN
 
 
@@ -631,8 +632,9 @@ def test_a_root_whose_leaves_add_up_to_more_than_its_total_pays_nobody(chain: Ch
             claim(chain, task, 1, inflated, device)
     assert market_balance(chain) == before
     assert chain.ledger(SPONSOR).task(task).paid == 0
-    # A's acknowledgement still pays it once the sponsor closes the task.
+    # A's acknowledgement still pays it once the sponsor's close grace is over.
     chain.ledger(SPONSOR).close_task(task)
+    chain.advance(CLOSE_GRACE + 1)
     assert chain.ledger(A).claim_acknowledged(acked, signed(chain, acked)) == 10 * TOKEN
     assert chain.ledger(SYBIL).balance(address(chain, SYBIL)) == 0
 
@@ -874,7 +876,7 @@ def test_a_round_cannot_be_voided_before_its_deadline(chain: Chain) -> None:
 
 def test_a_sybil_ack_cannot_eat_into_what_final_roots_reserve(chain: Chain) -> None:
     # Prepare: round 1 reserves 20 of a 30-token escrow; the aggregator signs acks for its
-    # Sybils and the sponsor closes, which makes acks payable
+    # Sybils and the sponsor closes; acks are payable once the close grace is over
     task = new_task(chain, budget=30 * TOKEN)
     tree = tree_of(chain, {A: 10 * TOKEN, B: 10 * TOKEN})
     commit(chain, task, 1, tree)
@@ -883,6 +885,7 @@ def test_a_sybil_ack_cannot_eat_into_what_final_roots_reserve(chain: Chain) -> N
     modest = ack(chain, task, 1, SYBIL, 10 * TOKEN)
     another = ack(chain, task, 1, ATTACKER, TOKEN)
     chain.ledger(SPONSOR).close_task(task)
+    chain.advance(CLOSE_GRACE + 1)
     sybil = chain.ledger(SYBIL)
 
     # Execute / Assert: acks take at most escrow - committed - paid on acks (10 here)
@@ -980,6 +983,11 @@ def test_close_front_run_leaves_the_commit_and_claims_standing(chain: Chain) -> 
         commit(chain, task, 2, tree_of(chain, {A: 20 * TOKEN, B: 20 * TOKEN}))
     with pytest.raises(market_errors.TaskIsClosed):
         sponsor.fund_task(task, TOKEN)
+    opens_at = closes_at + CLOSE_GRACE  # a close grace after commits stop: acks are paid first
+    assert sponsor.task(task).refund_opens_at == opens_at
+    with pytest.raises(market_errors.TaskNotClosed, match=f"from unix time {opens_at}"):
+        sponsor.refund_unspent(task)
+    chain.advance(CLOSE_GRACE)
     state = sponsor.task(task)
 
     refund = chain.ledger(SYBIL).refund_unspent(task)  # anyone may call; the sponsor is paid
@@ -998,9 +1006,10 @@ def test_refund_unspent_keeps_acknowledged_claims_already_paid(chain: Chain) -> 
     commit(chain, task, 1, tree_of(chain, {A: 10 * TOKEN}))
     acked = ack(chain, task, 1, D, 25 * TOKEN)
     sponsor = chain.ledger(SPONSOR)
-    sponsor.close_task(task)  # acks pay once the task is closing
+    sponsor.close_task(task)
+    chain.advance(CLOSE_GRACE + 1)  # acks pay once the close grace is over
     chain.ledger(D).claim_acknowledged(acked, signed(chain, acked))
-    chain.advance(CLOSE_GRACE + 1)
+    chain.advance(CLOSE_GRACE)  # the refund waits one more grace, so that acks are paid first
     state = sponsor.task(task)
 
     assert (state.committed, state.paid, state.paid_on_acks) == (10 * TOKEN, 25 * TOKEN, 25 * TOKEN)
@@ -1021,7 +1030,7 @@ def test_an_acknowledged_device_left_out_of_the_root_is_paid(chain: Chain) -> No
     acked_a = ack(chain, task, 1, A, 10 * TOKEN)
     commit(chain, task, 1, tree_of(chain, {A: 10 * TOKEN}))
     device = chain.ledger(D)
-    with pytest.raises(market_errors.AcksNotPayable, match="neither closing nor frozen"):
+    with pytest.raises(market_errors.AcksNotPayable, match="still commits rounds"):
         device.claim_acknowledged(acked, signature)  # while roots may still pay it
 
     # Execute: D challenges the root with its ack; nobody can answer; anyone voids the root
@@ -1061,15 +1070,18 @@ def test_forged_or_premature_acks_are_rejected(chain: Chain) -> None:
     with pytest.raises(market_errors.NotAcknowledgedByAggregator):
         device.claim_acknowledged(replayed, signed(chain, early))
     assert device.balance(device.address) == 0
-    chain.ledger(SPONSOR).close_task(task)
+    closes_at = chain.ledger(SPONSOR).close_task(task)
+    with pytest.raises(market_errors.AcksNotPayable, match=f"closes at unix time {closes_at}"):
+        device.claim_acknowledged(early, signed(chain, early))  # round 2 may still come
+    chain.advance(CLOSE_GRACE + 1)
     assert device.claim_acknowledged(early, signed(chain, early)) == 5 * TOKEN
 
 
 def test_an_ack_for_round_zero_is_refused_even_signed_by_the_aggregator(chain: Chain) -> None:
     """Round 0 is never committed, yet it is at or below every round: an ack for it could
-    challenge any root, and would pay once the task closes whatever the roots say. The client
-    will not build one, so the aggregator signs the struct itself and the device calls the
-    contract directly."""
+    challenge any root, and would pay once the task's close grace is over whatever the roots
+    say. The client will not build one, so the aggregator signs the struct itself and the
+    device calls the contract directly."""
     task = new_task(chain, budget=100 * TOKEN)
     with pytest.raises(InvalidInput, match="round must be >= 1"):
         ack(chain, task, 0, D, 5 * TOKEN)
@@ -1087,7 +1099,8 @@ def test_an_ack_for_round_zero_is_refused_even_signed_by_the_aggregator(chain: C
     with pytest.raises(market_errors.EvidenceNotEarlier):  # nor does it challenge round 1
         send_raw(chain, D, market.challengeWithAck(task, 1, struct, signature))
     sponsor.close_task(task)
-    with pytest.raises(market_errors.ZeroRound):  # nor while the task is closing
+    chain.advance(CLOSE_GRACE + 1)
+    with pytest.raises(market_errors.ZeroRound):  # nor once the task's acks are paid
         send_raw(chain, D, claim_round_zero)
 
     assert chain.w3.eth.get_transaction_count(device.address) == sent
@@ -1118,12 +1131,16 @@ def test_an_acknowledged_round_never_committed_is_paid_once_the_task_closes(
     device, sponsor = chain.ledger(D), chain.ledger(SPONSOR)
 
     # Execute / Assert: refused while the task is open (round 2 may still come) ...
-    with pytest.raises(market_errors.AcksNotPayable, match="neither closing nor frozen"):
+    with pytest.raises(market_errors.AcksNotPayable, match="still commits rounds"):
         device.claim_acknowledged(acked, signature)
-    assert device.balance(device.address) == 0
-    # ... paid in full once the sponsor closes, within the grace, and only once
+    # ... and within the sponsor's close grace (round 2 may still come then too) ...
     closes_at = sponsor.close_task(task)
     assert sponsor.now() < closes_at
+    with pytest.raises(market_errors.AcksNotPayable, match=f"closes at unix time {closes_at}"):
+        device.claim_acknowledged(acked, signature)
+    assert device.balance(device.address) == 0
+    # ... paid in full once the close grace is over, and only once
+    chain.advance(CLOSE_GRACE + 1)
     assert chain.ledger(SYBIL).claim_acknowledged(acked, signature) == 7 * TOKEN
     assert device.balance(device.address) == 7 * TOKEN
     with pytest.raises(market_errors.NothingToClaim):
@@ -1131,10 +1148,12 @@ def test_an_acknowledged_round_never_committed_is_paid_once_the_task_closes(
     with pytest.raises(market_errors.NothingToClaim):
         claim(chain, task, 1, tree, D)  # its round-1 leaf (5) is inside the 7 it was paid
     assert claim(chain, task, 1, tree, A) == 10 * TOKEN
-    with pytest.raises(market_errors.TaskNotClosed):
+    with pytest.raises(
+        market_errors.TaskNotClosed, match=f"from unix time {closes_at + CLOSE_GRACE}"
+    ):
         sponsor.refund_unspent(task)
-    # ... and after the grace the sponsor gets back only what nobody was paid
-    chain.advance(CLOSE_GRACE + 1)
+    # ... and one more grace later the sponsor gets back only what nobody was paid
+    chain.advance(CLOSE_GRACE)
     before = sponsor.balance(sponsor.address)
 
     refund = sponsor.refund_unspent(task)
@@ -1160,8 +1179,9 @@ def test_a_committed_reward_claimed_after_the_refund_survives_an_ack_beyond_the_
     acked = ack(chain, task, 2, D, 7 * TOKEN)  # D is in no root; round 2 is never committed
     sponsor = chain.ledger(SPONSOR)
     sponsor.close_task(task)
+    chain.advance(CLOSE_GRACE + 1)  # acks pay once the close grace is over
     chain.ledger(D).claim_acknowledged(acked, signed(chain, acked))
-    chain.advance(CLOSE_GRACE + 1)
+    chain.advance(CLOSE_GRACE)  # the refund opens one grace later
     sponsor.refund_unspent(task)  # 83 = 100 - (10 committed + 7 paid on acks)
 
     assert claim(chain, task, 1, tree, A) == 10 * TOKEN  # A's committed reward stands
@@ -1178,7 +1198,8 @@ def test_ack_and_tree_together_pay_the_larger_once(
     tree = tree_of(chain, {A: TOKEN, D: in_tree * TOKEN})
     commit(chain, task, 1, tree)
     chain.finalize()
-    chain.ledger(SPONSOR).close_task(task)  # acks pay once the task is closing
+    chain.ledger(SPONSOR).close_task(task)
+    chain.advance(CLOSE_GRACE + 1)  # acks pay once the close grace is over
     ways: list[Callable[[], int]] = [
         lambda: chain.ledger(D).claim_acknowledged(item, signature),
         lambda: claim(chain, task, 1, tree, D),
@@ -1540,7 +1561,7 @@ def test_sale_share_goes_to_the_rounds_devices_not_the_sponsor(chain: Chain) -> 
     with pytest.raises(market_errors.InvalidProof):  # the sponsor has no leaf
         sponsor.claim_sale_share(task, 1, sponsor.address, 10 * TOKEN, tree.proof(b))
     sponsor.close_task(task)
-    chain.advance(3601)
+    chain.advance(2 * CLOSE_GRACE + 1)  # commits stop, then a grace for acks
     assert sponsor.refund_unspent(task) == 60 * TOKEN  # escrow - committed; no sale money
     assert sponsor.sales_revenue(task, 1) == (received, paid)
     owed = sponsor.owed(sponsor.address)  # the sponsor's seller proceeds, 2 x (1001 - 333)
@@ -1641,9 +1662,10 @@ def _deploy(chain: Chain, abi: list[dict[str, object]], bytecode: str, *args: ob
 
 
 def hostile_market(chain: Chain) -> HostileMarket:
-    """Task 1 with round 1 committed, final and listed (50 % to devices), then closing (so its
-    acknowledgements pay); purchases: one settled (proceeds for the seller and the round), one
-    wrong key in its dispute window, one never delivered and past its deadline."""
+    """Task 1 with round 1 committed, final and listed (50 % to devices), then closed with its
+    close grace over (so its acknowledgements pay); purchases: one settled (proceeds for the
+    seller and the round), one wrong key in its dispute window, one never delivered and past
+    its deadline."""
     evil = helper_artifact("ReentrantToken")
     token_address = _deploy(chain, evil["abi"], evil["bytecode"], 10**6 * TOKEN)
     artifact = load_artifact("DataMarket")
@@ -1684,6 +1706,10 @@ def hostile_market(chain: Chain) -> HostileMarket:
         metadata_cid=EMPTY_CID,
         contributors_bps=5000,
     )
+    # Closed before the purchases, so that waiting out its grace leaves their windows alone:
+    # acknowledgements pay once the close grace is over.
+    send(SPONSOR, market.functions.closeTask(1))
+    chain.advance(CLOSE_GRACE + 1)
     send(SPONSOR, token.functions.transfer(address(chain, BUYER), 100 * TOKEN))
     send(BUYER, token.functions.approve(market_address, 100 * TOKEN))
     one_time = OneTimeKey.generate()
@@ -1710,7 +1736,6 @@ def hostile_market(chain: Chain) -> HostileMarket:
     aggregator.settle(settled)  # 5 tokens to round 1's devices, 5 owed to the seller
     wrong = purchase()
     wrong_delivery = delivered(wrong, AssetKey.generate())
-    send(SPONSOR, market.functions.closeTask(1))  # acknowledgements pay once it is closing
     return HostileMarket(
         chain, token, market, deployment, tree, wrong, wrong_delivery, undelivered, one_time
     )

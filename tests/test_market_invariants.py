@@ -183,7 +183,7 @@ class TaskModel:
     committed: int = 0
     last_round: int = 0
     closes_tick: int | None = None  # the tick of the close: closed once the tick moves on
-    frozen_tick: int | None = None  # the latest void or the first ack paid: no more commits
+    frozen_tick: int | None = None  # the tick of the latest void: no more commits
     rounds: dict[int, RoundModel] = field(default_factory=dict)
     challenges: dict[tuple[int, str], ChallengeModel] = field(default_factory=dict)
     claimed: dict[str, int] = field(default_factory=dict)
@@ -209,9 +209,9 @@ class TaskModel:
         """What a root may promise: the escrow, less what acks took."""
         return self.escrow - self.paid_on_acks
 
-    @property
-    def acks_payable(self) -> bool:
-        return self.closes_tick is not None or self.frozen
+    def acks_payable(self, tick: int) -> bool:
+        """Whether acks pay directly: the task commits no more (closed, or a root voided)."""
+        return self.frozen or (self.closes_tick is not None and tick > self.closes_tick)
 
     def final(self, round_: int, tick: int) -> bool:
         root = self.rounds[round_]
@@ -234,7 +234,8 @@ class TaskModel:
     def entitlement(self, account: str, tick: int) -> int:
         """The most a final root or a payable genuine ack promises ``account``."""
         acks = [a.ack.cumulative_amount for a in self.genuine_acks(account)]
-        return max([self.final_leaf(account, tick)[0], *(acks if self.acks_payable else [])])
+        payable = self.acks_payable(tick)
+        return max([self.final_leaf(account, tick)[0], *(acks if payable else [])])
 
 
 @dataclass
@@ -646,7 +647,7 @@ class MarketMachine(RuleBasedStateMachine):
                 proof = model.rounds[best].tree.proof(device)
                 outcome = self._claim_leaf(index, task, best, device, amount, proof, True)
                 assert outcome is None, "a watching device went unpaid its best final leaf"
-            acks = model.genuine_acks(device) if model.acks_payable else []
+            acks = model.genuine_acks(device) if model.acks_payable(self.tick) else []
             item = max(acks, key=lambda a: a.ack.cumulative_amount, default=None)
             if item is not None and item.ack.cumulative_amount > model.claimed.get(device, 0):
                 self._claim_ack(index, model, item)
@@ -808,7 +809,7 @@ class MarketMachine(RuleBasedStateMachine):
             self._tick()
 
     def _tick(self) -> None:
-        self._claim_acks_outright()  # before the aggregator's last commit, in the close grace
+        self._claim_acks_outright()  # as soon as acks pay, before their devices' leaves
         for task, model in list(self.tasks.items()):
             if model.closes_tick == self.tick and model.honest:
                 self._honest_commit(task)  # within the close grace
@@ -953,8 +954,7 @@ class MarketMachine(RuleBasedStateMachine):
                 self.seen_entitlement[task, device] = entitled
             if not model.honest:
                 continue
-            # the honest aggregator answered every challenge (a paid ack may freeze it still)
-            assert not any(root.voided for root in model.rounds.values())
+            assert not model.frozen  # the honest aggregator answered every challenge
             outstanding = sum(
                 model.entitlement(self.address[i], self.tick)
                 - model.claimed.get(self.address[i], 0)
@@ -1162,7 +1162,7 @@ class MarketMachine(RuleBasedStateMachine):
         expected: Outcome = None
         if self._closed(model):
             expected = market_errors.TaskIsClosed
-        elif model.frozen:  # an ack was paid (acks claimed outright): its devices take acks
+        elif model.frozen:
             expected = market_errors.TaskFrozen
         elif tree.total > model.available:  # acks claimed outright took part of the escrow
             expected = market_errors.ExceedsEscrow
@@ -1250,7 +1250,7 @@ class MarketMachine(RuleBasedStateMachine):
         pay = 0
         if not item.genuine:
             expected = market_errors.NotAcknowledgedByAggregator
-        elif not model.acks_payable:
+        elif not model.acks_payable(self.tick):
             expected = market_errors.AcksNotPayable
         else:
             expected, pay = self._pay_outcome(model, account, amount)
@@ -1265,8 +1265,6 @@ class MarketMachine(RuleBasedStateMachine):
             self._paid(model, account, amount, pay)
             model.paid_on_acks += pay
             model.ack_counted[account] = model.ack_counted.get(account, 0) + pay
-            if model.frozen_tick is None:  # the first ack paid settles the roots
-                model.frozen_tick = self.tick
         return expected
 
     def _credit_ack(
@@ -1630,10 +1628,10 @@ class MarketMachine(RuleBasedStateMachine):
             self.received[model.sponsor] += refund
 
     def _claim_acks_outright(self) -> None:
-        """Every genuine ack of a closing or frozen task is claimed as it is (first come,
+        """Every genuine ack of a task that commits no more is claimed as it is (first come,
         first served), not after its device's leaf: what a careless or hostile holder does."""
         for model in self.tasks.values():
-            for item in model.acks if model.acks_payable else ():
+            for item in model.acks if model.acks_payable(self.tick) else ():
                 unpaid = item.ack.cumulative_amount > model.claimed.get(item.ack.device, 0)
                 if item.genuine and unpaid and not item.pressed:
                     item.pressed = self._claim_ack(ANYONE, model, item) is not None

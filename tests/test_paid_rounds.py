@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chain_helpers import MODEL_CID, Chain, open_publisher
+from chain_helpers import CLOSE_GRACE, MODEL_CID, Chain, open_publisher
 
 from fedmarket import FederationPlan, SimulatedFleet, run_federation
 from fedmarket.acks import verify_ack
@@ -171,11 +171,12 @@ def test_every_paid_device_keeps_an_ack_for_every_round_it_was_paid_in(paid: Pai
             assert (ack.task, ack.round, ack.device) == (paid.task, round_, address)
             assert ack.upload_digest == uploads[round_][address]
             assert ack.cumulative_amount == lineage.rewards_at[round_][address] == round_ * REWARD
-        # The ack never says more than the root; it is paid directly only once the task closes
+        # The ack never says more than the root; it pays directly only once commits stop
         (owed,) = rewards_of(chain.ledger(0), paid.store, address, acks=book)
         assert (max(owed.pending, owed.earned), owed.acked) == (2 * REWARD, 0)
     chain.finalize()
     chain.ledger(0).close_task(paid.task)
+    chain.advance(CLOSE_GRACE + 1)
     for address in paid.addresses:
         book = AckBook(paid.fleet.home, address)
         (owed,) = rewards_of(chain.ledger(0), paid.store, address, acks=book)

@@ -32,7 +32,7 @@ from fedmarket.ledger.errors import (
     NothingToClaim,
     NothingToRefund,
     RoundNotFinal,
-    TaskFrozen,
+    TaskIsClosed,
 )
 from fedmarket.market.bundle import ReceiptsBundle, SignedReceipt
 from fedmarket.market.claims import claim_all, rewards_of
@@ -364,12 +364,16 @@ def test_uploads_acknowledged_before_a_crash_are_paid_exactly_once(
             market=market.market,
         )
         assert (ack.round, ack.cumulative_amount) == (1, REWARD)
-    # Acks are paid directly only once the task is closing (or frozen); the tree once final.
+    # Acks are paid directly only once the task commits no more (its close grace is over, or a
+    # root was voided); the tree once final.
     ack_a, sig_a = acks[a.address]
     with pytest.raises(AcksNotPayable):
         chain.ledger(2).claim_acknowledged(ack_a, sig_a)
     chain.finalize()
     chain.ledger(0).close_task(task)
+    with pytest.raises(AcksNotPayable):  # the grace is for the aggregator's last commits
+        chain.ledger(2).claim_acknowledged(ack_a, sig_a)
+    chain.advance(CLOSE_GRACE + 1)
     # a claims with its ack first, b and c with the committed tree: then the other path is spent.
     assert chain.ledger(2).claim_acknowledged(ack_a, sig_a) == REWARD
     amount, proof = resumed.claim_for(a.address)
@@ -383,13 +387,11 @@ def test_uploads_acknowledged_before_a_crash_are_paid_exactly_once(
     assert chain.ledger(0).task(task).paid == 3 * REWARD
 
 
-def test_an_ack_claimed_outright_in_the_close_grace_leaves_the_others_paid(
-    chain: Chain, tmp_path: Path
-) -> None:
+def test_an_ack_claimed_outright_leaves_the_others_paid(chain: Chain, tmp_path: Path) -> None:
     """Budget 40 at 10 a round: round 1 pays a and b (committed 20, final). The aggregator
-    acknowledges both for round 2 (20 each) and the sponsor closes the task; before round 2 is
-    published in the grace, a's ack is claimed outright (by a, or anyone holding it). The
-    escrow still holds b's 20, and b should get it, with or without round 2 committed."""
+    acknowledges both for round 2 (20 each), the sponsor closes the task, and round 2 is never
+    committed. a's ack is claimed outright, before a's leaf (by a, or anyone holding it),
+    counting a's round-1 10 twice. The escrow still holds b's 20, and b gets it."""
     task = new_task(chain, budget=4 * REWARD)
     publisher = open_publisher(chain, task, tmp_path)
     a, b = chain.accounts[2:4]
@@ -404,8 +406,11 @@ def test_an_ack_claimed_outright_in_the_close_grace_leaves_the_others_paid(
     chain.finalize()
     acks = publisher.acknowledge(2, [signed(chain, a, 2, task), signed(chain, b, 2, task)])
     chain.ledger(0).close_task(task)
+    with pytest.raises(AcksNotPayable):  # nobody can cash an ack to stop the last commit
+        chain.ledger(9).claim_acknowledged(*acks[a.address])
+    chain.advance(CLOSE_GRACE + 1)  # the aggregator never committed round 2
     assert chain.ledger(9).claim_acknowledged(*acks[a.address]) == 2 * REWARD
-    with pytest.raises(TaskFrozen):  # a paid ack settles the roots: round 2 is paid on acks
+    with pytest.raises(TaskIsClosed):
         publisher.publish(
             2, model=b"m2", trained_from=TRAINED_FROM, survivors=[], receipts=[], evidence={}
         )

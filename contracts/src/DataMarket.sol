@@ -37,16 +37,16 @@ import {RewardSumTree} from "./RewardSumTree.sol";
 ///    compares each root of the task with the earlier ones within the window.
 /// 3. Inclusion you can prove. For every accepted upload the aggregator signs an Ack(task,
 ///    round, device, upload digest, cumulative amount); a root of that round or later that pays
-///    the device less is challenged with it, as above. Once the task is closing or frozen, an
-///    ack is also paid directly from the escrow no root reserves (rounds the aggregator
-///    acknowledged but never committed, or whose root was voided). The first ack paid freezes
-///    the task's commits, so the committed root is settled; the part of an ack's payment that
-///    the device's leaf in that root already reserves is counted once (`creditAck`, by anyone,
-///    once the root is final). After a void or an ack payment the sponsor's refund waits a
-///    close grace, so that acks are paid first.
+///    the device less is challenged with it, as above. Once the task commits no more (its close
+///    grace is over, or a root was voided), an ack is also paid directly from the escrow no root
+///    reserves (rounds the aggregator acknowledged but never committed, or whose root was
+///    voided); the part of it that the device's leaf in the committed root already reserves is
+///    counted once (`creditAck`, by anyone, once that root is final). The sponsor's refund waits
+///    one more close grace after commits stop, and after any void, so that acks are paid first.
 /// 4. No close front-running. Closing starts a grace period (`closeGrace`) in which the
-///    aggregator may still commit and devices may still claim; the unspent escrow goes back to
-///    the sponsor only after it, and never below what was committed or paid.
+///    aggregator may still commit and devices may still claim (no ack is paid directly then, so
+///    none can stop the last commit); the unspent escrow goes back to the sponsor only a second
+///    grace later, and never below what was committed or paid.
 /// 5. Fair sales. Proceeds wait out a dispute window; a buyer whose key does not hash to the
 ///    listing's key commitment reveals its one-time secret and the contract recomputes the key
 ///    and refunds. A buyer cannot win a dispute for a key that matches.
@@ -173,8 +173,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     mapping(uint256 task => Task) public tasks;
     mapping(uint256 task => mapping(uint256 round => Round)) public rounds;
     mapping(uint256 task => mapping(uint256 round => mapping(address account => Challenge))) public challenges;
-    // The latest void, or the first ack paid: the task commits no more rounds.
-    mapping(uint256 task => uint64 time) public frozenAt;
+    mapping(uint256 task => uint64 time) public frozenAt; // the latest void: no more commits
     mapping(uint256 task => mapping(address account => uint256 amount)) public claimedBy;
     // Paid on acknowledgements: kept back at refund beside what the roots commit, since an ack
     // may pay a device that no final root counts.
@@ -253,7 +252,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     error ZeroAmount();
     error UnknownTask(uint256 task);
     error TaskIsClosed(uint256 task, uint64 closesAt);
-    error TaskNotClosed(uint256 task, uint64 closesAt);
+    error TaskNotClosed(uint256 task, uint64 opensAt);
     error NotSponsor(uint256 task, address caller);
     error NotAggregator(uint256 task, address caller);
     error RoundNotIncreasing(uint256 task, uint256 lastRound, uint256 round);
@@ -265,7 +264,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     error NothingToClaim(uint256 task, address account, uint256 alreadyClaimed);
     error TaskUnderfunded(uint256 task, uint256 escrow, uint256 wouldPay);
     error NotAcknowledgedByAggregator(uint256 task, address signer);
-    error AcksNotPayable(uint256 task);
+    error AcksNotPayable(uint256 task, uint64 closesAt);
     error NothingToCredit(uint256 task, address account, uint256 counted);
     error RoundNotFinal(uint256 task, uint256 round, uint64 finalAt);
     error RoundIsVoided(uint256 task, uint256 round);
@@ -495,26 +494,25 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     }
 
     /// @notice Pay what the aggregator acknowledged to `ack.device`, minus what the device already
-    /// claimed, once the task is closing or frozen: this pays acknowledged rounds the aggregator
-    /// never committed, or whose root was voided for leaving the device out. It pays only from
-    /// the escrow that no committed root reserves, and freezes the task's commits (a root
-    /// committed now would promise that escrow a second time). A device claims its leaf in the
-    /// committed root first (`claim`), so that only what the ack adds is counted; otherwise
-    /// `creditAck` counts the overlap once.
+    /// claimed, once the task commits no more (its close grace is over, or a root was voided):
+    /// this pays acknowledged rounds the aggregator never committed, or whose root was voided
+    /// for leaving the device out. It pays only from the escrow that no committed root
+    /// reserves. A device claims its leaf in the committed root first (`claim`), so that only
+    /// what the ack adds is counted; otherwise `creditAck` counts the overlap once.
     function claimAcknowledged(Ack calldata ack, bytes calldata signature)
         external
         nonReentrant
         returns (uint256 amount)
     {
         Task storage t = _checkAck(ack, signature);
-        if (t.closesAt == 0 && frozenAt[ack.task] == 0) revert AcksNotPayable(ack.task);
+        bool committing = t.closesAt == 0 || block.timestamp < t.closesAt;
+        if (committing && frozenAt[ack.task] == 0) revert AcksNotPayable(ack.task, t.closesAt);
         amount = _pay(ack.task, ack.device, ack.cumulativeAmount);
         // Acks are paid only from what no root reserves: committed + paidOnAcks <= escrow.
         uint256 onAcks = paidOnAcks[ack.task] + amount;
         if (t.committed + onAcks > t.escrow) revert TaskUnderfunded(ack.task, t.escrow - t.committed, onAcks);
         paidOnAcks[ack.task] = onAcks;
         ackCounted[ack.task][ack.device] += amount;
-        if (frozenAt[ack.task] == 0) frozenAt[ack.task] = uint64(block.timestamp);
         emit AckClaimed(ack.task, ack.round, ack.device, ack.uploadDigest);
     }
 
@@ -522,7 +520,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     /// what its acknowledgements were paid: that part is already reserved by the committed total,
     /// so it leaves paidOnAcks, and other devices' acks can be paid from it. For an ack claimed
     /// before (or instead of) the device's root claim. Anyone may call it once the root is
-    /// final; a task that paid an ack commits no more, so the root stays the committed one.
+    /// final; acks are paid only once the task commits no more, so it stays the committed root.
     function creditAck(uint256 task, address account, uint256 leafAmount, bytes calldata proof)
         external
         returns (uint256 amount)
@@ -568,7 +566,8 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
     }
 
     /// @notice Start closing a task (sponsor only). The aggregator may still commit, and devices
-    /// claim, for `closeGrace` seconds; then `refundUnspent` returns what nobody is owed.
+    /// claim, for `closeGrace` seconds; then acks are paid directly for one more `closeGrace`,
+    /// after which `refundUnspent` returns what nobody is owed.
     function closeTask(uint256 task) external {
         Task storage t = _openTask(task);
         if (msg.sender != t.sponsor) revert NotSponsor(task, msg.sender);
@@ -577,18 +576,18 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         emit TaskClosing(task, t.closesAt);
     }
 
-    /// @notice After the close grace, return to the sponsor the escrow above what may still be
-    /// owed: the committed total (its roots may not be fully claimed yet) plus what was paid on
-    /// acknowledgements (those may pay devices no root counts), or what was paid, if more.
-    /// Anyone may call it; the tokens go to the sponsor.
+    /// @notice A close grace after commits stop (and after any void), return to the sponsor the
+    /// escrow above what may still be owed: the committed total (its roots may not be fully
+    /// claimed yet) plus what was paid on acknowledgements (those may pay devices no root
+    /// counts), or what was paid, if more. Anyone may call it; the tokens go to the sponsor.
     function refundUnspent(uint256 task) external nonReentrant returns (uint256 amount) {
         Task storage t = tasks[task];
         if (t.sponsor == address(0)) revert UnknownTask(task);
-        if (t.closesAt == 0 || block.timestamp < t.closesAt) revert TaskNotClosed(task, t.closesAt);
-        // A void frees escrow for the acks the voided root left out, and one ack paid calls the
-        // others: they come first.
-        uint64 afterVoid = frozenAt[task] == 0 ? 0 : frozenAt[task] + closeGrace;
-        if (block.timestamp < afterVoid) revert TaskNotClosed(task, afterVoid);
+        if (t.closesAt == 0) revert TaskNotClosed(task, 0);
+        // Once commits stop, and after a void, acks are paid directly for a close grace: they
+        // come first.
+        uint64 opens = uint64(Math.max(t.closesAt, frozenAt[task])) + closeGrace;
+        if (block.timestamp < opens) revert TaskNotClosed(task, opens);
         uint256 reserved = Math.max(t.committed + paidOnAcks[task], t.paid);
         if (t.escrow <= reserved) revert NothingToRefund(task);
         amount = t.escrow - reserved;

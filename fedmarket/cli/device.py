@@ -240,7 +240,9 @@ def status(
 @app.command()
 def watch(
     key: Annotated[str, typer.Option(help="Payout key (name or dev:N) whose rewards to guard.")],
-    task: Annotated[int | None, typer.Option(help="Only this task (default: every task).")] = None,
+    task: Annotated[
+        int | None, typer.Option(min=1, help="Only this task (default: every task).")
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only report; send no challenge or void.")
     ] = False,

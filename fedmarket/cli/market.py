@@ -101,6 +101,9 @@ def tasks(rpc_url: RpcOption = None, as_json: JsonOption = False) -> None:
                 "paid": to_tokens(t.paid),
                 "rounds": t.last_round,
                 "closes_at": t.closes_at or None,
+                "frozen_at": t.frozen_at or None,
+                "paid_on_acks": to_tokens(t.paid_on_acks),
+                "refund_opens_at": t.refund_opens_at or None,
                 "sale_share": t.contributors_bps / 10_000,
             }
         )
@@ -165,7 +168,9 @@ def create_task(
 @app.command()
 def claim(
     key: KeyOption,
-    task: Annotated[int | None, typer.Option(help="Only this task (default: every task).")] = None,
+    task: Annotated[
+        int | None, typer.Option(min=1, help="Only this task (default: every task).")
+    ] = None,
     rpc_url: RpcOption = None,
     backend: BackendOption = Backend.local,
     ipfs_api: ApiOption = None,
@@ -194,7 +199,8 @@ def claim_rewards(
         acks=AckBook(fedmarket_home(), market.ledger.address),
         tasks=None if task is None else [TaskId(task)],
     )
-    paid = claim_all(market.ledger, rewards)
+    failed: dict[TaskId, FedmarketError] = {}
+    paid = claim_all(market.ledger, rewards, failed=failed)
     waiting = {r.task: r for r in rewards if r.pending > r.claimed}
     payload = {
         "account": market.ledger.address,
@@ -204,6 +210,7 @@ def claim_rewards(
             str(t): {"amount": to_tokens(r.pending - r.claimed), "final_at": r.final_at}
             for t, r in waiting.items()
         },
+        "failed": {str(t): str(exc) for t, exc in failed.items()},
     }
     lines = [f"task {t}: claimed {to_tokens(a)} tokens" for t, a in paid.items()]
     lines += [
@@ -211,8 +218,11 @@ def claim_rewards(
         f"final (chain time {r.final_at})"
         for t, r in waiting.items()
     ]
+    lines += [f"task {t}: not claimed: {exc}" for t, exc in failed.items()]
     text = "\n".join(lines) if lines else f"nothing to claim for {market.ledger.address}"
     emit(payload, as_json, text)
+    if failed:  # the report above says what was paid; the exit code says something was not
+        raise next(iter(failed.values()))
 
 
 @app.command()
@@ -256,12 +266,13 @@ def withdraw(key: KeyOption, rpc_url: RpcOption = None, as_json: JsonOption = Fa
 @app.command("close-task")
 def close_task(
     key: KeyOption,
-    task: Annotated[int, typer.Option(help="Your task to close.")],
+    task: Annotated[int, typer.Option(min=1, help="Your task to close.")],
     rpc_url: RpcOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Close your task: its aggregator may still commit, and devices claim, during the grace;
-    then `market reclaim` returns the unspent escrow."""
+    then devices claim their acknowledgements for one more grace, and `market reclaim`
+    returns the unspent escrow."""
     ledger = connect(rpc_url, key).ledger
     state = ledger.task(TaskId(task))
     if state.sponsor != ledger.address:
@@ -269,17 +280,19 @@ def close_task(
     if state.closing:
         raise InvalidInput(f"task {task} is already closing (at unix time {state.closes_at})")
     closes_at = ledger.close_task(TaskId(task))
+    opens = ledger.task(TaskId(task)).refund_opens_at
     emit(
-        {"task": task, "closes_at": closes_at},
+        {"task": task, "closes_at": closes_at, "refund_opens_at": opens},
         as_json,
-        f"task {task} closes at unix time {closes_at}; reclaim its unspent escrow after that",
+        f"task {task} takes its last commits until unix time {closes_at}; then its devices' "
+        f"acknowledgements are paid; reclaim its unspent escrow from unix time {opens}",
     )
 
 
 @app.command()
 def reclaim(
     key: KeyOption,
-    task: Annotated[int, typer.Option(help="A closed task of yours.")],
+    task: Annotated[int, typer.Option(min=1, help="A closed task of yours.")],
     rpc_url: RpcOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -292,10 +305,12 @@ def reclaim(
             f"task {task} is not closing: close it with `market close-task`, wait out the "
             "grace, then reclaim (nothing was sent)"
         )
-    if now < state.closes_at:
+    if now < state.refund_opens_at:
         raise InvalidInput(
-            f"task {task} closes at unix time {state.closes_at} ({state.closes_at - now} s from "
-            "now); reclaim after that (nothing was sent)"
+            f"task {task}'s refund opens at unix time {state.refund_opens_at} "
+            f"({state.refund_opens_at - now} s from now: a close grace after its commits stop, "
+            "and after any voided root, so that acknowledgements are paid first); reclaim after "
+            "that (nothing was sent)"
         )
     if state.escrow <= state.reserved:
         raise InvalidInput(f"task {task} has nothing unspent to return (nothing was sent)")
@@ -356,7 +371,9 @@ def listings(
 @app.command(name="list")
 def list_command(
     key: KeyOption,
-    task: Annotated[int, typer.Option(help="The task whose model you sell (you aggregate it).")],
+    task: Annotated[
+        int, typer.Option(min=1, help="The task whose model you sell (you aggregate it).")
+    ],
     price: Annotated[str, typer.Option(help="Price in tokens.")],
     round_: Annotated[
         int | None, typer.Option("--round", help="The committed round (default: the last).")
@@ -446,7 +463,7 @@ def serve_keys(
 
 @app.command()
 def buy(
-    listing: Annotated[int, typer.Argument(help="Listing to buy.")],
+    listing: Annotated[int, typer.Argument(min=1, help="Listing to buy.")],
     key: KeyOption,
     out: Annotated[Path, typer.Option(help="Where to write the decrypted model.")],
     max_price: Annotated[
@@ -485,7 +502,9 @@ def buy(
 
 @app.command()
 def fetch(
-    purchase: Annotated[int, typer.Argument(help="A purchase of yours whose key came late.")],
+    purchase: Annotated[
+        int, typer.Argument(min=1, help="A purchase of yours whose key came late.")
+    ],
     key: KeyOption,
     out: Annotated[Path, typer.Option(help="Where to write the decrypted model.")],
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the seller's key.")] = 120.0,
@@ -505,7 +524,7 @@ def fetch(
 
 @app.command()
 def dispute(
-    purchase: Annotated[int, typer.Argument(help="Your purchase whose key does not match.")],
+    purchase: Annotated[int, typer.Argument(min=1, help="Your purchase whose key does not match.")],
     key: KeyOption,
     rpc_url: RpcOption = None,
     as_json: JsonOption = False,
@@ -525,7 +544,7 @@ def dispute(
 
 @app.command()
 def refund(
-    purchase: Annotated[int, typer.Argument(help="Your purchase whose key never came.")],
+    purchase: Annotated[int, typer.Argument(min=1, help="Your purchase whose key never came.")],
     key: KeyOption,
     rpc_url: RpcOption = None,
     as_json: JsonOption = False,

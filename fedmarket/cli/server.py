@@ -45,7 +45,9 @@ app = typer.Typer(
     help="For aggregator operators: run and inspect a task's rounds.", no_args_is_help=True
 )
 
-TaskOption = Annotated[int, typer.Option(help="The task on the market this server aggregates.")]
+TaskOption = Annotated[
+    int, typer.Option(min=1, help="The task on the market this server aggregates.")
+]
 
 
 def _publisher(market: Market, task: int, backend: Backend, ipfs_api: str | None) -> RoundPublisher:

@@ -15,7 +15,7 @@ from fedmarket.types import TaskId
 
 
 def verify(
-    task: Annotated[int, typer.Option(help="The task whose rounds to trace.")],
+    task: Annotated[int, typer.Option(min=1, help="The task whose rounds to trace.")],
     round_: Annotated[
         int | None, typer.Option("--round", help="Up to this round (default: the last).")
     ] = None,

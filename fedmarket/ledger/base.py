@@ -35,8 +35,8 @@ class TaskState:
     reward_per_update: int
     committed: int  # cumulative rewards at the latest round that was not voided
     paid_on_acks: int = 0  # the part of ``paid`` claimed with acknowledgements
-    # chain time of the latest void or the first ack paid: no more commits; acks are payable
-    frozen_at: int = 0
+    frozen_at: int = 0  # chain time of the latest void: no more commits; acks are payable
+    refund_opens_at: int = 0  # chain time of the sponsor's refund: a grace after commits stop
 
     @property
     def frozen(self) -> bool:
@@ -45,6 +45,11 @@ class TaskState:
     @property
     def closing(self) -> bool:
         return self.closes_at != 0
+
+    def acks_payable(self, now: int) -> bool:
+        """Whether acknowledgements are paid directly at chain time ``now``: once the task
+        commits no more (its close grace is over, or a root was voided)."""
+        return self.frozen or (self.closing and now >= self.closes_at)
 
     @property
     def reserved(self) -> int:

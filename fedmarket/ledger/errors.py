@@ -16,18 +16,44 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
 from fedmarket.exceptions import ContractRejected
+from fedmarket.market.amounts import to_tokens
+
+# Arguments that are token amounts (base units on chain): the advice shows them in tokens.
+_TOKEN_AMOUNTS = frozenset(
+    {
+        "escrow",
+        "wouldPay",
+        "cumulativeTotal",
+        "committed",
+        "alreadyClaimed",
+        "amount",
+        "challenged",
+        "shown",
+        "counted",
+        "cumulativeAmount",
+        "price",
+        "maxPrice",
+    }
+)
 
 
 class MarketRejected(ContractRejected):
-    """A custom error from the market; ``error`` is its name, ``values`` its arguments."""
+    """A custom error from the market; ``error`` is its name, ``values`` its arguments (as the
+    contract sent them; the advice shows token amounts in tokens)."""
 
     advice: ClassVar[str] = "the contract refused the call"
 
     def __init__(self, error: str, values: dict[str, Any]) -> None:
         self.error = error
         self.values = values
+        shown = {
+            name: f"{to_tokens(value)} tokens"
+            if name in _TOKEN_AMOUNTS and isinstance(value, int)
+            else value
+            for name, value in values.items()
+        }
         try:
-            text = self.advice.format(**values)
+            text = self.advice.format(**shown)
         except (KeyError, IndexError, ValueError):
             text = self.advice
         super().__init__(f"{error}: {text}")
@@ -46,9 +72,9 @@ class TaskIsClosed(MarketRejected):
 
 class TaskNotClosed(MarketRejected):
     advice = (
-        "task {task} has not finished closing (until unix time {closesAt}, 0: not closing); its "
-        "unspent escrow is refunded only after the close grace, and a close grace after any "
-        "voided root (so the acknowledgements it left out are paid first)"
+        "task {task}'s unspent escrow is refunded from unix time {opensAt} (0: the task is not "
+        "closing; close it first): a close grace after its commits stop, and after any voided "
+        "root, so that acknowledgements are paid first"
     )
 
 
@@ -81,8 +107,10 @@ class NotAcknowledgedByAggregator(MarketRejected):
 
 class AcksNotPayable(MarketRejected):
     advice = (
-        "task {task} is neither closing nor frozen, so acknowledgements are not paid directly: "
-        "claim from a final root, or challenge a root that pays less (`fedmarket device watch`)"
+        "task {task} still commits rounds (it closes at unix time {closesAt}, 0: not closing), "
+        "so acknowledgements are not paid directly: claim from a final root, or challenge a "
+        "root that pays less (`fedmarket device watch`); acks pay once the close grace is over "
+        "or a root was voided"
     )
 
 
@@ -109,9 +137,8 @@ class RoundIsVoided(MarketRejected):
 
 class TaskFrozen(MarketRejected):
     advice = (
-        "task {task} is frozen: one of its roots was voided or an acknowledgement was paid, so "
-        "it commits no more rounds; its devices claim their acknowledgements (`fedmarket device "
-        "claim`); start a new task"
+        "task {task} is frozen: one of its roots was voided, so it commits no more rounds; its "
+        "devices claim their acknowledgements (`fedmarket device claim`); start a new task"
     )
 
 

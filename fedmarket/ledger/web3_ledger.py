@@ -136,7 +136,7 @@ class _Connection:
     decoder: RevertDecoder
     nonces: _Nonces
     token_name: str  # the EIP-712 domain name of permits; read once per connection
-    # (challenge, response) windows, read once: they are immutable on chain
+    # (challenge, response, close grace) windows, read once: they are immutable on chain
     windows: list[int] = field(default_factory=list)
 
 
@@ -540,6 +540,7 @@ class Web3Ledger(Ledger):
             committed,
             on_acks,
             frozen_at,
+            refund_opens_at=max(closes_at, frozen_at) + self._windows()[2] if closes_at else 0,
         )
 
     def round_state(self, task: TaskId, round: int) -> RoundState | None:
@@ -589,14 +590,17 @@ class Web3Ledger(Ledger):
             )
         return [(int(log["args"]["round"]), Address(log["args"]["account"])) for log in logs]
 
-    def _windows(self) -> tuple[int, int]:
-        """(challenge window, response window) in seconds; immutable, so read once."""
+    def _windows(self) -> tuple[int, int, int]:
+        """(challenge window, response window, close grace) in seconds; immutable, so read
+        once."""
         if not self._c.windows:
             market = self._c.market.functions
-            self._c.windows.extend(
-                [int(market.challengeWindow().call()), int(market.responseWindow().call())]
-            )
-        return self._c.windows[0], self._c.windows[1]
+            with self._rpc("read the market's windows"):
+                self._c.windows.extend(
+                    int(getattr(market, name)().call())
+                    for name in ("challengeWindow", "responseWindow", "closeGrace")
+                )
+        return self._c.windows[0], self._c.windows[1], self._c.windows[2]
 
     def claimed(self, task: TaskId, account: str) -> int:
         with self._rpc("claimedBy"):

@@ -6,13 +6,13 @@ committed root (:func:`~fedmarket.market.lineage.verified_prefix` checks every l
 claims its largest cumulative amount in a *final* root (its challenge window over; any final
 round's root counts, so a later root cannot take it back) with its own Merkle-sum proof; amounts
 in roots still in their window are reported as pending. A root that pays the device less than it
-is owed is challenged (:mod:`fedmarket.market.watch`); once the task is closing or frozen, an
-acknowledgement worth more than the roots pay is claimed directly (after the device's own root
-claim, so that only what it adds is taken from the unreserved escrow). Where another device's
-ack was claimed before its root, its leaf in the committed root is credited first
-(``DataMarket.creditAck``), so the same reward is not reserved twice. Sales of a round's
-model pay its contributors a share pro rata to their cumulative rewards at that round, claimed
-the same way.
+is owed is challenged (:mod:`fedmarket.market.watch`). Once the task commits no more (its
+close grace is over, or a root was voided), an acknowledgement worth more than the roots pay is
+claimed directly, after the device's own root claim, so that only what it adds is taken from
+the unreserved escrow; where that is short because other devices' acks were claimed before
+their leaves, those leaves are credited first (``DataMarket.creditAck``), and a smaller ack
+is tried where the largest does not fit. Sales of a round's model pay its contributors a share
+pro rata to their cumulative rewards at that round, claimed the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from eth_utils.address import to_checksum_address
 
 from fedmarket.acks import Ack
 from fedmarket.device.acks import AckBook
+from fedmarket.exceptions import FedmarketError
 from fedmarket.ledger.base import Ledger, TaskState
 from fedmarket.ledger.errors import NothingToCredit, TaskUnderfunded
 from fedmarket.market.lineage import Lineage, verified_prefix
@@ -71,7 +72,8 @@ class Rewards:
     rounds: int  # committed rounds (final or pending) in which the account was paid
     proof: Proof
     acked: int = 0  # largest cumulative amount a payable acknowledgement gives
-    ack: tuple[Ack, bytes] | None = None
+    ack: tuple[Ack, bytes] | None = None  # the one that gives it
+    fallback_acks: tuple[tuple[Ack, bytes], ...] = ()  # the smaller ones, largest first
     sale_shares: tuple[SaleShare, ...] = ()
     pending: int = 0  # largest cumulative amount in a verified root still in its window
     final_at: int = 0  # chain time from which ``pending`` can be claimed
@@ -111,14 +113,11 @@ def rewards_of(
         )
         if broken:  # the rounds before it still pay; acknowledgements cover the rest
             log.warning("task %d: %s", task, broken)
-        ack = None
-        if acks is not None and (state.closing or state.frozen):  # only then are acks paid
-            ack = acks.best(
-                chain_id=ledger.chain_id,
-                market=ledger.market_address,
-                task=task,
-                up_to_round=2**64 - 1,
-            )
+        payable: list[tuple[Ack, bytes]] = []
+        if acks is not None and state.acks_payable(now):  # only then are acks paid directly
+            book = acks.acks(chain_id=ledger.chain_id, market=ledger.market_address, task=task)
+            payable = sorted(book.values(), key=lambda e: e[0].cumulative_amount, reverse=True)
+        ack = payable[0] if payable else None
         final, pending, final_at = (
             _final_and_pending(ledger, lineage, now) if lineage else ({}, {}, {})
         )
@@ -138,6 +137,7 @@ def rewards_of(
                 proof=proof,
                 acked=ack[0].cumulative_amount if ack else 0,
                 ack=ack,
+                fallback_acks=tuple(payable[1:]),
                 sale_shares=_sale_shares(ledger, lineage, final, account) if lineage else (),
                 pending=waiting if waiting > earned else 0,
                 final_at=final_at.get(waiting_round, 0) if waiting > earned else 0,
@@ -147,23 +147,34 @@ def rewards_of(
     return found
 
 
-def claim_all(ledger: Ledger, rewards: Iterable[Rewards]) -> dict[TaskId, int]:
+def claim_all(
+    ledger: Ledger,
+    rewards: Iterable[Rewards],
+    *,
+    failed: dict[TaskId, FedmarketError] | None = None,
+) -> dict[TaskId, int]:
     """Claim everything claimable (rewards, then sale shares), one transaction each; return
-    what each task paid."""
+    what each task paid. With ``failed``, a task whose claim is refused is recorded there and
+    the other tasks are still claimed; without it, the refusal is raised."""
     paid: dict[TaskId, int] = {}
     for r in rewards:
         total = 0
-        # The root first, then only what the ack adds: an ack paid where a root would pay keeps
-        # that overlap reserved in the escrow for good.
-        if r.earned > r.claimed:
-            total += ledger.claim(r.task, r.round, r.account, r.earned, r.proof)
-        if r.ack is not None and r.acked > max(r.earned, r.claimed, r.pending):
-            total += _claim_ack(ledger, r, r.ack)
-        for share in r.sale_shares:
-            if share.claimable > 0:
-                total += ledger.claim_sale_share(
-                    r.task, share.round, r.account, share.cumulative, share.proof
-                )
+        try:
+            # The root first, then only what the ack adds: an ack paid where a root would pay
+            # reserves that overlap twice until it is credited.
+            if r.earned > r.claimed:
+                total += ledger.claim(r.task, r.round, r.account, r.earned, r.proof)
+            if r.ack is not None and r.acked > max(r.earned, r.claimed, r.pending):
+                total += _claim_ack(ledger, r)
+            for share in r.sale_shares:
+                if share.claimable > 0:
+                    total += ledger.claim_sale_share(
+                        r.task, share.round, r.account, share.cumulative, share.proof
+                    )
+        except FedmarketError as exc:
+            if failed is None:
+                raise
+            failed[r.task] = exc
         if total:
             paid[r.task] = total
     return paid
@@ -172,20 +183,23 @@ def claim_all(ledger: Ledger, rewards: Iterable[Rewards]) -> dict[TaskId, int]:
 _Rewards = dict[int, dict[str, int]]  # round -> account -> cumulative amount
 
 
-def _claim_ack(ledger: Ledger, r: Rewards, ack: tuple[Ack, bytes]) -> int:
-    """Claim ``ack``; where the unreserved escrow is short only because other accounts' acks
-    were counted in full beside their committed leaves, credit those leaves and try again."""
-    try:
-        return ledger.claim_acknowledged(*ack)
-    except TaskUnderfunded:
-        if not r.credits:
-            raise
+def _claim_ack(ledger: Ledger, r: Rewards) -> int:
+    """Claim the largest ack the unreserved escrow can pay, after crediting other accounts'
+    committed leaves that their acks counted twice. A smaller ack may fit where the largest
+    does not (acks are paid first come, first served)."""
     for credit in r.credits:
         try:
             ledger.credit_ack(r.task, credit.account, credit.leaf, credit.proof)
         except NothingToCredit:  # someone credited it since
             continue
-    return ledger.claim_acknowledged(*ack)
+    already = max(r.earned, r.claimed)
+    unpaid = [a for a in (r.ack, *r.fallback_acks) if a and a[0].cumulative_amount > already]
+    for ack in unpaid[:-1]:
+        try:
+            return ledger.claim_acknowledged(*ack)
+        except TaskUnderfunded:
+            continue
+    return ledger.claim_acknowledged(*unpaid[-1])
 
 
 def _credits(ledger: Ledger, state: TaskState, final: _Rewards) -> tuple[Credit, ...]:
