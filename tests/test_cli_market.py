@@ -203,6 +203,8 @@ def test_sponsor_seller_buyer_and_device_flows(
     assert listed_task_row["escrow"] == "10"
     assert listed_task_row["reward_per_update"] == "0.5"
     assert (listed_task_row["rounds"], listed_task_row["closes_at"]) == (0, None)
+    assert (listed_task_row["frozen_at"], listed_task_row["refund_opens_at"]) == (None, None)
+    assert listed_task_row["paid_on_acks"] == "0"
     publisher = committed_round(chain, home, task)
 
     args = f"market list --task {task} --key dev:1 --price 3 --accuracy 0.9".split()
@@ -859,6 +861,11 @@ def test_market_list_holds_to_the_share_fixed_at_task_creation(
         (["market", "close-task", "--task", "1", "--key", "dev:1"], 2, "task 1's sponsor is"),
         (["market", "close-task", "--task", "99", "--key", "dev:0"], 2, "task 99 does not exist"),
         (["verify", "--task", "99"], 2, "task 99 does not exist"),
+        # ids start at 1: a negative one is a usage error, not a traceback from the ABI encoder
+        (["verify", "--task", "-1"], 2, "-1 is not in the range x>=1"),
+        (["market", "reclaim", "--task", "-1", "--key", "dev:0"], 2, "not in the range x>=1"),
+        (["market", "claim", "--task", "-1", "--key", "dev:2"], 2, "not in the range x>=1"),
+        (["market", "refund", "-1", "--key", "dev:8"], 2, "No such option"),
     ],
 )
 def test_bad_market_input_fails_clearly_and_sends_nothing(

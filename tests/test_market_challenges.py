@@ -27,10 +27,12 @@ from test_market_contracts import (
 )
 
 from fedmarket.acks import ACK_TYPES
+from fedmarket.exceptions import FedmarketError
 from fedmarket.ledger import errors as market_errors
 from fedmarket.ledger.chain import rpc
 from fedmarket.market.claims import Rewards, claim_all
 from fedmarket.receipts import eip712_domain
+from fedmarket.types import TaskId
 
 pytestmark = pytest.mark.integration
 
@@ -342,3 +344,80 @@ def test_a_zero_ack_cannot_open_a_challenge(chain: Chain) -> None:
     stored = chain.ledger(SPONSOR).round_state(task, 1)
     assert stored is not None
     assert stored.open_challenges == 0
+
+
+def test_a_device_falls_back_to_a_smaller_ack_that_fits(chain: Chain) -> None:
+    """Budget 40: round 1 (final) pays D 10; D holds acks of 20 (round 2) and 30 (round 3),
+    neither committed. A Sybil's ack takes 20 first, leaving 10 unreserved: D's largest ack
+    (20 more) does not fit, its round-2 ack (10 more) does, and `claim_all` takes it."""
+    task = new_task(chain, budget=40 * TOKEN)
+    round1 = tree_of(chain, {D: 10 * TOKEN})
+    commit(chain, task, 1, round1)
+    chain.advance(CHALLENGE_WINDOW + 1)
+    chain.ledger(SPONSOR).close_task(task)
+    chain.advance(CLOSE_GRACE + 1)
+    sybil_ack = ack(chain, task, 3, SYBIL, 20 * TOKEN)
+    assert chain.ledger(SYBIL).claim_acknowledged(sybil_ack, signed(chain, sybil_ack)) == 20 * TOKEN
+    smaller, larger = ack(chain, task, 2, D, 20 * TOKEN), ack(chain, task, 3, D, 30 * TOKEN)
+    d = address(chain, D)
+    owed = Rewards(
+        task=task,
+        account=d,
+        earned=10 * TOKEN,
+        round=1,
+        claimed=0,
+        rounds=1,
+        proof=round1.proof(d),
+        acked=30 * TOKEN,
+        ack=(larger, signed(chain, larger)),
+        fallback_acks=((smaller, signed(chain, smaller)),),
+    )
+
+    assert claim_all(chain.ledger(D), [owed]) == {task: 20 * TOKEN}
+    assert chain.ledger(D).claimed(task, d) == 20 * TOKEN
+
+
+def test_one_refused_task_does_not_stop_the_others(chain: Chain) -> None:
+    """Task 1: D's ack cannot fit (a Sybil's took the room). Task 2: a final root pays D 5.
+    With `failed`, `claim_all` reports task 1's refusal and what it did pay there (D's leaf),
+    and still claims task 2."""
+    first, second = new_task(chain, budget=30 * TOKEN), new_task(chain, budget=30 * TOKEN)
+    round1, other = tree_of(chain, {D: 10 * TOKEN}), tree_of(chain, {D: 5 * TOKEN})
+    commit(chain, first, 1, round1)
+    commit(chain, second, 1, other)
+    chain.advance(CHALLENGE_WINDOW + 1)
+    chain.ledger(SPONSOR).close_task(first)
+    chain.advance(CLOSE_GRACE + 1)
+    sybil_ack = ack(chain, first, 2, SYBIL, 20 * TOKEN)
+    chain.ledger(SYBIL).claim_acknowledged(sybil_ack, signed(chain, sybil_ack))
+    d_ack, d = ack(chain, first, 2, D, 20 * TOKEN), address(chain, D)
+    rewards = [
+        Rewards(
+            task=first,
+            account=d,
+            earned=10 * TOKEN,
+            round=1,
+            claimed=0,
+            rounds=1,
+            proof=round1.proof(d),
+            acked=20 * TOKEN,
+            ack=(d_ack, signed(chain, d_ack)),
+        ),
+        Rewards(
+            task=second,
+            account=d,
+            earned=5 * TOKEN,
+            round=1,
+            claimed=0,
+            rounds=1,
+            proof=other.proof(d),
+        ),
+    ]
+    failed: dict[TaskId, FedmarketError] = {}
+
+    paid = claim_all(chain.ledger(D), rewards, failed=failed)
+
+    assert paid == {first: 10 * TOKEN, second: 5 * TOKEN}
+    assert list(failed) == [first]
+    assert isinstance(failed[first], market_errors.TaskUnderfunded)
+    assert "holds 30 tokens" in str(failed[first])  # amounts in tokens, not base units
