@@ -58,6 +58,7 @@ lint: $(STAMP)
 
 bench: $(STAMP) $(IPFS_STAMP) $(CONTRACTS_STAMP)
 	$(BIN)/python -m benchmarks.dp_overhead
+	$(BIN)/python -m benchmarks.dp_randomness
 	$(BIN)/python -m benchmarks.dp_utility
 	$(BIN)/python -m benchmarks.secagg
 	$(BIN)/python -m benchmarks.store

@@ -30,6 +30,21 @@ def dp_overhead(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def dp_randomness(doc: dict) -> str:
+    lines = [
+        "| draw | size | seeded torch ms | Opacus secure (4x torch) ms | OS CSPRNG ms "
+        "| OS ÷ seeded |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        secure = "-" if r["secure_seeded_ms"] is None else f"{r['secure_seeded_ms']:.3f}"
+        lines.append(
+            f"| {r['kind']}: {r['what']} | {r['size']:,} | {r['seeded_ms']:.3f} | {secure} | "
+            f"{r['os_ms']:.3f} | {r['os_over_seeded']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
 def dp_utility(doc: dict) -> str:
     lines = [
         "| epsilon cap | noise multiplier | final accuracy | max epsilon spent | declined |",
@@ -167,6 +182,7 @@ def _escape(table: str) -> str:
 
 TABLES = {
     "dp_overhead": dp_overhead,
+    "dp_randomness": dp_randomness,
     "dp_utility": dp_utility,
     "secagg": secagg,
     "store": store,

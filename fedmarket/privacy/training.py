@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import math
-import secrets
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.data_loader import wrap_collate_with_empty
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from fedmarket.data.dataset import Dataset
 from fedmarket.models.weights import Weights, get_weights
 from fedmarket.privacy.accounting import Spend, calibrate_noise
 from fedmarket.privacy.config import AccountantKind, DpConfig, TrainConfig
+from fedmarket.privacy.randomness import OsPoissonSampler, add_os_noise
 
 
 @dataclass(frozen=True)
@@ -69,32 +70,43 @@ def train_private(
 ) -> LocalTrainResult:
     """Run ``spend.steps`` DP-SGD steps on ``model`` (in place) and return its new weights.
 
-    The noise and the Poisson sampling draw from the OS's randomness, not from ``seed``
-    (predictable noise would void the guarantee); ``seed`` fixes only the torch state that
-    the model's layers may use.
+    The Poisson sampling and the noise draw from the OS's CSPRNG
+    (:mod:`fedmarket.privacy.randomness`), never from ``seed`` (anyone who knows it would know
+    which records each step used); ``seed`` fixes only the torch state that the model's
+    layers may use. The sampler runs exactly ``spend.steps`` steps at rate
+    ``spend.sample_rate``, the numbers the ledger charged.
     """
     torch.manual_seed(seed)
     start = [p.detach().clone() for p in model.parameters()]
+    features, labels = torch.from_numpy(data.features), torch.from_numpy(data.labels)
+    sampler = OsPoissonSampler(
+        num_samples=len(data),
+        sample_rate=spend.sample_rate,
+        steps=spend.steps // train.local_epochs,
+    )
     loader = DataLoader(
-        TensorDataset(torch.from_numpy(data.features), torch.from_numpy(data.labels)),
-        batch_size=train.batch_size,
+        TensorDataset(features, labels),
+        batch_sampler=sampler,
+        collate_fn=wrap_collate_with_empty(
+            collate_fn=default_collate,
+            sample_empty_shapes=[(0, *features.shape[1:]), (0,)],
+            dtypes=[features.dtype, labels.dtype],
+        ),
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=train.learning_rate, momentum=train.momentum)
     criterion = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(secrets.randbits(63))
     with warnings.catch_warnings():
-        # Opacus warns that secure_mode is off: torchcsprng has no build for this torch.
+        # Opacus warns that secure_mode is off: its noise is off too (add_os_noise adds it).
         warnings.simplefilter("ignore", UserWarning)
-        engine = PrivacyEngine(accountant="prv")
+        engine = PrivacyEngine(accountant="prv")  # its accountant is unused: the ledger counts
         wrapped = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
             criterion=criterion,
-            noise_multiplier=spend.noise_multiplier,
+            noise_multiplier=0.0,
             max_grad_norm=dp.max_grad_norm,
-            poisson_sampling=True,
-            noise_generator=generator,
+            poisson_sampling=False,  # the loader already samples: OsPoissonSampler
             grad_sample_mode=dp.grad_sample_mode,
         )
     if dp.grad_sample_mode == "ghost":
@@ -102,6 +114,10 @@ def train_private(
     else:
         private_model, private_opt, private_loader = wrapped
         private_loss = criterion
+    # Opacus would floor n * (1 / steps) to an int (0 for one record a step): the sum of
+    # clipped gradients is averaged over the expected batch, n * q, as a float instead.
+    private_opt.expected_batch_size = len(data) * spend.sample_rate
+    add_os_noise(private_opt, spend.noise_multiplier)
     steps, losses = 0, []
     private_model.train()
     for _ in range(train.local_epochs):
