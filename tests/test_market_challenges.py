@@ -4,9 +4,10 @@ test here failed against the first version of the challenge window and passes no
 from __future__ import annotations
 
 import pytest
-from chain_helpers import CHALLENGE_WINDOW, CLOSE_GRACE, RESPONSE_WINDOW, Chain
+from chain_helpers import CHALLENGE_WINDOW, CLOSE_GRACE, DISPUTE_WINDOW, RESPONSE_WINDOW, Chain
 from test_market_contracts import (
     AGGREGATOR,
+    BUYER,
     SPONSOR,
     SYBIL,
     TOKEN,
@@ -16,21 +17,30 @@ from test_market_contracts import (
     D,
     ack,
     address,
+    buy,
     challenge,
     claim,
     commit,
+    delivery_of,
+    give,
+    list_round,
     new_task,
     raw_market,
     send_raw,
     signed,
     tree_of,
 )
+from web3.exceptions import ContractCustomError
 
 from fedmarket.acks import ACK_TYPES
-from fedmarket.exceptions import FedmarketError
+from fedmarket.contracts import load_artifact
+from fedmarket.crypto import AssetKey
+from fedmarket.exceptions import FedmarketError, InvalidInput
+from fedmarket.ledger import deploy
 from fedmarket.ledger import errors as market_errors
 from fedmarket.ledger.chain import rpc
-from fedmarket.market.claims import Rewards, claim_all
+from fedmarket.ledger.deploy import deploy_contract
+from fedmarket.market.claims import Rewards, SaleShare, claim_all
 from fedmarket.receipts import eip712_domain
 from fedmarket.types import TaskId
 
@@ -421,3 +431,69 @@ def test_one_refused_task_does_not_stop_the_others(chain: Chain) -> None:
     assert list(failed) == [first]
     assert isinstance(failed[first], market_errors.TaskUnderfunded)
     assert "holds 30 tokens" in str(failed[first])  # amounts in tokens, not base units
+
+
+def test_a_close_grace_shorter_than_a_roots_settling_is_refused(chain: Chain) -> None:
+    """The last root of a closing task may be committed at the end of its grace; with a grace
+    shorter than the challenge and response windows it could still be open when the refund
+    opens a grace later, before the acks it overlaps could be credited (red-team). Both the
+    client and the contract refuse such a market."""
+    deployer = chain.accounts[SPONSOR]
+    windows = {"challenge_window": 3600, "response_window": 600}
+    with pytest.raises(InvalidInput, match="must be at least challenge_window"):
+        deploy(chain.w3, deployer, close_grace=600, **windows)
+    artifact = load_artifact("DataMarket")
+    token = chain.deployment.token
+    with pytest.raises(ContractCustomError) as refused:
+        deploy_contract(
+            chain.w3, deployer, artifact.abi, artifact.bytecode, token, 1, 1, 600, 3600, 600
+        )
+    data = bytes.fromhex(str(refused.value.data).removeprefix("0x"))
+    error = market_errors.RevertDecoder([artifact.abi]).decode(data)
+    assert isinstance(error, market_errors.GraceTooShort)
+    assert "shorter than the challenge and response windows together (4200 s)" in str(error)
+    deployed = deploy(chain.w3, deployer, close_grace=4200, **windows)  # exactly enough
+    assert deployed.market != chain.deployment.market
+
+
+def test_a_sale_share_is_claimed_though_the_ack_no_longer_pays(chain: Chain) -> None:
+    """D holds an ack (20) that nothing can pay any more (the refund took the rest); a sale of
+    round 1 brings D a share. `claim_all` still claims the share (red-team: the failing ack
+    used to block it for good)."""
+    task = new_task(chain, budget=100 * TOKEN)
+    round1 = tree_of(chain, {D: 10 * TOKEN})
+    commit(chain, task, 1, round1)
+    chain.advance(CHALLENGE_WINDOW + 1)
+    sponsor, device, d = chain.ledger(SPONSOR), chain.ledger(D), address(chain, D)
+    sponsor.close_task(task)
+    chain.advance(2 * CLOSE_GRACE + 1)
+    assert claim(chain, task, 1, round1, D) == 10 * TOKEN
+    assert sponsor.refund_unspent(task) == 90 * TOKEN
+    key = AssetKey.generate()  # round 1 sells for 20, half of it to its contributors: D
+    listing = list_round(chain, task, 1, key, price=20 * TOKEN, bps=5000)
+    give(chain, BUYER, 20 * TOKEN)
+    purchase, _ = buy(chain, listing, 20 * TOKEN)
+    chain.ledger(AGGREGATOR).deliver_key(purchase, delivery_of(chain, purchase, key))
+    chain.advance(DISPUTE_WINDOW + 1)
+    chain.ledger(AGGREGATOR).settle(purchase)
+    revenue = 10 * TOKEN
+    d_ack = ack(chain, task, 2, D, 20 * TOKEN)
+    share = SaleShare(round=1, cumulative=10 * TOKEN, proof=round1.proof(d), due=revenue, claimed=0)
+    owed = Rewards(
+        task=task,
+        account=d,
+        earned=10 * TOKEN,
+        round=1,
+        claimed=10 * TOKEN,
+        rounds=1,
+        proof=round1.proof(d),
+        acked=20 * TOKEN,
+        ack=(d_ack, signed(chain, d_ack)),
+        sale_shares=(share,),
+    )
+    failed: dict[TaskId, FedmarketError] = {}
+
+    paid = claim_all(device, [owed], failed=failed)
+
+    assert paid == {task: revenue}
+    assert isinstance(failed[task], market_errors.TaskUnderfunded)

@@ -37,9 +37,9 @@ what they can as soon as they can.
 Time moves only in ``wait``, by a tick of TICK seconds of chain time, after the online honest
 parties acted (the devices watch, the aggregator answers challenges and commits within a close
 grace, the buyer disputes wrong keys, sellers deliver). The market under test is deployed with
-windows away from multiples of a tick: a deadline of WINDOW (delivery, dispute, close grace,
-challenge) set in one tick has passed exactly when the tick moved on, one of RESPONSE_WINDOW
-(an answer) exactly when it moved on twice, whatever the wall clock adds in between.
+windows away from multiples of a tick: a deadline of WINDOW (delivery, dispute, challenge) set
+in one tick has passed exactly when the tick moved on, one of RESPONSE_WINDOW (an answer)
+exactly when it moved on twice, and a CLOSE_GRACE three times, whatever the wall clock adds.
 """
 
 from __future__ import annotations
@@ -87,8 +87,12 @@ SELLERS = (SPONSOR, AGGREGATOR, HOSTILE, SYBIL)  # everyone who may list: the ta
 START_FUNDS = 10_000
 UPLOAD = hashlib.sha256(b"masked upload").digest()
 TICK = 20_000  # chain seconds per `wait`
-WINDOW = 10_000  # delivery, dispute, close grace and challenge windows: over after one tick
+WINDOW = 10_000  # delivery, dispute and challenge windows: over after one tick
 RESPONSE_WINDOW = 30_000  # over after two ticks: a challenge outlives its root's window
+# At least challenge + response (the market refuses less): a close grace set in one tick is
+# over three ticks later, and the refund, a second grace after it, five ticks after the close.
+CLOSE_GRACE = 50_000
+GRACE_TICKS, REFUND_TICKS = 3, 5
 # Commits may end with time passing too: Hypothesis disables a random subset of rules in each
 # example, and time must pass in most examples for roots to become final or be voided.
 TICKS = st.sampled_from([0, 0, 0, 1, 2])
@@ -182,7 +186,7 @@ class TaskModel:
     paid_on_acks: int = 0
     committed: int = 0
     last_round: int = 0
-    closes_tick: int | None = None  # the tick of the close: closed once the tick moves on
+    closes_tick: int | None = None  # the tick of the close: closed GRACE_TICKS later
     frozen_tick: int | None = None  # the tick of the latest void: no more commits
     rounds: dict[int, RoundModel] = field(default_factory=dict)
     challenges: dict[tuple[int, str], ChallengeModel] = field(default_factory=dict)
@@ -211,7 +215,9 @@ class TaskModel:
 
     def acks_payable(self, tick: int) -> bool:
         """Whether acks pay directly: the task commits no more (closed, or a root voided)."""
-        return self.frozen or (self.closes_tick is not None and tick > self.closes_tick)
+        return self.frozen or (
+            self.closes_tick is not None and tick >= self.closes_tick + GRACE_TICKS
+        )
 
     def final(self, round_: int, tick: int) -> bool:
         root = self.rounds[round_]
@@ -1091,7 +1097,15 @@ class MarketMachine(RuleBasedStateMachine):
         return self.tick < challenge.tick + 2
 
     def _closed(self, model: TaskModel) -> bool:
-        return model.closes_tick is not None and self._past(model.closes_tick)
+        """Whether the close grace is over: no more commits; acks pay."""
+        return model.closes_tick is not None and self.tick >= model.closes_tick + GRACE_TICKS
+
+    def _refund_open(self, model: TaskModel) -> bool:
+        """A grace after commits stop, and after the latest void."""
+        closes, frozen = model.closes_tick, model.frozen_tick
+        if closes is None or self.tick < closes + REFUND_TICKS:
+            return False
+        return frozen is None or self.tick >= frozen + GRACE_TICKS
 
     def _sign(self, ack: Ack, signer: int) -> bytes:
         deployment = self.chain.deployment
@@ -1609,16 +1623,14 @@ class MarketMachine(RuleBasedStateMachine):
                 self._void(ANYONE, task, round_, account)
         self._claim_acks_outright()
         for task, model in self.tasks.items():  # the sponsor takes back what it can at once
-            if self._closed(model) and model.escrow > model.reserved:
+            if self._refund_open(model) and model.escrow > model.reserved:
                 self._refund_unspent(model.sponsor, task)
 
     def _refund_unspent(self, who: int, task: TaskId) -> None:
         model = self.tasks[task]
         expected: Outcome = None
-        if not self._closed(model):
-            expected = market_errors.TaskNotClosed
-        elif model.frozen_tick is not None and not self._past(model.frozen_tick):
-            expected = market_errors.TaskNotClosed  # a void's acks come first, for a grace
+        if not self._refund_open(model):
+            expected = market_errors.TaskNotClosed  # acks come first, for a grace
         elif model.escrow <= model.reserved:
             expected = market_errors.NothingToRefund
         refund = self._expect(lambda: self.ledgers[who].refund_unspent(task), expected)
@@ -1748,7 +1760,7 @@ def test_market_invariants_hold_under_random_honest_and_hostile_play(chain: Chai
         chain.accounts[SPONSOR],
         delivery_window=WINDOW,
         dispute_window=WINDOW,
-        close_grace=WINDOW,
+        close_grace=CLOSE_GRACE,
         challenge_window=WINDOW,
         response_window=RESPONSE_WINDOW,
     )

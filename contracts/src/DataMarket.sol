@@ -250,6 +250,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
 
     error ZeroAddress();
     error ZeroAmount();
+    error GraceTooShort(uint64 closeGrace, uint64 minimum);
     error UnknownTask(uint256 task);
     error TaskIsClosed(uint256 task, uint64 closesAt);
     error TaskNotClosed(uint256 task, uint64 opensAt);
@@ -311,6 +312,11 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
             deliveryWindow_ == 0 || disputeWindow_ == 0 || closeGrace_ == 0 || challengeWindow_ == 0
                 || responseWindow_ == 0
         ) revert ZeroAmount();
+        // A root committed at the end of the close grace must be final (or voided) before the
+        // refund opens, a grace later, so that acks can be credited against it first.
+        if (closeGrace_ < challengeWindow_ + responseWindow_) {
+            revert GraceTooShort(closeGrace_, challengeWindow_ + responseWindow_);
+        }
         token = token_;
         deliveryWindow = deliveryWindow_;
         disputeWindow = disputeWindow_;

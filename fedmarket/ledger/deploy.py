@@ -35,16 +35,24 @@ def deploy(
     """Deploy the token (whole supply to ``deployer``) and the market; return their addresses.
 
     Windows are in seconds of chain time: ``delivery_window`` for a seller to post a bought key,
-    ``dispute_window`` for a buyer to prove it wrong, ``close_grace`` between a sponsor's close
-    and the unspent refund (the aggregator may still commit, devices claim),
-    ``challenge_window`` after a commit in which a device may challenge its rewards root (claims
-    wait for it) and ``response_window`` for the aggregator to answer a challenge.
+    ``dispute_window`` for a buyer to prove it wrong, ``close_grace`` after a sponsor's close
+    in which the aggregator may still commit (then acks are paid for another ``close_grace``
+    before the unspent refund), ``challenge_window`` after a commit in which a device may
+    challenge its rewards root (claims wait for it) and ``response_window`` for the aggregator
+    to answer a challenge. ``close_grace`` must be at least ``challenge_window +
+    response_window``, so that the last root is settled before the refund.
     """
     windows = (delivery_window, dispute_window, close_grace, challenge_window, response_window)
     if supply <= 0 or min(windows) <= 0:
         raise InvalidInput(
             "supply, delivery_window, dispute_window, close_grace, challenge_window and "
             "response_window must be positive"
+        )
+    if close_grace < challenge_window + response_window:
+        raise InvalidInput(
+            f"close_grace ({close_grace} s) must be at least challenge_window + response_window "
+            f"({challenge_window + response_window} s): the last root of a closing task must be "
+            "settled before its refund opens"
         )
     token_artifact, market_artifact = load_artifact("FedToken"), load_artifact("DataMarket")
     token = deploy_contract(

@@ -78,6 +78,13 @@ class TaskNotClosed(MarketRejected):
     )
 
 
+class GraceTooShort(MarketRejected):
+    advice = (
+        "a close grace of {closeGrace} s is shorter than the challenge and response windows "
+        "together ({minimum} s): deploy with a longer grace"
+    )
+
+
 class NothingToRefund(MarketRejected):
     advice = "task {task}: everything it holds is committed to devices or already refunded"
 

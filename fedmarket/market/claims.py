@@ -18,8 +18,9 @@ pro rata to their cumulative rewards at that round, claimed the same way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 from eth_utils.address import to_checksum_address
 
@@ -158,26 +159,42 @@ def claim_all(
     the other tasks are still claimed; without it, the refusal is raised."""
     paid: dict[TaskId, int] = {}
     for r in rewards:
-        total = 0
-        try:
-            # The root first, then only what the ack adds: an ack paid where a root would pay
-            # reserves that overlap twice until it is credited.
-            if r.earned > r.claimed:
-                total += ledger.claim(r.task, r.round, r.account, r.earned, r.proof)
-            if r.ack is not None and r.acked > max(r.earned, r.claimed, r.pending):
-                total += _claim_ack(ledger, r)
-            for share in r.sale_shares:
-                if share.claimable > 0:
-                    total += ledger.claim_sale_share(
-                        r.task, share.round, r.account, share.cumulative, share.proof
-                    )
-        except FedmarketError as exc:
-            if failed is None:
-                raise
-            failed[r.task] = exc
+        total = _claim_task(ledger, r, failed)
         if total:
             paid[r.task] = total
     return paid
+
+
+def _claim_task(ledger: Ledger, r: Rewards, failed: dict[TaskId, FedmarketError] | None) -> int:
+    """The root first, then only what the ack adds (an ack paid where a root would pay
+    reserves that overlap twice until it is credited); sale shares on their own, so that an
+    ack that can no longer be paid blocks none of them."""
+    total = 0
+
+    def attempt(call: Callable[[], int]) -> bool:
+        nonlocal total
+        try:
+            total += call()
+        except FedmarketError as exc:
+            if failed is None:
+                raise
+            failed.setdefault(r.task, exc)
+            return False
+        return True
+
+    rooted = r.earned <= r.claimed or attempt(
+        lambda: ledger.claim(r.task, r.round, r.account, r.earned, r.proof)
+    )
+    if rooted and r.ack is not None and r.acked > max(r.earned, r.claimed, r.pending):
+        attempt(lambda: _claim_ack(ledger, r))
+    for share in r.sale_shares:
+        if share.claimable > 0:
+            attempt(partial(_claim_share, ledger, r, share))
+    return total
+
+
+def _claim_share(ledger: Ledger, r: Rewards, share: SaleShare) -> int:
+    return ledger.claim_sale_share(r.task, share.round, r.account, share.cumulative, share.proof)
 
 
 _Rewards = dict[int, dict[str, int]]  # round -> account -> cumulative amount
