@@ -82,3 +82,38 @@ def test_failed_training_releases_the_reservation(
 def test_malformed_round_config_is_refused(tmp_path: Path, override: dict, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         handle_train(round_content(**override), profile(tmp_path, cap=50.0), run="1")
+
+
+def test_a_diverged_update_is_not_sent_and_costs_no_privacy(tmp_path: Path) -> None:
+    """A global model with a NaN in it (a broken or hostile server) trains into a NaN update:
+    nothing leaves the device, so nothing is charged, and the owner is told why."""
+    device = profile(tmp_path, cap=50.0)
+    weights = get_weights(build_model("mlp", (1, 8, 8), 4, seed=0))
+    first = next(iter(weights))
+    weights[first] = np.full_like(weights[first], np.nan)
+    content = round_content()
+    content[GLOBAL] = weights_to_record(weights)
+
+    reply = handle_train(content, device, run="1")
+
+    assert (reply.outcome, reply.update) == ("declined", None)
+    assert "diverged" in reply.reason
+    assert device.ledger().entries == ()
+
+
+def test_a_hopeless_round_config_is_declined_at_once(tmp_path: Path) -> None:
+    """sigma 0.05 at q 0.005 for 200 steps: PRV would ask for gigabytes (issue 15). The RDP
+    bound (about 32,000) decides in milliseconds; the round is declined and nothing recorded."""
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.random((2000, 1, 8, 8), dtype=np.float32), np.arange(2000) % 4, "abcd", "t")
+    device = DeviceProfile(device=DeviceId("dev-1"), data=data, home=tmp_path, epsilon_cap=8.0)
+    content = round_content(
+        **to_record("train", TrainConfig(batch_size=10, local_epochs=1)),
+        **to_record("dp", DpConfig(noise_multiplier=0.05)),
+    )
+
+    reply = handle_train(content, device, run="1")
+
+    assert reply.outcome == "declined"
+    assert "cap 8.000" in reply.reason
+    assert device.ledger().entries == ()

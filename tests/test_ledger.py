@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 
 from fedmarket.exceptions import InvalidInput, LedgerCorrupted, PrivacyBudgetExceeded
 from fedmarket.privacy import PrivacyLedger, Spend
+from fedmarket.privacy.accounting import PRV_RDP_LIMIT
 from fedmarket.types import DatasetId, DeviceId
 
 spends = st.builds(
@@ -145,3 +148,57 @@ def test_bad_cap_or_delta_is_refused(
         PrivacyLedger(
             tmp_path, device=DeviceId("d"), dataset=DatasetId("x"), epsilon_cap=cap, delta=delta
         )
+
+
+DECLINE_PROBE = """
+import resource, sys, time
+from pathlib import Path
+from fedmarket.exceptions import PrivacyBudgetExceeded
+from fedmarket.privacy import PrivacyLedger, Spend
+from fedmarket.types import DatasetId, DeviceId
+
+ledger = PrivacyLedger(Path(sys.argv[1]), device=DeviceId("d"), dataset=DatasetId("x"),
+                       epsilon_cap=8.0, accountant="prv")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+try:
+    ledger.reserve(Spend(0.05, 0.005, 200), round_label="r")
+except PrivacyBudgetExceeded as exc:
+    outcome = f"declined at {exc.would_spend:.0f}"
+else:
+    outcome = "reserved"
+seconds = time.perf_counter() - start
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(outcome, seconds, grown)
+"""
+
+
+def test_a_hopeless_spend_is_declined_in_bounded_time_and_memory(tmp_path: Path) -> None:
+    """sigma 0.05, q 0.005, 200 steps: PRV alone asked for gigabytes and the kernel killed the
+    device (issue 15). The RDP bound decides it; the peak memory grows by < 200 MB."""
+    run = subprocess.run(
+        [sys.executable, "-c", DECLINE_PROBE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    outcome, seconds, grown_mb = run.stdout.strip().rsplit(" ", 2)
+
+    assert outcome.startswith("declined")
+    assert float(seconds) < 2.0
+    assert float(grown_mb) < 200
+    assert open_ledger(tmp_path, 8.0).entries == ()
+
+
+def test_prv_past_its_limit_reports_the_rdp_bound(tmp_path: Path) -> None:
+    """Where the RDP bound passes PRV_RDP_LIMIT the ledger reports it (an upper bound)."""
+    history = [Spend(0.3, 0.05, 200)]
+    ledger = open_ledger(tmp_path, 1e6, "prv")
+    ledger.reserve(history[0], round_label="r").commit()
+    reference = RDPAccountant()
+    reference.history = [(0.3, 0.05, 200)]
+
+    bound = reference.get_epsilon(delta=1e-5)
+    assert bound > PRV_RDP_LIMIT
+    assert ledger.epsilon() == pytest.approx(bound)

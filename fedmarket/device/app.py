@@ -6,6 +6,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 from eth_account.signers.local import LocalAccount
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -95,6 +96,14 @@ def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> Tr
     except BaseException:
         reservation.release()  # nothing left the device
         raise
+    if not all(np.isfinite(w).all() for w in result.weights.values()):
+        reservation.release()  # nothing leaves the device: an update of NaN helps nobody
+        why = (
+            "training diverged: the update has NaN or infinite values (lower the learning "
+            "rate); nothing was sent and no privacy was spent"
+        )
+        log.warning("device %s round %d: %s", profile.device, server_round, why)
+        return _declined(profile, why, epsilon=ledger.epsilon())
     reservation.commit()
     return reply
 
