@@ -32,7 +32,7 @@ from test_market_contracts import (
 )
 from web3.exceptions import ContractCustomError
 
-from fedmarket.acks import ACK_TYPES
+from fedmarket.acks import ACK_TYPES, Ack
 from fedmarket.contracts import load_artifact
 from fedmarket.crypto import AssetKey
 from fedmarket.exceptions import FedmarketError, InvalidInput
@@ -41,6 +41,7 @@ from fedmarket.ledger import errors as market_errors
 from fedmarket.ledger.chain import rpc
 from fedmarket.ledger.deploy import deploy_contract
 from fedmarket.market.claims import Rewards, SaleShare, claim_all
+from fedmarket.market.rewards import RewardTree
 from fedmarket.receipts import eip712_domain
 from fedmarket.types import TaskId
 
@@ -48,6 +49,35 @@ pytestmark = pytest.mark.integration
 
 H = A  # the honest device
 S1, S2 = SYBIL, B  # the aggregator's Sybils: colluding devices that never challenge
+
+
+def leaf_and_acks(
+    chain: Chain,
+    task: TaskId,
+    tree: RewardTree,
+    device: int,
+    acks: list[Ack],
+    *,
+    claimed: int = 0,
+    shares: tuple[SaleShare, ...] = (),
+) -> Rewards:
+    """``device``'s rewards as `rewards_of` finds them: its leaf in ``tree`` (final, round 1)
+    and ``acks``, largest first, signed by the aggregator."""
+    account = address(chain, device)
+    held = [(a, signed(chain, a)) for a in acks]
+    return Rewards(
+        task=task,
+        account=account,
+        earned=tree.amounts[account],
+        round=1,
+        claimed=claimed,
+        rounds=1,
+        proof=tree.proof(account),
+        acked=acks[0].cumulative_amount if acks else 0,
+        ack=held[0] if held else None,
+        fallback_acks=tuple(held[1:]),
+        sale_shares=shares,
+    )
 
 
 def test_silent_sybils_cannot_hide_a_decrease_from_an_honest_watcher(chain: Chain) -> None:
@@ -279,18 +309,7 @@ def test_claiming_a_root_and_an_ack_leaves_nothing_locked(chain: Chain) -> None:
     sponsor, device = chain.ledger(SPONSOR), chain.ledger(D)
     sponsor.close_task(task)
     chain.advance(CLOSE_GRACE + 1)
-    d = address(chain, D)
-    owed = Rewards(
-        task=task,
-        account=d,
-        earned=10 * TOKEN,
-        round=1,
-        claimed=0,
-        rounds=1,
-        proof=tree.proof(d),
-        acked=12 * TOKEN,
-        ack=(d_ack, signed(chain, d_ack)),
-    )
+    owed = leaf_and_acks(chain, task, tree, D, [d_ack])
 
     assert claim_all(device, [owed]) == {task: 12 * TOKEN}
 
@@ -370,18 +389,7 @@ def test_a_device_falls_back_to_a_smaller_ack_that_fits(chain: Chain) -> None:
     assert chain.ledger(SYBIL).claim_acknowledged(sybil_ack, signed(chain, sybil_ack)) == 20 * TOKEN
     smaller, larger = ack(chain, task, 2, D, 20 * TOKEN), ack(chain, task, 3, D, 30 * TOKEN)
     d = address(chain, D)
-    owed = Rewards(
-        task=task,
-        account=d,
-        earned=10 * TOKEN,
-        round=1,
-        claimed=0,
-        rounds=1,
-        proof=round1.proof(d),
-        acked=30 * TOKEN,
-        ack=(larger, signed(chain, larger)),
-        fallback_acks=((smaller, signed(chain, smaller)),),
-    )
+    owed = leaf_and_acks(chain, task, round1, D, [larger, smaller])
 
     assert claim_all(chain.ledger(D), [owed]) == {task: 20 * TOKEN}
     assert chain.ledger(D).claimed(task, d) == 20 * TOKEN
@@ -400,28 +408,10 @@ def test_one_refused_task_does_not_stop_the_others(chain: Chain) -> None:
     chain.advance(CLOSE_GRACE + 1)
     sybil_ack = ack(chain, first, 2, SYBIL, 20 * TOKEN)
     chain.ledger(SYBIL).claim_acknowledged(sybil_ack, signed(chain, sybil_ack))
-    d_ack, d = ack(chain, first, 2, D, 20 * TOKEN), address(chain, D)
+    d_ack = ack(chain, first, 2, D, 20 * TOKEN)
     rewards = [
-        Rewards(
-            task=first,
-            account=d,
-            earned=10 * TOKEN,
-            round=1,
-            claimed=0,
-            rounds=1,
-            proof=round1.proof(d),
-            acked=20 * TOKEN,
-            ack=(d_ack, signed(chain, d_ack)),
-        ),
-        Rewards(
-            task=second,
-            account=d,
-            earned=5 * TOKEN,
-            round=1,
-            claimed=0,
-            rounds=1,
-            proof=other.proof(d),
-        ),
+        leaf_and_acks(chain, first, round1, D, [d_ack]),
+        leaf_and_acks(chain, second, other, D, []),
     ]
     failed: dict[TaskId, FedmarketError] = {}
 
@@ -479,18 +469,7 @@ def test_a_sale_share_is_claimed_though_the_ack_no_longer_pays(chain: Chain) -> 
     revenue = 10 * TOKEN
     d_ack = ack(chain, task, 2, D, 20 * TOKEN)
     share = SaleShare(round=1, cumulative=10 * TOKEN, proof=round1.proof(d), due=revenue, claimed=0)
-    owed = Rewards(
-        task=task,
-        account=d,
-        earned=10 * TOKEN,
-        round=1,
-        claimed=10 * TOKEN,
-        rounds=1,
-        proof=round1.proof(d),
-        acked=20 * TOKEN,
-        ack=(d_ack, signed(chain, d_ack)),
-        sale_shares=(share,),
-    )
+    owed = leaf_and_acks(chain, task, round1, D, [d_ack], claimed=10 * TOKEN, shares=(share,))
     failed: dict[TaskId, FedmarketError] = {}
 
     paid = claim_all(device, [owed], failed=failed)
