@@ -84,9 +84,12 @@ def market_folder(chain: Chain, home: Path) -> Path:
     return home / "market" / f"{chain.deployment.chain_id}-{chain.deployment.market}"
 
 
-def committed_round(chain: Chain, home: Path, task: TaskId) -> RoundPublisher:
-    """Round 1 of ``task`` by its aggregator (account 1), paying devices 2 and 3, final, with its
-    state where `fedmarket server` keeps it and its ciphertext in ``home``'s store."""
+def committed_round(
+    chain: Chain, home: Path, task: TaskId, *, final: bool = True
+) -> RoundPublisher:
+    """Round 1 of ``task`` by its aggregator (account 1), paying devices 2 and 3, with its state
+    where `fedmarket server` keeps it and its ciphertext in ``home``'s store; with ``final``,
+    its challenge window has passed."""
     publisher = RoundPublisher(
         store=LocalStore(home / "store"),
         ledger=chain.ledger(1),
@@ -96,7 +99,8 @@ def committed_round(chain: Chain, home: Path, task: TaskId) -> RoundPublisher:
         state_path=server_folder(chain, home) / f"task-{task}.json",
     )
     publish_first_round(chain, publisher, task, MODEL, chain.accounts[2:4])
-    chain.finalize()  # its challenge window passes: the root pays and the model may be listed
+    if final:
+        chain.finalize()  # its challenge window passes: the root pays and the model may be listed
     return publisher
 
 
@@ -903,15 +907,7 @@ def test_server_answer_answers_a_devices_challenge_from_the_cli(
         budget=10 * TOKEN,
         spec_cid=MODEL_CID,
     )
-    publisher = RoundPublisher(
-        store=LocalStore(home / "store"),
-        ledger=chain.ledger(1),
-        task=task,
-        chain_id=chain.deployment.chain_id,
-        market=chain.deployment.market,
-        state_path=server_folder(chain, home) / f"task-{task}.json",
-    )
-    publish_first_round(chain, publisher, task, MODEL, chain.accounts[2:4])
+    committed_round(chain, home, task, final=False)  # round 1 still in its challenge window
     device = chain.accounts[2]
     acked = Ack(task, 1, device.address, bytes(32), TOKEN // 2)
     signature = chain.ledger(1).sign_ack(acked)
