@@ -36,7 +36,7 @@ devices = {DEVICES}
 rounds = {ROUNDS}
 round_timeout = 300
 [training]
-local_epochs = 1
+local_steps = 3
 [privacy]
 epsilon_cap = 100.0
 """
@@ -83,7 +83,7 @@ def deployed_rounds(root: Path, chain: LocalChain, w3: Web3, *, cold: bool) -> l
 
 def simulated_rounds(root: Path) -> list[float]:
     settings = TaskConfig.model_validate({"federation": {"devices": DEVICES, "rounds": ROUNDS},
-                                          "training": {"local_epochs": 1},
+                                          "training": {"local_steps": 3},
                                           "privacy": {"epsilon_cap": 100.0},
                                           "market": {"enabled": False}})  # fmt: skip
     fleet = SimulatedFleet.from_config(settings, root / "sim")

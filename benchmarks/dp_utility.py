@@ -29,22 +29,16 @@ SEED = 0
 DELTA = 1e-5
 
 
-def noise_for_cap(fleet: SimulatedFleet, cap: float) -> float:
-    """The smallest sigma that keeps every device within ``cap`` after ROUNDS rounds."""
-    parts, _ = fleet.split()
-    sigmas = []
-    for part in parts:
-        steps_per_epoch = math.ceil(len(part) / DEFAULT_TRAIN.batch_size)
-        sigmas.append(
-            calibrate_noise(
-                cap * 0.99,
-                delta=DELTA,
-                sample_rate=1 / steps_per_epoch,
-                steps=steps_per_epoch * DEFAULT_TRAIN.local_epochs * ROUNDS,
-                accountant="prv",
-            )
-        )
-    return max(sigmas)
+def noise_for_cap(cap: float) -> float:
+    """The smallest sigma that keeps every device within ``cap`` after ROUNDS rounds: one
+    number for all, since q and the steps are the public round config's."""
+    return calibrate_noise(
+        cap * 0.99,
+        delta=DELTA,
+        sample_rate=DEFAULT_TRAIN.sample_rate,
+        steps=DEFAULT_TRAIN.local_steps * ROUNDS,
+        accountant="prv",
+    )
 
 
 def run(cap: float | None) -> dict[str, object]:
@@ -57,7 +51,7 @@ def run(cap: float | None) -> dict[str, object]:
         delta=DELTA,
         private=cap is not None,
     )
-    sigma = noise_for_cap(fleet, cap) if cap is not None else 1.0  # sigma unused without DP
+    sigma = noise_for_cap(cap) if cap is not None else 1.0  # sigma unused without DP
     train = DEFAULT_TRAIN
     if cap is None:
         train = replace(DEFAULT_TRAIN, learning_rate=NO_DP_LEARNING_RATE)

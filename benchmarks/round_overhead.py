@@ -34,8 +34,12 @@ from fedmarket.simulation import SimulatedFleet, run_federation
 from fedmarket.store import LocalStore
 from strategies import FedAvg
 
-TRAIN = TrainConfig(learning_rate=2.5, momentum=0.5, local_epochs=4, batch_size=64)
-PLAIN_TRAIN = TrainConfig(learning_rate=0.5, momentum=0.5, local_epochs=4, batch_size=64)
+TRAIN = TrainConfig(
+    learning_rate=2.5, momentum=0.5, sample_rate=0.33, local_steps=12, batch_size=64
+)
+PLAIN_TRAIN = TrainConfig(
+    learning_rate=0.5, momentum=0.5, sample_rate=0.33, local_steps=12, batch_size=64
+)
 DP = DpConfig(noise_multiplier=2.3, max_grad_norm=0.5)
 STAGES = ("plain", "dp", "dp_secagg", "full")
 

@@ -78,7 +78,7 @@ def ours(params: RoundParams, deltas: list[np.ndarray]) -> dict[str, float]:
     mask_times, upload_bytes = [], 0
     for index, (node, inbox) in enumerate(server.close_share_keys().items()):
         began = time.perf_counter()
-        masked = sessions[node].mask(inbox, encode(deltas[index], 100, params))
+        masked = sessions[node].mask(inbox, encode(deltas[index], params))
         mask_times.append(time.perf_counter() - began)
         upload_bytes = len(Array(masked.vector).data)
         server.receive_masked(node, masked.vector, masked.mask_peers)
@@ -110,7 +110,7 @@ def stock(params: RoundParams, deltas: list[np.ndarray]) -> dict[str, float]:
         Key.CLIPPING_RANGE: CLIP,
         Key.TARGET_RANGE: 1 << 22,  # Flower's default quantization range
         Key.MOD_RANGE: 1 << 32,
-        Key.MAX_WEIGHT: float(params.max_weight),
+        Key.MAX_WEIGHT: 1.0,  # every update weighs the same, as in ours
     }
     for node in nodes:
         states[node] = SecAggPlusState()
@@ -170,7 +170,9 @@ def round_seconds(devices: int, features: int, secagg: bool, data: Path) -> floa
     )
     plan = FederationPlan(
         rounds=3,
-        train=TrainConfig(learning_rate=0.1, momentum=0.0, local_epochs=1, batch_size=32),
+        train=TrainConfig(
+            learning_rate=0.1, momentum=0.0, sample_rate=0.2, local_steps=5, batch_size=32
+        ),
         dp=DpConfig(noise_multiplier=1.0, max_grad_norm=1.0),
         secagg=SecAggConfig(clip_range=CLIP) if secagg else None,
         min_devices=devices,
@@ -235,7 +237,7 @@ def main() -> None:
         params = SecAggConfig(clip_range=CLIP).for_cohort(n)
         length = 10_000
         encoded = {
-            node: encode(rng.normal(0, 0.05, length).astype(np.float32), 100, params)
+            node: encode(rng.normal(0, 0.05, length).astype(np.float32), params)
             for node in range(1, n + 1)
         }
         began = time.perf_counter()

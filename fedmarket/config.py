@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedmarket.data.source import DataKind, DataSource
 from fedmarket.exceptions import InvalidInput
@@ -59,10 +59,26 @@ class FederationSection(_Section):
 
 
 class TrainingSection(_Section):
+    """Public local-training settings (see :class:`fedmarket.privacy.config.TrainConfig`):
+    each step samples every record with probability ``sample_rate``, so a device with n
+    records expects batches of n * sample_rate; ``batch_size`` is the public normalizer."""
+
     learning_rate: float = Field(2.5, gt=0)
     momentum: float = Field(0.5, ge=0, lt=1)
-    local_epochs: int = Field(4, ge=1)
+    sample_rate: float = Field(0.33, gt=0, le=1)
+    local_steps: int = Field(12, ge=1)
     batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_epochs(cls, data: object) -> object:
+        if isinstance(data, dict) and "local_epochs" in data:
+            raise ValueError(
+                "local_epochs is gone: epochs depend on each device's number of records, "
+                "which must stay private; set local_steps and sample_rate instead (e.g. 4 "
+                "epochs of batch 64 on 240 records: sample_rate = 0.27, local_steps = 16)"
+            )
+        return data
 
 
 class PrivacySection(_Section):
@@ -185,7 +201,8 @@ class TaskConfig(_Section):
         return TrainConfig(
             learning_rate=t.learning_rate,
             momentum=t.momentum,
-            local_epochs=t.local_epochs,
+            sample_rate=t.sample_rate,
+            local_steps=t.local_steps,
             batch_size=t.batch_size,
         )
 

@@ -2,14 +2,16 @@
 
 Server -> device: ``global`` (ArrayRecord, the model) and ``config`` (ConfigRecord: ``round``,
 ``train.*``, ``dp.*``). Device -> server: ``status`` (ConfigRecord: ``device``, ``outcome``
-``trained`` or ``declined``, ``reason``), ``metrics`` (MetricRecord: ``weight``, ``epsilon``,
-``delta``, ``steps``, ``train_loss``) and, when trained, ``delta`` (ArrayRecord,
-local - global).
+``trained`` or ``declined``, ``reason``), ``metrics`` (MetricRecord: ``epsilon``, ``delta``)
+and, when trained, ``delta`` (ArrayRecord, local - global; masked under secure aggregation).
+
+Nothing else computed from the records leaves a device: not the training loss, not the
+number of records or steps (the steps and sample rate are the round config's, and epsilon is
+a function of the device's round configs alone). Every update weighs ``UPDATE_WEIGHT``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +24,7 @@ from fedmarket.models.weights import Weights
 from strategies import AggregatedUpdate
 
 GLOBAL, CONFIG, STATUS, METRICS, DELTA = "global", "config", "status", "metrics", "delta"
+UPDATE_WEIGHT = 1  # each update counts once: an example count would reveal the device's size
 Outcome = Literal["trained", "declined"]
 
 
@@ -40,11 +43,8 @@ class TrainReply:
     device: str
     outcome: Outcome
     reason: str
-    weight: float
     epsilon: float
     delta: float
-    steps: int
-    train_loss: float
     update: Weights | None
 
     def to_content(self) -> RecordDict:
@@ -53,15 +53,7 @@ class TrainReply:
                 STATUS: ConfigRecord(
                     {"device": self.device, "outcome": self.outcome, "reason": self.reason}
                 ),
-                METRICS: MetricRecord(
-                    {
-                        "weight": self.weight,
-                        "epsilon": self.epsilon,
-                        "delta": self.delta,
-                        "steps": self.steps,
-                        "train_loss": self.train_loss,
-                    }
-                ),
+                METRICS: MetricRecord({"epsilon": self.epsilon, "delta": self.delta}),
             }
         )
         if self.update is not None:
@@ -74,8 +66,8 @@ class TrainReply:
     ) -> TrainReply:
         """Parse and validate a reply; ``expected`` gives the tensor names and shapes.
 
-        Under secure aggregation (``masked``) the delta and weight travel masked elsewhere, so
-        a trained reply must carry neither in the clear.
+        Under secure aggregation (``masked``) the delta travels masked elsewhere, so a trained
+        reply must not carry it in the clear.
         """
         try:
             status, metrics = content.config_records[STATUS], content.metric_records[METRICS]
@@ -86,11 +78,8 @@ class TrainReply:
                 device=str(status["device"]),
                 outcome="trained" if outcome == "trained" else "declined",
                 reason=str(status["reason"]),
-                weight=_scalar(metrics, "weight"),
                 epsilon=_scalar(metrics, "epsilon"),
                 delta=_scalar(metrics, "delta"),
-                steps=int(_scalar(metrics, "steps")),
-                train_loss=_scalar(metrics, "train_loss"),
                 update=(
                     weights_from_record(content.array_records[DELTA])
                     if DELTA in content.array_records
@@ -99,15 +88,13 @@ class TrainReply:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"malformed train reply: {exc}") from None
-        if masked and (reply.update is not None or reply.weight != 0):
-            raise InvalidInput(f"device {reply.device}: sent its update or weight unmasked")
+        if masked and reply.update is not None:
+            raise InvalidInput(f"device {reply.device}: sent its update unmasked")
         if reply.outcome == "trained" and not masked:
             reply._check_update(expected)
         return reply
 
     def _check_update(self, expected: Weights) -> None:
-        if not (math.isfinite(self.weight) and self.weight > 0):
-            raise InvalidInput(f"device {self.device}: weight must be > 0, got {self.weight}")
         if self.update is None:
             raise InvalidInput(f"device {self.device}: trained but sent no update")
         if set(self.update) != set(expected):

@@ -45,7 +45,7 @@ class Receipt:
     device: str
     trained_from: bytes  # commitment of the global model the update was trained from
     upload_digest: bytes
-    weight: int
+    weight: int  # the update's weight in the sum: 1 (no example count leaves a device)
     epsilon_micros: int
     delta_e18: int
 

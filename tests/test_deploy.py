@@ -33,7 +33,7 @@ rounds = {rounds}
 round_timeout = 60
 stage_timeout = 20
 [training]
-local_epochs = 1
+local_steps = 3
 [privacy]
 epsilon_cap = 100.0
 """

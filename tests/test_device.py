@@ -28,7 +28,7 @@ def round_content(**overrides: object) -> RecordDict:
     config = {
         "round": 1,
         "model": "mlp",
-        **to_record("train", TrainConfig(batch_size=10)),
+        **to_record("train", TrainConfig(sample_rate=0.25, local_steps=4, batch_size=10)),
         **to_record("dp", DpConfig(noise_multiplier=1.0)),
         **overrides,
     }
@@ -39,7 +39,6 @@ def test_device_trains_returns_delta_and_records_spend(tmp_path: Path) -> None:
     device = profile(tmp_path, cap=50.0)
     reply = handle_train(round_content(), device, run="1")
     assert reply.outcome == "trained"
-    assert reply.weight == 40
     assert reply.update is not None
     assert any(np.abs(d).sum() > 0 for d in reply.update.values())
     ledger = device.ledger()
@@ -56,9 +55,11 @@ def test_device_declines_a_round_past_its_cap_and_records_nothing(tmp_path: Path
     assert device.ledger().entries == ()
 
 
-def test_failed_training_releases_the_reservation(
+def test_failed_training_keeps_the_spend_charged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The server sees the round fail, and a failure in training may depend on the records."""
+
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
@@ -66,7 +67,7 @@ def test_failed_training_releases_the_reservation(
     device = profile(tmp_path, cap=50.0)
     with pytest.raises(RuntimeError, match="disk on fire"):
         handle_train(round_content(), device, run="1")
-    assert device.ledger().entries == ()
+    assert [e.status for e in device.ledger().entries] == ["spent"]
 
 
 @pytest.mark.parametrize(
@@ -84,9 +85,11 @@ def test_malformed_round_config_is_refused(tmp_path: Path, override: dict, messa
         handle_train(round_content(**override), profile(tmp_path, cap=50.0), run="1")
 
 
-def test_a_diverged_update_is_not_sent_and_costs_no_privacy(tmp_path: Path) -> None:
-    """A global model with a NaN in it (a broken or hostile server) trains into a NaN update:
-    nothing leaves the device, so nothing is charged, and the owner is told why."""
+def test_a_broken_global_model_is_refused_before_training_and_costs_nothing(
+    tmp_path: Path,
+) -> None:
+    """A global model with a NaN in it (a broken or hostile server) would train into a NaN
+    update whatever the records: the device refuses before training, so nothing is charged."""
     device = profile(tmp_path, cap=50.0)
     weights = get_weights(build_model("mlp", (1, 8, 8), 4, seed=0))
     first = next(iter(weights))
@@ -97,8 +100,27 @@ def test_a_diverged_update_is_not_sent_and_costs_no_privacy(tmp_path: Path) -> N
     reply = handle_train(content, device, run="1")
 
     assert (reply.outcome, reply.update) == ("declined", None)
-    assert "diverged" in reply.reason
+    assert "global model" in reply.reason
     assert device.ledger().entries == ()
+
+
+def test_an_update_that_diverges_in_training_is_not_sent_but_is_charged(tmp_path: Path) -> None:
+    """Divergence from a finite model depends on the noisy training: the decline the server
+    sees is a function of the DP output, so the round's epsilon is charged, and said so."""
+    device = profile(tmp_path, cap=50.0)
+    content = round_content(
+        **to_record("train", TrainConfig(learning_rate=1e38, local_steps=4)),
+        **to_record("dp", DpConfig(noise_multiplier=1000.0)),
+    )
+
+    reply = handle_train(content, device, run="1")
+
+    assert (reply.outcome, reply.update) == ("declined", None)
+    assert "diverged" in reply.reason
+    assert "charged" in reply.reason
+    ledger = device.ledger()
+    assert [e.status for e in ledger.entries] == ["spent"]
+    assert reply.epsilon == pytest.approx(ledger.epsilon())
 
 
 def test_a_hopeless_round_config_is_declined_at_once(tmp_path: Path) -> None:
@@ -108,7 +130,7 @@ def test_a_hopeless_round_config_is_declined_at_once(tmp_path: Path) -> None:
     data = Dataset(rng.random((2000, 1, 8, 8), dtype=np.float32), np.arange(2000) % 4, "abcd", "t")
     device = DeviceProfile(device=DeviceId("dev-1"), data=data, home=tmp_path, epsilon_cap=8.0)
     content = round_content(
-        **to_record("train", TrainConfig(batch_size=10, local_epochs=1)),
+        **to_record("train", TrainConfig(sample_rate=0.005, local_steps=200, batch_size=10)),
         **to_record("dp", DpConfig(noise_multiplier=0.05)),
     )
 

@@ -41,7 +41,7 @@ TASK_TOML = f"""
 devices = 3
 rounds = 4
 [training]
-local_epochs = 1
+local_steps = 3
 [privacy]
 epsilon_cap = 100.0
 [market]
@@ -191,7 +191,9 @@ def test_a_device_that_drops_mid_round_is_not_paid_for_it(chain: Chain, tmp_path
     fleet = SimulatedFleet(num_devices=4, home=tmp_path, epsilon_cap=50.0, payout_seed=SEED)
     plan = FederationPlan(
         rounds=2,
-        train=TrainConfig(learning_rate=2.5, momentum=0.5, local_epochs=1, batch_size=64),
+        train=TrainConfig(
+            learning_rate=2.5, momentum=0.5, sample_rate=0.33, local_steps=3, batch_size=64
+        ),
         dp=DpConfig(noise_multiplier=1.5, max_grad_norm=0.5),
         market=publisher.terms,
     )

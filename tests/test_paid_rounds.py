@@ -70,7 +70,9 @@ def paid(anvil_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     fleet = SimulatedFleet(num_devices=3, home=folder, epsilon_cap=10.0, payout_seed="test")
     plan = FederationPlan(
         rounds=2,
-        train=TrainConfig(learning_rate=2.5, momentum=0.5, local_epochs=1, batch_size=64),
+        train=TrainConfig(
+            learning_rate=2.5, momentum=0.5, sample_rate=0.33, local_steps=3, batch_size=64
+        ),
         dp=DpConfig(noise_multiplier=1.5, max_grad_norm=0.5),
         market=publisher.terms,
     )

@@ -43,8 +43,9 @@ def batches_of_two_runs(
 ) -> list[list[list[int]]]:
     monkeypatch.setattr(training, "OsPoissonSampler", RecordingSampler)
     RecordingSampler.drawn = []
-    data, train, dp = dataset(n), TrainConfig(batch_size=batch), DpConfig(noise_multiplier=1.0)
-    spend = plan_spend(n, train, dp, delta=1e-5, accountant="rdp")
+    train = TrainConfig(sample_rate=batch / n, local_steps=math.ceil(n / batch), batch_size=batch)
+    data, dp = dataset(n), DpConfig(noise_multiplier=1.0)
+    spend = plan_spend(train, dp, delta=1e-5, accountant="rdp")
     for _ in range(2):  # same device, round, seed and data
         model = build_model("mlp", (1, 8, 8), 4, seed=0)
         train_private(model, data, train, dp, spend, seed=1234)
@@ -56,7 +57,7 @@ def test_two_runs_with_the_same_seed_sample_different_batches(
 ) -> None:
     first, second = batches_of_two_runs(monkeypatch, n=48, batch=8)
 
-    assert len(first) == len(second) == 6  # ceil(48 / 8) steps, as the ledger charged
+    assert len(first) == len(second) == 6  # the round config's steps, as the ledger charged
     assert first != second
 
 
@@ -109,8 +110,10 @@ def test_uniforms_are_in_the_open_closed_unit_interval() -> None:
 def test_the_step_counts_opacus_missed_train_exactly_as_charged(n: int, batch: int) -> None:
     """ceil(n / batch) in {93, 99} made Opacus run one step fewer than the ledger reserved, and
     batch size 1 floored its expected batch to 0 (NaN updates)."""
-    data, train, dp = dataset(n), TrainConfig(batch_size=batch), DpConfig(noise_multiplier=1.0)
-    spend = plan_spend(n, train, dp, delta=1e-5, accountant="rdp")
+    steps = math.ceil(n / batch)
+    train = TrainConfig(sample_rate=1 / steps, local_steps=steps, batch_size=batch)
+    data, dp = dataset(n), DpConfig(noise_multiplier=1.0)
+    spend = plan_spend(train, dp, delta=1e-5, accountant="rdp")
     model = build_model("mlp", (1, 8, 8), 4, seed=0)
 
     result = train_private(model, data, train, dp, spend, seed=0)
@@ -121,9 +124,10 @@ def test_the_step_counts_opacus_missed_train_exactly_as_charged(n: int, batch: i
 
 def test_the_update_carries_the_charged_noise() -> None:
     """One step at sigma = 1000 on a model: the update is almost all noise, with standard
-    deviation lr * sigma * C / (n q) per coordinate, as the Gaussian mechanism charged."""
+    deviation lr * sigma * C / batch_size per coordinate, as the Gaussian mechanism charged."""
     n, lr, clip, sigma = 40, 0.1, 1.0, 1000.0
-    data, train = dataset(n), TrainConfig(batch_size=n, learning_rate=lr)
+    data = dataset(n)
+    train = TrainConfig(sample_rate=1.0, local_steps=1, batch_size=n, learning_rate=lr)
     dp = DpConfig(noise_multiplier=sigma, max_grad_norm=clip)
     spend = Spend(noise_multiplier=sigma, sample_rate=1.0, steps=1)
     model = build_model("mlp", (1, 8, 8), 4, seed=0)

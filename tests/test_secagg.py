@@ -31,22 +31,16 @@ def params_for(n: int, **overrides: Any) -> RoundParams:
 
 def random_encodings(
     n: int, length: int, params: RoundParams, seed: int = 0
-) -> tuple[dict[int, Encoded], dict[int, np.ndarray], dict[int, int]]:
+) -> tuple[dict[int, Encoded], dict[int, np.ndarray]]:
     rng = np.random.default_rng(seed)
     nodes = [int(x) for x in rng.choice(1 << 40, size=n, replace=False)]
     deltas = {i: rng.normal(0, 1.5, length).astype(np.float32) for i in nodes}
-    weights = {i: int(rng.integers(1, 3000)) for i in nodes}
-    return {i: encode(deltas[i], weights[i], params) for i in nodes}, deltas, weights
+    return {i: encode(deltas[i], params) for i in nodes}, deltas
 
 
-def plain_weighted_sum(
-    deltas: dict[int, np.ndarray], weights: dict[int, int], nodes: Any, params: RoundParams
-) -> np.ndarray:
+def plain_sum(deltas: dict[int, np.ndarray], nodes: Any, params: RoundParams) -> np.ndarray:
     c = params.clip_range
-    return sum(
-        min(weights[i], params.max_weight) * np.clip(deltas[i].astype(np.float64), -c, c)
-        for i in nodes
-    )
+    return sum(np.clip(deltas[i].astype(np.float64), -c, c) for i in nodes)
 
 
 # --- masks ---------------------------------------------------------------------------------
@@ -118,7 +112,6 @@ def test_neighbour_graph_is_k_regular_and_symmetric() -> None:
         ({"clip_range": 0.0}, 5, "clip_range"),
         ({"neighbours": 3}, 10, "must be even"),
         ({"threshold": 9}, 10, "threshold t must be in"),
-        ({"max_weight": 0}, 5, "max_weight"),
         ({"setup_timeout": -1.0}, 5, "setup_timeout"),
     ],
 )
@@ -151,10 +144,10 @@ def test_flatten_and_unflatten_round_trip() -> None:
 
 def test_clip_fraction_counts_clipped_coordinates() -> None:
     params = params_for(3, clip_range=1.0)
-    encoded = encode(np.array([0.5, -2.0, 3.0, 1.0], np.float32), 10, params)
+    encoded = encode(np.array([0.5, -2.0, 3.0, 1.0], np.float32), params)
     assert encoded.clip_fraction == 0.5
     with pytest.raises(InvalidInput, match="NaN"):
-        encode(np.array([np.nan], np.float32), 10, params)
+        encode(np.array([np.nan], np.float32), params)
 
 
 # --- exactness under dropouts ---------------------------------------------------------------
@@ -164,8 +157,7 @@ def test_integer_vectors_sum_exactly_mod_2_to_32() -> None:
     params = params_for(12)
     rng = np.random.default_rng(3)
     encoded = {
-        node: Encoded(rng.integers(0, 1 << 32, 5000, dtype=np.uint32), 1, 0.0)
-        for node in range(1, 13)
+        node: Encoded(rng.integers(0, 1 << 32, 5000, dtype=np.uint32), 0.0) for node in range(1, 13)
     }
     result = aggregate_locally(
         params, encoded, rng=random.Random(0), drop_before_upload=[4], drop_before_unmask=[7]
@@ -180,9 +172,9 @@ def test_integer_vectors_sum_exactly_mod_2_to_32() -> None:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(3, 30), data=st.data())
-def test_secure_sum_equals_plain_weighted_sum_of_survivors(n: int, data: st.DataObject) -> None:
+def test_secure_sum_equals_plain_sum_of_survivors(n: int, data: st.DataObject) -> None:
     params = params_for(n)
-    encoded, deltas, weights = random_encodings(n, 64, params, seed=n)
+    encoded, deltas = random_encodings(n, 64, params, seed=n)
     nodes = list(encoded)
     stages = ("keys", "shares", "upload", "unmask")
     # up to a quarter of the nodes drop, each before a stage of its own
@@ -211,15 +203,18 @@ def test_secure_sum_equals_plain_weighted_sum_of_survivors(n: int, data: st.Data
     assert set(result.survivors) <= uploaded
     assert len(result.survivors) >= params.threshold
     assert set(result.survivors).isdisjoint(result.dropped)
-    total, total_weight = decode(result.total, len(result.survivors), params)
-    assert total_weight == sum(weights[i] for i in result.survivors)
-    expected = plain_weighted_sum(deltas, weights, result.survivors, params)
-    assert np.abs(total - expected).max() <= error_bound(params, len(result.survivors)) * 1.000001
+    decoded = decode(result.total, len(result.survivors), params)
+    expected = plain_sum(deltas, result.survivors, params)
+    bound = error_bound(params, len(result.survivors))
+    assert np.abs(decoded.delta_sum - expected).max() <= bound * 1.000001
+    # the clipped share travels in the sum too: the mean of the survivors', to a step
+    clipped = np.mean([encoded[i].clip_fraction for i in result.survivors])
+    assert decoded.clip_fraction == pytest.approx(clipped, abs=1 / params.levels)
 
 
 def test_moderate_dropouts_at_every_stage_keep_everyone_who_uploaded() -> None:
     params = params_for(20)
-    encoded, deltas, weights = random_encodings(20, 200, params)
+    encoded, deltas = random_encodings(20, 200, params)
     nodes = list(encoded)
     result = aggregate_locally(
         params,
@@ -231,14 +226,14 @@ def test_moderate_dropouts_at_every_stage_keep_everyone_who_uploaded() -> None:
         drop_before_unmask=nodes[3:4],
     ).result
     assert set(result.survivors) == set(nodes[3:])
-    total, _ = decode(result.total, len(result.survivors), params)
-    expected = plain_weighted_sum(deltas, weights, result.survivors, params)
+    total = decode(result.total, len(result.survivors), params).delta_sum
+    expected = plain_sum(deltas, result.survivors, params)
     assert np.abs(total - expected).max() <= error_bound(params, 17) * 1.000001
 
 
 def test_too_many_dropouts_abort_the_round_with_a_clear_error() -> None:
     params = params_for(5)  # k = 4, t = 3
-    encoded, _, _ = random_encodings(5, 10, params)
+    encoded, _ = random_encodings(5, 10, params)
     nodes = list(encoded)
     with pytest.raises(SecAggAborted, match="secure aggregation needs at least 3"):
         aggregate_locally(params, encoded, rng=random.Random(0), drop_before_upload=nodes[:3])
@@ -265,7 +260,7 @@ class RecordingAggregation(Aggregation):
 
 def test_no_masked_vector_equals_or_correlates_with_its_update() -> None:
     params = params_for(10)
-    encoded, _, _ = random_encodings(10, 20_000, params)
+    encoded, _ = random_encodings(10, 20_000, params)
     nodes = list(encoded)
     local = aggregate_locally(
         params,
@@ -299,10 +294,10 @@ def _unmasks(server: RecordingAggregation) -> list[tuple[str, int, Any]]:
 
 def _run_tampered(n: int, tamper: Any) -> tuple[Any, dict[int, str], dict[int, np.ndarray], Any]:
     params = params_for(n)
-    encoded, deltas, weights = random_encodings(n, 100, params)
+    encoded, deltas = random_encodings(n, 100, params)
     local = aggregate_locally(params, encoded, rng=random.Random(0), tamper=tamper)
-    total, _ = decode(local.result.total, len(local.result.survivors), params)
-    expected = plain_weighted_sum(deltas, weights, local.result.survivors, params)
+    total = decode(local.result.total, len(local.result.survivors), params).delta_sum
+    expected = plain_sum(deltas, local.result.survivors, params)
     assert np.abs(total - expected).max() <= error_bound(params, len(local.result.survivors)) * 1.01
     return local.result, local.rejected, deltas, encoded
 
@@ -393,7 +388,7 @@ def test_a_device_never_reveals_both_shares_of_one_node() -> None:
     uploads = {n: s.share_keys(keys) for n, (s, _) in sessions.items()}
     device = sessions[1][0]
     inbox = {src: u.ciphertexts[1] for src, u in uploads.items() if src != 1}
-    masked = device.mask(inbox, encode(np.zeros(4, np.float32), 1, params))
+    masked = device.mask(inbox, encode(np.zeros(4, np.float32), params))
     assert isinstance(masked, MaskedUpload)
     assert masked.mask_peers == (2, 3)
     with pytest.raises(ProtocolViolation, match="both survivor and dropped"):

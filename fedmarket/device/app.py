@@ -62,7 +62,13 @@ def make_client_app(
 
 
 def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> TrainReply:
-    """One round on one device. The ledger records the spend only once the reply exists."""
+    """One round on one device.
+
+    The spend is reserved before training and charged once training has started, whatever
+    happens next: every answer from then on (an update, a divergence, a failure) is a function
+    of the private training that the server observes. A decline before training charges
+    nothing.
+    """
     config: dict[str, object] = dict(content.config_records[CONFIG])
     server_round = config.pop("round")
     if not isinstance(server_round, int):
@@ -70,6 +76,11 @@ def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> Tr
     model_name = parse_model_name(config.pop("model"))
     train_cfg, dp = train_from_record(config), dp_from_record(config)
     global_weights = weights_from_record(content.array_records[GLOBAL])
+    if not all(np.isfinite(w).all() for w in global_weights.values()):
+        refusal = "the global model has NaN or infinite values; refused before training"
+        log.warning("device %s round %d: %s", profile.device, server_round, refusal)
+        spent = profile.ledger().epsilon() if profile.private else float("inf")
+        return _declined(profile, refusal, epsilon=spent)
     model = build_model(model_name, profile.data.feature_shape, profile.data.num_classes, seed=0)
     set_weights(model, global_weights)
     seed = _round_seed(profile.device, server_round)
@@ -82,9 +93,7 @@ def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> Tr
     if profile.eligibility is not None and (why := profile.eligibility.decline_reason()):
         log.info("device %s declines round %d: %s", profile.device, server_round, why)
         return _declined(profile, why, epsilon=ledger.epsilon())
-    spend = plan_spend(
-        len(profile.data), train_cfg, dp, delta=ledger.delta, accountant=ledger.accountant
-    )
+    spend = plan_spend(train_cfg, dp, delta=ledger.delta, accountant=ledger.accountant)
     try:
         reservation = ledger.reserve(spend, round_label=f"run{run}/round{server_round}")
     except PrivacyBudgetExceeded as exc:
@@ -92,20 +101,26 @@ def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> Tr
         return _declined(profile, str(exc), epsilon=exc.spent)
     try:
         result = train_private(model, profile.data, train_cfg, dp, spend, seed=seed)
-        reply = _trained(profile, result, global_weights, epsilon=reservation.epsilon_after)
     except BaseException:
-        reservation.release()  # nothing left the device
+        # The server sees this round fail, and why it failed may depend on the records.
+        reservation.commit()
+        log.error(
+            "device %s round %d: training failed; its epsilon stays charged",
+            profile.device,
+            server_round,
+        )
         raise
+    # Whatever the device answers now is a function of the DP output: the spend is final.
+    reservation.commit()
     if not all(np.isfinite(w).all() for w in result.weights.values()):
-        reservation.release()  # nothing leaves the device: an update of NaN helps nobody
         why = (
             "training diverged: the update has NaN or infinite values (lower the learning "
-            "rate); nothing was sent and no privacy was spent"
+            "rate); no update was sent, but the round's epsilon is charged (the server sees "
+            "the round fail, and that is a function of the private training)"
         )
         log.warning("device %s round %d: %s", profile.device, server_round, why)
-        return _declined(profile, why, epsilon=ledger.epsilon())
-    reservation.commit()
-    return reply
+        return _declined(profile, why, epsilon=reservation.epsilon_after)
+    return _trained(profile, result, global_weights, epsilon=reservation.epsilon_after)
 
 
 def _declined(profile: DeviceProfile, reason: str, *, epsilon: float) -> TrainReply:
@@ -113,11 +128,8 @@ def _declined(profile: DeviceProfile, reason: str, *, epsilon: float) -> TrainRe
         device=profile.device,
         outcome="declined",
         reason=reason,
-        weight=0.0,
         epsilon=epsilon,
         delta=profile.delta,
-        steps=0,
-        train_loss=float("nan"),
         update=None,
     )
 
@@ -125,16 +137,17 @@ def _declined(profile: DeviceProfile, reason: str, *, epsilon: float) -> TrainRe
 def _trained(
     profile: DeviceProfile, result: LocalTrainResult, global_weights: Weights, *, epsilon: float
 ) -> TrainReply:
+    # The loss was computed on the records without noise: the owner sees it, nobody else.
+    log.info(
+        "device %s trained %d steps, mean loss %.4f", profile.device, result.steps, result.mean_loss
+    )
     delta_weights = {name: result.weights[name] - w for name, w in global_weights.items()}
     return TrainReply(
         device=profile.device,
         outcome="trained",
         reason="",
-        weight=float(result.num_examples),
         epsilon=epsilon,
         delta=profile.delta,
-        steps=result.steps,
-        train_loss=result.mean_loss,
         update=delta_weights,
     )
 

@@ -49,6 +49,7 @@ from fedmarket.market.amounts import to_tokens
 from fedmarket.market.bundle import canonical_json
 from fedmarket.market.lineage import Lineage, verify_lineage
 from fedmarket.market.sealed_models import SealedModel
+from fedmarket.privacy.accounting import ADJACENCY, PRIVACY_UNIT
 from fedmarket.store.base import ContentStore
 from fedmarket.types import ListingId, PurchaseId, TaskId
 
@@ -362,6 +363,8 @@ def model_metadata(lineage: Lineage, **declared: Any) -> dict[str, Any]:
         "epsilon_max": epsilons[-1] if epsilons else None,
         "epsilon_median": statistics.median(epsilons) if epsilons else None,
         "delta": lineage.delta,
+        "privacy_unit": PRIVACY_UNIT,
+        "adjacency": ADJACENCY,
         "format": "safetensors",
     }
     return {**facts, **{k: v for k, v in declared.items() if v is not None}}

@@ -20,6 +20,11 @@ from fedmarket.privacy.config import AccountantKind
 # without ever running PRV.
 PRV_RDP_LIMIT = 50.0
 
+# What every epsilon here protects: sample-level DP-SGD on each device, so the unit is one
+# record on one device, and neighbouring data sets differ by adding or removing that record.
+PRIVACY_UNIT = "one record on one device"
+ADJACENCY = "add/remove one record"
+
 
 @dataclass(frozen=True)
 class Spend:

@@ -49,11 +49,23 @@ class DpConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Local optimisation settings. ``proximal_mu > 0`` adds FedProx's proximal term."""
+    """Local optimisation settings, all public: they are the same for every device of a round.
+
+    A private device runs ``local_steps`` DP-SGD steps, each on a Poisson sample that takes
+    every record with probability ``sample_rate`` (q), and divides the noisy sum of clipped
+    per-record gradients by ``batch_size``, a public constant (the fixed-denominator estimator
+    of McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018,
+    §2): neither q, the steps nor the update's scale depend on how many records a device has,
+    so the epsilon it reports reveals nothing about its count. A device with n records
+    expects batches of about n * q; choose q so that n * q is near ``batch_size`` for a typical
+    device. Non-private devices take ``local_steps`` shuffled batches of ``batch_size``.
+    ``proximal_mu > 0`` adds FedProx's proximal term.
+    """
 
     learning_rate: float = 0.1
     momentum: float = 0.0
-    local_epochs: int = 1
+    sample_rate: float = 0.1
+    local_steps: int = 10
     batch_size: int = 32
     proximal_mu: float = 0.0
 
@@ -62,8 +74,10 @@ class TrainConfig:
             raise InvalidInput(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.momentum < 1:
             raise InvalidInput(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.local_epochs < 1:
-            raise InvalidInput(f"local_epochs must be >= 1, got {self.local_epochs}")
+        if not (math.isfinite(self.sample_rate) and 0 < self.sample_rate <= 1):
+            raise InvalidInput(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+        if self.local_steps < 1:
+            raise InvalidInput(f"local_steps must be >= 1, got {self.local_steps}")
         if self.batch_size < 1:
             raise InvalidInput(f"batch_size must be >= 1, got {self.batch_size}")
         if not (math.isfinite(self.proximal_mu) and self.proximal_mu >= 0):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from fedmarket.data.dataset import Dataset
+from fedmarket.exceptions import InvalidInput
 from fedmarket.models.weights import Weights, get_weights
 from fedmarket.privacy.accounting import Spend, calibrate_noise
 from fedmarket.privacy.config import AccountantKind, DpConfig, TrainConfig
@@ -22,41 +22,31 @@ from fedmarket.privacy.randomness import OsPoissonSampler, add_os_noise
 
 @dataclass(frozen=True)
 class LocalTrainResult:
-    """What one round of local training produced."""
+    """What one round of local training produced. Only ``weights`` (under DP) leaves the
+    device: ``mean_loss`` is computed on the records without noise and stays in its log."""
 
     weights: Weights
-    num_examples: int
     steps: int
     mean_loss: float
 
 
 def plan_spend(
-    num_examples: int,
-    train: TrainConfig,
-    dp: DpConfig,
-    *,
-    delta: float,
-    accountant: AccountantKind,
+    train: TrainConfig, dp: DpConfig, *, delta: float, accountant: AccountantKind
 ) -> Spend:
-    """The privacy cost of one round, known before training.
-
-    Opacus samples each example with probability ``q = 1 / ceil(n / batch_size)`` and takes
-    ``ceil(n / batch_size)`` steps per epoch; we use the same numbers so plan and run agree.
+    """The privacy cost of one round, known before training from the public round config:
+    ``local_steps`` steps at sample rate ``sample_rate``, never from the device's own count.
     """
-    steps_per_epoch = math.ceil(num_examples / train.batch_size)
-    sample_rate = 1.0 / steps_per_epoch
-    steps = steps_per_epoch * train.local_epochs
     sigma = dp.noise_multiplier
     if sigma is None:
         assert dp.target_epsilon_per_round is not None  # DpConfig guarantees one is set
         sigma = calibrate_noise(
             dp.target_epsilon_per_round,
             delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
+            sample_rate=train.sample_rate,
+            steps=train.local_steps,
             accountant=accountant,
         )
-    return Spend(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+    return Spend(noise_multiplier=sigma, sample_rate=train.sample_rate, steps=train.local_steps)
 
 
 def train_private(
@@ -74,15 +64,18 @@ def train_private(
     (:mod:`fedmarket.privacy.randomness`), never from ``seed`` (anyone who knows it would know
     which records each step used); ``seed`` fixes only the torch state that the model's
     layers may use. The sampler runs exactly ``spend.steps`` steps at rate
-    ``spend.sample_rate``, the numbers the ledger charged.
+    ``spend.sample_rate``, the numbers the ledger charged, and each step divides the noisy sum
+    of clipped gradients by the public ``train.batch_size`` (not by the private n * q).
     """
+    if len(data) < 1:
+        raise InvalidInput("no records to train on")
     torch.manual_seed(seed)
     start = [p.detach().clone() for p in model.parameters()]
     features, labels = torch.from_numpy(data.features), torch.from_numpy(data.labels)
     sampler = OsPoissonSampler(
         num_samples=len(data),
         sample_rate=spend.sample_rate,
-        steps=spend.steps // train.local_epochs,
+        steps=spend.steps,
     )
     loader = DataLoader(
         TensorDataset(features, labels),
@@ -114,33 +107,31 @@ def train_private(
     else:
         private_model, private_opt, private_loader = wrapped
         private_loss = criterion
-    # Opacus would floor n * (1 / steps) to an int (0 for one record a step): the sum of
-    # clipped gradients is averaged over the expected batch, n * q, as a float instead.
-    private_opt.expected_batch_size = len(data) * spend.sample_rate
+    # Opacus divides by n * q (floored: 0 for one record a step, hence NaN): a public
+    # constant instead, so the update's scale does not reveal the device's count.
+    private_opt.expected_batch_size = train.batch_size
     add_os_noise(private_opt, spend.noise_multiplier)
     steps, losses = 0, []
     private_model.train()
-    for _ in range(train.local_epochs):
-        for features, labels in private_loader:
-            # An empty Poisson batch still runs: the step must add noise all the same.
-            private_opt.zero_grad()
-            loss = private_loss(private_model(features), labels)
-            with warnings.catch_warnings():
-                # Opacus's hooks on the first layer fire on outputs only: harmless.
-                warnings.filterwarnings("ignore", "Full backward hook is firing")
-                loss.backward()
-            if len(labels):
-                losses.append(float(loss.detach()))
-            private_opt.step()
-            if train.proximal_mu > 0:
-                _proximal_step(model, start, train.learning_rate * train.proximal_mu)
-            steps += 1
+    for features, labels in private_loader:
+        # An empty Poisson batch still runs: the step must add noise all the same.
+        private_opt.zero_grad()
+        loss = private_loss(private_model(features), labels)
+        with warnings.catch_warnings():
+            # Opacus's hooks on the first layer fire on outputs only: harmless.
+            warnings.filterwarnings("ignore", "Full backward hook is firing")
+            loss.backward()
+        if len(labels):
+            losses.append(float(loss.detach()))
+        private_opt.step()
+        if train.proximal_mu > 0:
+            _proximal_step(model, start, train.learning_rate * train.proximal_mu)
+        steps += 1
     if steps != spend.steps:
         raise RuntimeError(f"took {steps} DP-SGD steps, the ledger reserved {spend.steps}")
     plain = private_model._module if hasattr(private_model, "_module") else private_model
     return LocalTrainResult(
         weights=get_weights(plain),
-        num_examples=len(data),
         steps=steps,
         mean_loss=float(np.mean(losses)) if losses else float("nan"),
     )
@@ -160,7 +151,10 @@ def _proximal_step(model: nn.Module, start: list[torch.Tensor], rate: float) -> 
 def train_plain(
     model: nn.Module, data: Dataset, train: TrainConfig, *, seed: int
 ) -> LocalTrainResult:
-    """Non-private SGD with shuffled mini-batches: the baseline DP is compared against."""
+    """Non-private SGD: ``local_steps`` shuffled batches of ``batch_size`` (reshuffled each
+    pass over the data), the baseline DP is compared against."""
+    if len(data) < 1:
+        raise InvalidInput("no records to train on")
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         TensorDataset(torch.from_numpy(data.features), torch.from_numpy(data.labels)),
@@ -170,9 +164,9 @@ def train_plain(
     )
     start = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=train.learning_rate, momentum=train.momentum)
-    steps, losses = 0, []
+    losses: list[float] = []
     model.train()
-    for _ in range(train.local_epochs):
+    while len(losses) < train.local_steps:
         for features, labels in loader:
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(model(features), labels)
@@ -181,5 +175,6 @@ def train_plain(
             if train.proximal_mu > 0:
                 _proximal_step(model, start, train.learning_rate * train.proximal_mu)
             losses.append(float(loss.detach()))
-            steps += 1
-    return LocalTrainResult(get_weights(model), len(data), steps, float(np.mean(losses)))
+            if len(losses) == train.local_steps:
+                break
+    return LocalTrainResult(get_weights(model), len(losses), float(np.mean(losses)))

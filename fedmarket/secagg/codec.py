@@ -1,10 +1,12 @@
-"""Fixed-point encoding of weighted deltas into uint32 vectors whose sum never wraps.
+"""Fixed-point encoding of deltas into uint32 vectors whose sum never wraps.
 
-A device with weight w (examples, capped at W = ``max_weight``) and delta d encodes each
-coordinate as x = clip(d, -c, c) * w / W, which lies in [-c, c], then q = round((x + c) * L / 2c)
-in [0, L] with L = 2^bits - 1; the last coordinate carries w itself. The sum over m devices
-decodes to sum(w * clip(d)) with an error of at most m * W * c / L per coordinate
-(:func:`error_bound`): each rounding is off by at most half a step, c / L.
+A device encodes each coordinate of its delta d as x = clip(d, -c, c), then
+q = round((x + c) * L / 2c) in [0, L] with L = 2^bits - 1; one last word carries the share of
+its coordinates that the clip changed, encoded the same way on [0, 1]. Every update weighs
+the same (no example count travels: it is private), so the sum over m devices decodes to
+sum(clip(d)) with an error of at most m * c / L per coordinate (:func:`error_bound`): each
+rounding is off by at most half a step, c / L. The clipped share is a function of the
+(DP-noised) delta, and only its sum over the cohort is ever revealed.
 """
 
 from __future__ import annotations
@@ -25,22 +27,34 @@ _BLOCK = 1 << 14
 
 @dataclass(frozen=True)
 class Encoded:
-    """One device's quantized contribution and the share of its coordinates that were clipped."""
+    """One device's quantized contribution (``values``: the delta's coordinates, then the
+    clipped share) and the share of its coordinates that were clipped."""
 
     values: Vector
-    weight: int
     clip_fraction: float
 
 
-def encode(delta: NDArray[np.floating], num_examples: int, params: RoundParams) -> Encoded:
+@dataclass(frozen=True)
+class Decoded:
+    """The unmasked sum of ``survivors`` encodings."""
+
+    delta_sum: NDArray[np.float64]  # sum of clip(d), per coordinate
+    clip_fraction: float  # mean share of clipped coordinates over the survivors
+
+
+def encode(delta: NDArray[np.floating], params: RoundParams) -> Encoded:
+    """Quantize ``delta`` (a flat vector) for the secure sum.
+
+    Raises
+    ------
+    InvalidInput
+        if ``delta`` is not flat or holds NaN or infinity.
+    """
     if delta.ndim != 1:
         raise InvalidInput("secagg encode: delta must be a flat vector")
-    if num_examples < 1:
-        raise InvalidInput(f"secagg encode: weight must be >= 1, got {num_examples}")
     c = params.clip_range
-    weight = min(int(num_examples), params.max_weight)
     scale = params.levels / (2 * c)
-    a, b = scale * weight / params.max_weight, c * scale + 0.5  # + 0.5: the cast floors
+    b = c * scale + 0.5  # + 0.5: the cast floors
     values = np.empty(delta.size + 1, dtype=np.uint32)
     work = np.empty(min(delta.size, _BLOCK), dtype=np.float64)
     clipped = 0
@@ -51,23 +65,25 @@ def encode(delta: NDArray[np.floating], num_examples: int, params: RoundParams) 
         if not np.isfinite(x).all():
             raise InvalidInput("secagg encode: delta contains NaN or infinity")
         clipped += block.size - int(np.count_nonzero(x == block))
-        x *= a
+        x *= scale
         x += b
         values[start : start + block.size] = x
-    values[-1] = weight
-    return Encoded(values=values, weight=weight, clip_fraction=clipped / max(delta.size, 1))
+    clip_fraction = clipped / max(delta.size, 1)
+    values[-1] = round(clip_fraction * params.levels)
+    return Encoded(values=values, clip_fraction=clip_fraction)
 
 
-def decode(total: Vector, survivors: int, params: RoundParams) -> tuple[NDArray[np.float64], int]:
-    """Turn the unmasked sum of ``survivors`` encodings into (sum of w * clip(d), sum of w)."""
+def decode(total: Vector, survivors: int, params: RoundParams) -> Decoded:
+    """Turn the unmasked sum of ``survivors`` encodings into sum(clip(d)) and the mean share
+    of clipped coordinates."""
     c = params.clip_range
     x = total[:-1].astype(np.float64) * (2 * c / params.levels) - survivors * c
-    return x * params.max_weight, int(total[-1])
+    return Decoded(delta_sum=x, clip_fraction=float(total[-1]) / params.levels / survivors)
 
 
 def error_bound(params: RoundParams, survivors: int) -> float:
-    """The largest possible |decoded - exact| of one coordinate of sum(w * clip(d))."""
-    return survivors * params.max_weight * params.clip_range / params.levels
+    """The largest possible |decoded - exact| of one coordinate of sum(clip(d))."""
+    return survivors * params.clip_range / params.levels
 
 
 def flatten(weights: Mapping[str, NDArray[np.float32]]) -> NDArray[np.float32]:

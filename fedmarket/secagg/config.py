@@ -17,15 +17,14 @@ SESSION_BYTES = 16
 class SecAggConfig:
     """The operator's settings.
 
-    Each device clips every coordinate of its delta to ``[-clip_range, clip_range]`` and caps
-    its weight (number of examples) at ``max_weight``. ``neighbours`` (k) and ``threshold`` (t)
+    Each device clips every coordinate of its delta to ``[-clip_range, clip_range]``; every
+    update weighs the same. ``neighbours`` (k) and ``threshold`` (t)
     default to k = the smallest even number >= log2(n) and t = floor((k + 1) / 2) + 1, a majority
     of the k + 1 holders of each secret: SecAgg+ with k = O(log n). Every stage waits at most its
     timeout; devices that have not answered by then are dropped.
     """
 
     clip_range: float = 4.0
-    max_weight: int = 4096
     neighbours: int | None = None
     threshold: int | None = None
     setup_timeout: float = 60.0
@@ -37,8 +36,6 @@ class SecAggConfig:
             raise InvalidInput(
                 f"secagg clip_range must be a finite number > 0, got {self.clip_range}"
             )
-        if not 1 <= self.max_weight <= 1 << 20:
-            raise InvalidInput(f"secagg max_weight must be in [1, 2^20], got {self.max_weight}")
         if self.neighbours is not None and self.neighbours < 2:
             raise InvalidInput(f"secagg neighbours must be >= 2, got {self.neighbours}")
         if self.threshold is not None and self.threshold < 2:
@@ -64,7 +61,6 @@ class SecAggConfig:
             neighbours=k,
             threshold=t,
             clip_range=self.clip_range,
-            max_weight=self.max_weight,
         )
 
 
@@ -81,7 +77,6 @@ class RoundParams:
     neighbours: int
     threshold: int
     clip_range: float
-    max_weight: int
 
     def __post_init__(self) -> None:
         if len(self.session) != SESSION_BYTES:
@@ -110,11 +105,6 @@ class RoundParams:
             raise InvalidInput(f"secagg clip_range must be > 0, got {self.clip_range}")
         if self.bits < 8:
             raise InvalidInput(f"a cohort of {self.cohort_size} leaves too few quantization bits")
-        if self.max_weight > (1 << self.bits) - 1:
-            raise InvalidInput(
-                f"secagg max_weight {self.max_weight} must be below 2^{self.bits} "
-                f"for a cohort of {self.cohort_size}"
-            )
 
     @property
     def bits(self) -> int:
@@ -132,7 +122,6 @@ class RoundParams:
             "neighbours": self.neighbours,
             "threshold": self.threshold,
             "clip_range": self.clip_range,
-            "max_weight": self.max_weight,
         }
 
     @classmethod
@@ -149,7 +138,6 @@ class RoundParams:
             neighbours=_integer(record, "neighbours"),
             threshold=_integer(record, "threshold"),
             clip_range=float(clip),
-            max_weight=_integer(record, "max_weight"),
         )
 
 

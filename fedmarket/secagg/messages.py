@@ -6,9 +6,9 @@ neighbours' keys (``peers``, ``peer_cipher``, ``peer_mask``); mask the shares ad
 device (``sources``, ``ciphertexts``) next to the usual training content; unmask the lists
 ``survivors`` and ``dropped``. Device -> server: setup ``cipher_pk``, ``mask_pk``; share_keys
 ``destinations``, ``ciphertexts``, ``commitment``; mask the training reply with its delta
-replaced by ArrayRecord ``masked`` (one uint32 vector) plus ``mask_peers``, ``clip_fraction``,
-``rejected``; unmask ``seed_owners``, ``seed_shares``, ``key_owners``, ``key_shares``. A device
-that refuses a stage answers ``refused`` with the reason.
+replaced by ArrayRecord ``masked`` (one uint32 vector, its last word the clipped share) plus
+``mask_peers`` and ``rejected``; unmask ``seed_owners``, ``seed_shares``, ``key_owners``,
+``key_shares``. A device that refuses a stage answers ``refused`` with the reason.
 """
 
 from __future__ import annotations

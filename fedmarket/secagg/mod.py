@@ -1,8 +1,8 @@
 """The device's SecAgg+ as a Flower ClientApp mod on the Message API.
 
 The mod answers the four stage messages itself, keeping the round's session in
-``Context.state``; on the mask stage it lets the app train, then replaces the plain delta and
-weight by the masked vector, so the update never leaves the device unmasked.
+``Context.state``; on the mask stage it lets the app train, then replaces the plain delta by
+the masked vector, so the update never leaves the device unmasked.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from fedmarket.exceptions import FedmarketError, ProtocolViolation
 from fedmarket.market.terms import RECEIPT, RoundTerms, sign_upload
-from fedmarket.protocol import DELTA, METRICS, weights_from_record
+from fedmarket.protocol import DELTA, METRICS, UPDATE_WEIGHT, weights_from_record
 from fedmarket.secagg import messages as m
 from fedmarket.secagg.codec import encode, flatten
 from fedmarket.secagg.config import RoundParams
@@ -139,7 +139,9 @@ def _mask(
     inbox = m.mapping(config, "sources", "ciphertexts", bytes)
     trained = call_next(msg, context)
     if trained.has_error():
-        raise ProtocolViolation(f"training failed: {trained.error.reason}")
+        # The reason may quote the records (an exception's text): it stays in the log here.
+        log.error("training failed, nothing was sent: %s", trained.error.reason)
+        raise ProtocolViolation("training failed on the device (the reason is in its log)")
     content = trained.content
     if DELTA not in content.array_records:  # declined: nothing to mask, nothing to send
         session.stage = Stage.MASK
@@ -147,26 +149,17 @@ def _mask(
         content[m.SECAGG] = m.record(Stage.MASK, session.params.session, {})
         return content
     delta = flatten(weights_from_record(content.array_records.pop(DELTA)))
-    metrics = content.metric_records[METRICS]
-    weight = metrics["weight"]
-    if not isinstance(weight, int | float):
-        raise ProtocolViolation("the training reply has no numeric weight")
-    encoded = encode(delta, max(1, round(weight)), session.params)
+    encoded = encode(delta, session.params)
     upload = session.mask(inbox, encoded)
-    metrics["weight"] = 0.0  # the weight travels masked, in the vector's last word
     content[m.MASKED] = ArrayRecord({"vector": Array(upload.vector)})
     content[m.SECAGG] = m.record(
         Stage.MASK,
         session.params.session,
-        {
-            "mask_peers": list(upload.mask_peers),
-            "clip_fraction": encoded.clip_fraction,
-            "rejected": list(upload.rejected),
-        },
+        {"mask_peers": list(upload.mask_peers), "rejected": list(upload.rejected)},
     )
     for reason in upload.rejected:
         log.warning("secagg: %s", reason)
-    _sign(msg, context, content, signer, upload.vector, weight=encoded.weight)
+    _sign(msg, context, content, signer, upload.vector)
     return content
 
 
@@ -176,8 +169,6 @@ def _sign(
     content: RecordDict,
     signer: SignerResolver | None,
     upload: np.ndarray,
-    *,
-    weight: int,
 ) -> None:
     """Attach the device's receipt for ``upload`` (the masked vector), when the round pays."""
     terms = RoundTerms.from_content(msg.content)
@@ -189,7 +180,7 @@ def _sign(
     if not isinstance(epsilon, float | int) or not isinstance(delta, float | int):
         raise ProtocolViolation("the training reply lacks epsilon or delta for the receipt")
     content[RECEIPT] = sign_upload(
-        terms, account, upload, weight=weight, epsilon=epsilon, delta=delta
+        terms, account, upload, weight=UPDATE_WEIGHT, epsilon=epsilon, delta=delta
     )
 
 

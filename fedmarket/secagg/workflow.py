@@ -60,7 +60,7 @@ def secure_round(
     aggregation = Aggregation(params, cohort, length, rng)
     exchange = _Exchange(grid, params.session, group_id)
     replies = _Replies()
-    trained, declined, clip = replies.trained, replies.declined, replies.clip
+    trained, declined = replies.trained, replies.declined
     try:
         result = _stages(
             aggregation,
@@ -80,13 +80,13 @@ def secure_round(
             clip_fraction=None,
             error=str(exc),
         )
-    weighted_sum, total_weight = decode(result.total, len(result.survivors), params)
+    decoded = decode(result.total, len(result.survivors), params)
     for node in trained.keys() - set(result.survivors):
         exchange.dropped.setdefault(node, "its masks did not pair up with its neighbours'")
     return RoundOutcome(
         update=AggregatedUpdate(
-            weighted_delta_sum=unflatten(weighted_sum, like),
-            total_weight=float(total_weight),
+            weighted_delta_sum=unflatten(decoded.delta_sum, like),
+            total_weight=float(len(result.survivors)),
             num_updates=len(result.survivors),
         ),
         trained=tuple(trained[n] for n in result.survivors),
@@ -94,7 +94,7 @@ def secure_round(
         dropped={
             n: exchange.dropped.get(n, "dropped") for n in result.dropped if n not in declined
         },
-        clip_fraction=float(np.mean([clip[n] for n in result.survivors])),
+        clip_fraction=decoded.clip_fraction,
         error=None,
         receipts=tuple(replies.receipts[n] for n in result.survivors if n in replies.receipts),
     )
@@ -106,7 +106,6 @@ class _Replies:
 
     trained: dict[int, TrainReply] = field(default_factory=dict)
     declined: dict[int, TrainReply] = field(default_factory=dict)
-    clip: dict[int, float] = field(default_factory=dict)
     receipts: dict[int, SignedReceipt] = field(default_factory=dict)
 
 
@@ -120,7 +119,7 @@ def _stages(
 ) -> SecureSum:
     cohort, params = aggregation.cohort, aggregation.params
     train_content, like, train_timeout = training
-    trained, declined, clip = replies.trained, replies.declined, replies.clip
+    trained, declined = replies.trained, replies.declined
     setup = {f"param.{k}": v for k, v in params.to_record().items()}
     for node, reply in exchange.run(
         Stage.SETUP, dict.fromkeys(cohort, setup), config.setup_timeout
@@ -164,7 +163,6 @@ def _stages(
         with exchange.guard(node):
             vector = _masked_vector(reply)
             aggregation.receive_masked(node, vector, m.items(cfg, "mask_peers", int))
-            clip[node] = m.field(cfg, "clip_fraction", float)
             trained[node] = parsed
         receipt = reply.content.config_records.get(RECEIPT)
         if terms is not None and receipt is not None and node in trained:

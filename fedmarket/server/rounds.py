@@ -19,7 +19,14 @@ from fedmarket.market.terms import MARKET, RoundTerms
 from fedmarket.models.evaluation import Evaluation
 from fedmarket.models.weights import Weights, weights_to_bytes
 from fedmarket.privacy.config import to_record
-from fedmarket.protocol import CONFIG, GLOBAL, RoundOutcome, TrainReply, weights_to_record
+from fedmarket.protocol import (
+    CONFIG,
+    GLOBAL,
+    UPDATE_WEIGHT,
+    RoundOutcome,
+    TrainReply,
+    weights_to_record,
+)
 from fedmarket.secagg.workflow import secure_round
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import FederationResult, RoundResult
@@ -157,9 +164,8 @@ def _plain_round(
     replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout))
     updates, declined, dropped = _read_replies(replies, weights)
     dropped.update(dict.fromkeys(_missing(cohort, replies), "no reply in time"))
-    total_weight = sum(r.weight for r in updates)
     return RoundOutcome(
-        update=_sum(updates, weights, total_weight) if updates else None,
+        update=_sum(updates, weights) if updates else None,
         trained=tuple(updates),
         declined=tuple(declined),
         dropped=dropped,
@@ -226,15 +232,15 @@ def _missing(cohort: list[int], replies: Iterable[Message]) -> list[int]:
     return [n for n in cohort if n not in answered]
 
 
-def _sum(updates: list[TrainReply], like: Weights, total_weight: float) -> AggregatedUpdate:
-    """The plain weighted sum, which secure aggregation computes without seeing the terms."""
+def _sum(updates: list[TrainReply], like: Weights) -> AggregatedUpdate:
+    """The plain sum, which secure aggregation computes without seeing the terms."""
     total = {name: np.zeros_like(tensor, dtype=np.float64) for name, tensor in like.items()}
     for reply in updates:
         assert reply.update is not None  # checked by TrainReply.from_content
         for name, tensor in reply.update.items():
-            total[name] += reply.weight * tensor
+            total[name] += UPDATE_WEIGHT * tensor
     return AggregatedUpdate(
         weighted_delta_sum={k: v.astype(np.float32) for k, v in total.items()},
-        total_weight=total_weight,
+        total_weight=float(UPDATE_WEIGHT * len(updates)),
         num_updates=len(updates),
     )
