@@ -67,25 +67,35 @@ def epsilon(history: Sequence[Spend], *, delta: float, accountant: AccountantKin
 
     With ``"prv"``, the RDP bound is computed first (cheap, bounded memory); where it passes
     :data:`PRV_RDP_LIMIT`, that bound is returned instead of running PRV (Gopi et al. 2021),
-    whose memory grows with the loss: still an upper bound, only looser."""
+    whose memory grows with the loss: still an upper bound, only looser. PRV's own error
+    (Opacus's ``eps_error``, absolute, default 0.01: 1.5 % at epsilon 0.7) is set to 0.3 % of
+    the RDP bound, between 0.0005 and 0.01, so PRV stays within about 1 % of the exact PLD
+    epsilon (checked against Google's dp-accounting in tests/test_epsilon_parity.py)."""
     check_delta(delta)
     merged = compact(history)
     if accountant == "prv":
         bound = _epsilon(merged, delta, "rdp")
         if bound > PRV_RDP_LIMIT:
             return bound
+        return _epsilon(merged, delta, "prv", eps_error=min(0.01, max(5e-4, 0.003 * bound)))
     return _epsilon(merged, delta, accountant)
 
 
 @functools.lru_cache(maxsize=4096)
 def _epsilon(
-    history: tuple[tuple[float, float, int], ...], delta: float, accountant: AccountantKind
+    history: tuple[tuple[float, float, int], ...],
+    delta: float,
+    accountant: AccountantKind,
+    *,
+    eps_error: float | None = None,
 ) -> float:
     if not history:
         return 0.0
     acct = create_accountant(mechanism=accountant)
     acct.history = list(history)
-    return float(acct.get_epsilon(delta=delta))
+    if eps_error is None:
+        return float(acct.get_epsilon(delta=delta))
+    return float(acct.get_epsilon(delta=delta, eps_error=eps_error))
 
 
 def calibrate_noise(
