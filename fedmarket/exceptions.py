@@ -15,7 +15,9 @@ EXIT_CODES: dict[int, str] = {
     3: "Data could not be loaded: the file is missing, corrupt or has the wrong layout.",
     4: "The data cannot be partitioned as asked.",
     10: "The privacy budget does not allow this: the device's epsilon cap would be exceeded.",
-    11: "The privacy ledger file is corrupt or belongs to another device or dataset.",
+    11: "The privacy ledger does not verify: edited, truncated, rolled back or another device's.",
+    12: "The device has no privacy ledger: create one explicitly, or restore the deleted one.",
+    13: "The ε in the device's published receipts disagrees with its privacy ledger.",
     20: "A federated round failed: too few devices trained or replies were invalid.",
     21: "Secure aggregation aborted: too few devices survived a stage to unmask the sum.",
     22: "A secure-aggregation message broke the protocol and was rejected.",
@@ -87,9 +89,26 @@ class PrivacyBudgetExceeded(PrivacyError):
 
 
 class LedgerCorrupted(PrivacyError):
-    """A privacy ledger file cannot be read or does not match its device and dataset."""
+    """A privacy ledger cannot be read, is not a hash chain signed by its identity, or is behind
+    its head (truncated, rolled back); it is refused, never read as empty."""
 
     exit_code: ClassVar[int] = 11
+
+
+class LedgerMissing(PrivacyError):
+    """A device identity has no privacy ledger; ``deleted`` when its head shows it had one."""
+
+    exit_code: ClassVar[int] = 12
+
+    def __init__(self, message: str, *, deleted: bool = False) -> None:
+        super().__init__(message)
+        self.deleted = deleted
+
+
+class EpsilonMismatch(PrivacyError):
+    """Receipts the device signed state an ε its privacy ledger does not explain."""
+
+    exit_code: ClassVar[int] = 13
 
 
 class RoundFailed(FedmarketError):

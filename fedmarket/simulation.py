@@ -25,7 +25,7 @@ from fedmarket.data.partition import dirichlet_partition, iid_partition
 from fedmarket.data.source import DataSource
 from fedmarket.device.app import make_client_app
 from fedmarket.device.profile import DeviceProfile
-from fedmarket.exceptions import InvalidInput, RoundFailed
+from fedmarket.exceptions import InvalidInput, LedgerMissing, RoundFailed
 from fedmarket.models.weights import Weights
 from fedmarket.privacy.accounting import check_delta
 from fedmarket.privacy.config import AccountantKind
@@ -91,16 +91,31 @@ class SimulatedFleet:
 
     def profile(self, index: int) -> DeviceProfile:
         parts, _ = self.split()
+        account = simulated_account(self.payout_seed, index) if self.payout_seed else None
         return DeviceProfile(
             device=DeviceId(f"device-{index}"),
             data=parts[index],
             home=self.home,
             epsilon_cap=self.epsilon_cap,
+            identity=account or simulated_account(f"identity/{self.seed}", index),
             delta=self.delta,
             accountant=self.accountant,
             private=self.private,
-            account=simulated_account(self.payout_seed, index) if self.payout_seed else None,
+            account=account,
         )
+
+    def prepare_ledgers(self) -> None:
+        """Open every device's privacy ledger; the simulation is its devices' owner, so it
+        creates the ledger of an identity that has none. A ledger whose head shows it was
+        deleted is refused (:class:`~fedmarket.exceptions.LedgerMissing`), as on a real device."""
+        for index in range(self.num_devices):
+            profile = self.profile(index)
+            try:
+                profile.ledger()
+            except LedgerMissing as exc:
+                if exc.deleted:
+                    raise
+                profile.create_ledger()
 
     def resolve(self, context: Context) -> DeviceProfile:
         """The device behind a simulated SuperNode (its ``partition-id``)."""
@@ -109,7 +124,7 @@ class SimulatedFleet:
 
 
 def simulated_account(seed: str, index: int) -> LocalAccount:
-    """A simulated device's payout key, derived from ``seed``: for simulations only."""
+    """A simulated device's key (payout or identity), derived from ``seed``: simulations only."""
     account: LocalAccount = Account.from_key(hashlib.sha256(f"{seed}/{index}".encode()).digest())
     return account
 
@@ -148,6 +163,8 @@ def run_federation(
     instead of round 1 from a fresh model. ``client_mods`` wrap every device's ClientApp.
     """
     _, held_out = fleet.split()
+    if fleet.private:
+        fleet.prepare_ledgers()
     first_round, initial, evaluator = starting_point(plan, held_out, resume)
 
     outcome: list[FederationResult] = []

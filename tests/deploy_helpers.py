@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from eth_account.signers.local import LocalAccount
+from eth_utils.address import to_checksum_address
 
 from fedmarket.data.loaders import load_digits
 from fedmarket.data.partition import iid_partition
@@ -62,6 +63,19 @@ def write_digits(path: Path, rows: np.ndarray) -> None:
     np.savez(path, x=data.features[rows], y=data.labels[rows])
 
 
+def pending_rounds(ledger: Path) -> list[str]:
+    """Round labels of the reservations a privacy ledger file holds unsettled (none if it
+    cannot be read yet)."""
+    try:
+        entries = json.loads(ledger.read_text())["entries"]
+    except (OSError, ValueError):
+        return []
+    settled = {e["body"]["reserve"] for e in entries if e["kind"] == "settle"}
+    return [
+        e["body"]["round"] for e in entries if e["kind"] == "reserve" and e["seq"] not in settled
+    ]
+
+
 @dataclass
 class Device:
     name: str
@@ -92,6 +106,8 @@ class Device:
             str(self.node_key),
             "--name",
             self.name,
+            # the owner's first run on this key creates its privacy ledger; later runs use it
+            *(() if self.ledger().exists() else ("--new-ledger",)),
             *extra,
             home=self.home,
             log=self.home / "join.log",
@@ -101,18 +117,13 @@ class Device:
     def account(self) -> LocalAccount:
         return load_keystore(self.keystore, PASSPHRASE)
 
+    def ledger(self) -> Path:
+        """The privacy ledger of this device's key."""
+        return self.home / "privacy" / f"{to_checksum_address(self.address)}.json"
+
     def pending_round(self, round_: int) -> bool:
         """This device has round ``round_``'s privacy spend reserved: it is training now."""
-        for path in (self.home / "privacy").glob("*/*.json"):
-            try:
-                entries = json.loads(path.read_text())["entries"]
-            except (OSError, ValueError):
-                continue
-            if any(
-                e["round"].endswith(f"round{round_}") and e["status"] == "pending" for e in entries
-            ):
-                return True
-        return False
+        return any(label.endswith(f"round{round_}") for label in pending_rounds(self.ledger()))
 
 
 @dataclass

@@ -1,26 +1,38 @@
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from flwr.app import ConfigRecord, RecordDict
 
 import fedmarket.device.app as device_app
 from fedmarket.data import Dataset
 from fedmarket.device import DeviceProfile, handle_train
-from fedmarket.exceptions import InvalidInput
+from fedmarket.exceptions import InvalidInput, LedgerMissing
+from fedmarket.market.terms import MARKET, MarketTerms, RoundTerms
 from fedmarket.models import build_model, get_weights
-from fedmarket.privacy import DpConfig, TrainConfig
+from fedmarket.privacy import DpConfig, PaidRound, TrainConfig
 from fedmarket.privacy.config import to_record
 from fedmarket.protocol import CONFIG, GLOBAL, weights_to_record
 from fedmarket.types import DeviceId
 
+IDENTITY: LocalAccount = Account.from_key(hashlib.sha256(b"dev-1").digest())
 
-def profile(home: Path, cap: float) -> DeviceProfile:
+
+def profile(home: Path, cap: float, *, ledger: bool = True) -> DeviceProfile:
+    """A device whose owner created its privacy ledger (unless ``ledger`` is False)."""
     rng = np.random.default_rng(0)
     data = Dataset(
         rng.random((40, 1, 8, 8), dtype=np.float32), np.arange(40) % 4, ("a", "b", "c", "d"), "t"
     )
-    return DeviceProfile(device=DeviceId("dev-1"), data=data, home=home, epsilon_cap=cap)
+    device = DeviceProfile(
+        device=DeviceId("dev-1"), data=data, home=home, epsilon_cap=cap, identity=IDENTITY
+    )
+    if ledger:
+        device.create_ledger()
+    return device
 
 
 def round_content(**overrides: object) -> RecordDict:
@@ -44,6 +56,50 @@ def test_device_trains_returns_delta_and_records_spend(tmp_path: Path) -> None:
     ledger = device.ledger()
     assert [e.status for e in ledger.entries] == ["spent"]
     assert reply.epsilon == pytest.approx(ledger.epsilon())
+
+
+def test_a_device_without_a_ledger_refuses_to_train(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing ledger is never read as empty: the round fails before any training."""
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained without a ledger")
+
+    monkeypatch.setattr(device_app, "train_private", never)
+    device = profile(tmp_path, cap=50.0, ledger=False)
+    with pytest.raises(LedgerMissing, match="--new-ledger"):
+        handle_train(round_content(), device, run="1")
+    assert not (tmp_path / "privacy").exists()
+
+
+def test_the_payout_key_must_be_the_identity(tmp_path: Path) -> None:
+    other: LocalAccount = Account.from_key(hashlib.sha256(b"other").digest())
+    device = profile(tmp_path, cap=50.0, ledger=False)
+    with pytest.raises(InvalidInput, match="must be its identity key"):
+        DeviceProfile(
+            device=device.device,
+            data=device.data,
+            home=tmp_path,
+            epsilon_cap=50.0,
+            identity=IDENTITY,
+            account=other,
+        )
+
+
+def test_a_paid_round_is_recorded_with_its_market_round(tmp_path: Path) -> None:
+    """The reservation names the task and round its receipt will name (`device status --key`
+    matches published receipts to ledger rounds by them)."""
+    device = profile(tmp_path, cap=50.0)
+    content = round_content()
+    terms = RoundTerms(MarketTerms(7, 31337, "0x" + "ab" * 20, "0x" + "cd" * 20), 3, bytes(32))
+    content[MARKET] = terms.to_record()
+
+    reply = handle_train(content, device, run="1")
+
+    (entry,) = device.ledger().entries
+    assert entry.paid == PaidRound(31337, "0x" + "ab" * 20, 7, 3)
+    assert reply.epsilon == entry.epsilon_after
 
 
 def test_device_declines_a_round_past_its_cap_and_records_nothing(tmp_path: Path) -> None:
@@ -128,7 +184,10 @@ def test_a_hopeless_round_config_is_declined_at_once(tmp_path: Path) -> None:
     bound (about 32,000) decides in milliseconds; the round is declined and nothing recorded."""
     rng = np.random.default_rng(0)
     data = Dataset(rng.random((2000, 1, 8, 8), dtype=np.float32), np.arange(2000) % 4, "abcd", "t")
-    device = DeviceProfile(device=DeviceId("dev-1"), data=data, home=tmp_path, epsilon_cap=8.0)
+    device = DeviceProfile(
+        device=DeviceId("dev-1"), data=data, home=tmp_path, epsilon_cap=8.0, identity=IDENTITY
+    )
+    device.create_ledger()
     content = round_content(
         **to_record("train", TrainConfig(sample_rate=0.005, local_steps=200, batch_size=10)),
         **to_record("dp", DpConfig(noise_multiplier=0.05)),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from chain_helpers import MODEL_CID, Chain
+from deploy_helpers import pending_rounds
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
@@ -91,14 +92,11 @@ def committed_rounds(state: Path) -> list[int]:
 
 def training_round(home: Path, round_: int) -> bool:
     """Some device has round ``round_``'s privacy spend reserved: it is training now."""
-    for path in (home / "simulated-devices" / "privacy").glob("*/*.json"):
-        try:
-            entries = json.loads(path.read_text())["entries"]
-        except (OSError, ValueError):
-            continue
-        if any(e["round"].endswith(f"round{round_}") and e["status"] == "pending" for e in entries):
-            return True
-    return False
+    return any(
+        label.endswith(f"round{round_}")
+        for path in (home / "simulated-devices" / "privacy").glob("0x*.json")
+        for label in pending_rounds(path)
+    )
 
 
 def test_server_killed_during_and_between_rounds_resumes_without_paying_twice(

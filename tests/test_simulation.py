@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from fedmarket import FederationPlan, SimulatedFleet, run_federation
-from fedmarket.privacy import DpConfig, TrainConfig
+from fedmarket.exceptions import LedgerMissing
+from fedmarket.privacy import DpConfig, PrivacyLedger, Spend, TrainConfig
 from strategies import FedAvg
 
 
@@ -33,3 +34,26 @@ def test_flower_simulation_three_devices_two_rounds_improves_accuracy(tmp_path: 
         assert [e.status for e in ledger.entries] == ["spent", "spent"]
         assert 0 < ledger.epsilon() <= 10.0
         assert result.rounds[-1].epsilon[f"device-{index}"] == pytest.approx(ledger.epsilon())
+
+
+def test_the_simulation_creates_its_devices_ledgers_and_refuses_a_deleted_one(
+    tmp_path: Path,
+) -> None:
+    """The simulation owns its devices: it creates the ledger of an identity that has none,
+    keyed by a key derived from the fleet's seed (or the payout key), and reuses it after."""
+    fleet = SimulatedFleet(num_devices=2, home=tmp_path, epsilon_cap=10.0)
+    fleet.prepare_ledgers()
+    ledger = fleet.profile(0).ledger()
+    ledger.reserve(Spend(1.5, 0.05, 20), round_label="r").commit()
+
+    fleet.prepare_ledgers()  # a second run continues the same ledgers
+    assert fleet.profile(0).ledger().epsilon() == ledger.epsilon() > 0
+    assert len(PrivacyLedger.find(tmp_path)) == 2
+    paid = SimulatedFleet(num_devices=2, home=tmp_path, epsilon_cap=10.0, payout_seed="s")
+    account = paid.profile(0).account
+    assert account is not None
+    assert paid.profile(0).identity.address == account.address  # the payout key, when paid
+
+    ledger.path.unlink()
+    with pytest.raises(LedgerMissing, match="was deleted"):
+        fleet.prepare_ledgers()

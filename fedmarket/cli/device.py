@@ -30,13 +30,24 @@ from fedmarket.deploy.device import DeviceRole, load_data
 from fedmarket.deploy.device import join as join_federation
 from fedmarket.deploy.tls import make_node_key
 from fedmarket.device.acks import AckBook
+from fedmarket.device.budget import prepare_ledger
 from fedmarket.device.eligibility import EligibilityPolicy
-from fedmarket.exceptions import DataError, InvalidInput
+from fedmarket.device.signed_epsilon import check_signed_epsilon, published_epsilons
+from fedmarket.exceptions import (
+    DataError,
+    EpsilonMismatch,
+    FedmarketError,
+    InvalidInput,
+    LedgerCorrupted,
+    LedgerMissing,
+)
 from fedmarket.keys import load_keystore
+from fedmarket.ledger.base import Ledger
 from fedmarket.market.amounts import to_tokens
 from fedmarket.market.claims import rewards_of
 from fedmarket.market.watch import watch as watch_roots
 from fedmarket.privacy.ledger import PrivacyLedger
+from fedmarket.store.base import ContentStore
 from fedmarket.types import TaskId
 
 app = typer.Typer(
@@ -69,7 +80,8 @@ def join(
         Path, typer.Option(help="Payout keystore file (passphrase: $FEDMARKET_PASSPHRASE).")
     ],
     epsilon_cap: Annotated[
-        float, typer.Option(help="The most ε this device ever spends on this data.")
+        float,
+        typer.Option(help="The most ε the key's privacy ledger may reach (per generation of data)"),
     ],
     root_certificates: Annotated[
         Path, typer.Option(help="The operator's CA certificate (ca.crt).")
@@ -92,14 +104,35 @@ def join(
     cold: Annotated[
         bool, typer.Option(help="Start every message's ClientApp as a fresh process (slow).")
     ] = False,
+    new_ledger: Annotated[
+        bool,
+        typer.Option(
+            "--new-ledger",
+            help="First run of this key only: create its privacy ledger, with ε 0. Right only "
+            "if the key never trained; a key that did has a ledger to restore, not to replace.",
+        ),
+    ] = False,
+    new_data: Annotated[
+        bool,
+        typer.Option(
+            "--new-data",
+            help="Declare every record in --data new, never used for training by this key: "
+            "their ε starts at 0 (a new generation in the ledger). If that is not true, every "
+            "ε the device reports from then on is wrong.",
+        ),
+    ] = False,
 ) -> None:
-    """Run this machine as a device of the federation at --superlink until Ctrl-C."""
+    """Run this machine as a device of the federation at --superlink until Ctrl-C.
+
+    The privacy ledger belongs to the key ($FEDMARKET_HOME/privacy/<address>.json): renaming
+    the device or changing its data continues the same ε. A missing ledger is refused: give
+    --new-ledger on the key's first run, or restore the ledger from a backup."""
     source = data_source(data, label_column)
     device = name or key.stem
     policy = EligibilityPolicy(
         require_power=require_power, max_cpu_busy=max_cpu_busy, memory_budget_mb=memory_budget_mb
     )
-    load_data(source)  # bad data fails before the passphrase prompt
+    dataset = load_data(source)  # bad data fails before the passphrase prompt
     account = load_keystore(key, passphrase(confirm=False))
     role = DeviceRole(
         name=device,
@@ -110,6 +143,22 @@ def join(
         account=account,
         delta=delta,
         policy=policy,
+    )
+    ledger = prepare_ledger(
+        role.home,
+        account,
+        epsilon_cap=role.epsilon_cap,
+        delta=role.delta,
+        accountant=role.accountant,
+        device=device,
+        dataset=dataset.fingerprint(),
+        new_ledger=new_ledger,
+        new_data=new_data,
+    )
+    typer.echo(
+        f"privacy ledger {ledger.path}: ε {ledger.epsilon():.3f} of cap {ledger.epsilon_cap:g} "
+        f"(generation {ledger.generation})",
+        err=True,
     )
     typer.echo(f"device {device} ({account.address}) joining {superlink}", err=True)
     join_federation(
@@ -141,42 +190,53 @@ def data_source(data: str, label_column: str) -> DataSource:
 
 @app.command()
 def status(
-    device: Annotated[
-        str | None, typer.Option(help="Only this device's ledgers (default: every device here).")
-    ] = None,
     key: Annotated[
-        str | None, typer.Option(help="Payout key (name or dev:N): also show its rewards.")
+        str | None,
+        typer.Option(
+            help="Payout key (name or dev:N): also show its rewards and check the ε it signed "
+            "into its published receipts against its ledger here."
+        ),
     ] = None,
     rpc_url: RpcOption = None,
     backend: BackendOption = Backend.local,
     ipfs_api: ApiOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Epsilon spent and the owner's cap per ledger; with --key, rewards earned and claimable."""
+    """Every privacy ledger here, verified: ε spent, cap, δ, remaining; with --key, rewards
+    earned and claimable, and the ε in the key's published receipts checked against its ledger.
+
+    Exits nonzero (after printing) if a ledger does not verify (11), was deleted (12), or the
+    receipts state an ε the ledger does not explain (13)."""
     home = fedmarket_home()
+    failures: list[FedmarketError] = []
     ledgers: list[dict[str, Any]] = []
-    for path in PrivacyLedger.find(home, device):
-        ledger = PrivacyLedger.open(path)
+    for path in PrivacyLedger.find(home):
+        try:
+            ledger = PrivacyLedger.read(path)
+        except (LedgerCorrupted, LedgerMissing) as exc:
+            failures.append(exc)
+            ledgers.append({"identity": path.stem, "problem": str(exc)})
+            continue
         ledgers.append(
             {
+                "identity": ledger.identity,
                 "device": ledger.device,
-                "dataset": ledger.dataset[:12],
+                "generation": ledger.generation,
                 "rounds": ledger.rounds_spent(),
                 "epsilon": ledger.epsilon(),
                 "epsilon_cap": ledger.epsilon_cap,
                 "delta": ledger.delta,
                 "remaining": max(ledger.epsilon_cap - ledger.epsilon(), 0.0),
+                "problem": None,
             }
         )
     rewards: list[dict[str, Any]] = []
+    receipts: dict[str, Any] | None = None
     if key is not None:
         market = connect(rpc_url, key)
-        for r in rewards_of(
-            market.ledger,
-            open_store(backend, ipfs_api, 30.0),
-            market.ledger.address,
-            acks=AckBook(home, market.ledger.address),
-        ):
+        store = open_store(backend, ipfs_api, 30.0)
+        address = market.ledger.address
+        for r in rewards_of(market.ledger, store, address, acks=AckBook(home, address)):
             rewards.append(
                 {
                     "task": r.task,
@@ -190,20 +250,52 @@ def status(
                     "sale_shares": to_tokens(r.sale_claimable),
                 }
             )
+        receipts = _check_receipts(home, market.ledger, store, address, failures)
     if as_json:
-        emit({"ledgers": ledgers, "rewards": rewards}, True, "")
-        return
+        emit({"ledgers": ledgers, "rewards": rewards, "receipts": receipts}, True, "")
+    else:
+        _print_status(home, ledgers, rewards if key is not None else None, receipts)
+    if failures:  # after printing everything: the first failure names itself on stderr
+        raise failures[0]
+
+
+def _check_receipts(
+    home: Path, chain: Ledger, store: ContentStore, address: str, failures: list[FedmarketError]
+) -> dict[str, Any]:
+    """The key's published receipts against its verified ledger here (none here: unchecked)."""
+    path = PrivacyLedger.path_for(home, address)
+    try:
+        ledger = PrivacyLedger.read(path)
+    except (LedgerCorrupted, LedgerMissing):  # listed, and failed, with the ledgers above
+        return {"identity": address, "receipts": None, "checked": False, "problems": []}
+    signed = published_epsilons(chain, store, address)
+    problems = check_signed_epsilon(ledger, signed)
+    if problems:
+        failures.append(EpsilonMismatch("; ".join(problems)))
+    return {"identity": address, "receipts": len(signed), "checked": True, "problems": problems}
+
+
+def _print_status(
+    home: Path,
+    ledgers: list[dict[str, Any]],
+    rewards: list[dict[str, Any]] | None,
+    receipts: dict[str, Any] | None,
+) -> None:
     console = Console()
     if not ledgers:
         console.print(f"no privacy ledger under {home / 'privacy'}")
     else:
         table = Table(title="Privacy ledgers")
-        for column in ("device", "dataset", "rounds", "epsilon", "cap", "delta", "remaining"):
+        names = ("identity", "device", "gen", "rounds", "epsilon", "cap", "delta", "remaining")
+        for column in names:
             table.add_column(column, justify="right")
         for row in ledgers:
+            if row["problem"] is not None:
+                continue
             table.add_row(
+                f"{row['identity'][:8]}…{row['identity'][-6:]}",  # whole in --json
                 row["device"],
-                row["dataset"],
+                str(row["generation"]),
                 str(row["rounds"]),
                 f"{row['epsilon']:.3f}",
                 f"{row['epsilon_cap']:g}",
@@ -211,7 +303,24 @@ def status(
                 f"{row['remaining']:.3f}",
             )
         console.print(table)
-    if key is not None:
+        for row in ledgers:
+            if row["problem"] is not None:
+                console.print(f"[red]REFUSED[/red] {row['identity']}: {row['problem']}")
+    if receipts is not None:
+        if not receipts["checked"]:
+            console.print(
+                f"published receipts of {receipts['identity']}: not checked (no verified "
+                "ledger of this key here)"
+            )
+        elif receipts["problems"]:
+            for problem in receipts["problems"]:
+                console.print(f"[red]RECEIPT ε MISMATCH[/red] {problem}")
+        else:
+            console.print(
+                f"{receipts['receipts']} published receipts of {receipts['identity']}: their ε "
+                "agrees with the ledger and never goes down"
+            )
+    if rewards is not None:
         table = Table(title="Rewards (tokens)")
         columns = (
             "task",

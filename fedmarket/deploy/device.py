@@ -98,6 +98,7 @@ def resolve(context: Context) -> DeviceProfile:
         ),
         home=Path(str(config["home"])),
         epsilon_cap=float(config["epsilon-cap"]),
+        identity=account,  # the payout key: the privacy ledger is this key's
         delta=float(config["delta"]),
         accountant="rdp" if config["accountant"] == "rdp" else "prv",
         account=account,

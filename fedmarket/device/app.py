@@ -13,6 +13,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from fedmarket.device.acks import AckBook, make_ack_mod
+from fedmarket.device.budget import paid_round
 from fedmarket.device.profile import DeviceProfile, DeviceResolver
 from fedmarket.exceptions import InvalidInput, PrivacyBudgetExceeded
 from fedmarket.models.registry import build_model, parse_model_name
@@ -95,7 +96,13 @@ def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> Tr
         return _declined(profile, why, epsilon=ledger.epsilon())
     spend = plan_spend(train_cfg, dp, delta=ledger.delta, accountant=ledger.accountant)
     try:
-        reservation = ledger.reserve(spend, round_label=f"run{run}/round{server_round}")
+        reservation = ledger.reserve(
+            spend,
+            round_label=f"run{run}/round{server_round}",
+            device=profile.device,
+            dataset=profile.data.fingerprint(),
+            paid=paid_round(content),
+        )
     except PrivacyBudgetExceeded as exc:
         log.info("device %s declines round %d: %s", profile.device, server_round, exc)
         return _declined(profile, str(exc), epsilon=exc.spent)

@@ -2,7 +2,8 @@
 
 from fedmarket.privacy.accounting import Spend, calibrate_noise, epsilon
 from fedmarket.privacy.config import AccountantKind, DpConfig, GradSampleMode, TrainConfig
-from fedmarket.privacy.ledger import LedgerEntry, PrivacyLedger, Reservation
+from fedmarket.privacy.ledger import PrivacyLedger, Reservation
+from fedmarket.privacy.replay import LedgerEntry, PaidRound
 from fedmarket.privacy.training import LocalTrainResult, plan_spend, train_plain, train_private
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "GradSampleMode",
     "LedgerEntry",
     "LocalTrainResult",
+    "PaidRound",
     "PrivacyLedger",
     "Reservation",
     "Spend",
