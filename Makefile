@@ -60,6 +60,7 @@ bench: $(STAMP) $(IPFS_STAMP) $(CONTRACTS_STAMP)
 	$(BIN)/python -m benchmarks.dp_overhead
 	$(BIN)/python -m benchmarks.dp_randomness
 	$(BIN)/python -m benchmarks.dp_utility
+	$(BIN)/python -m benchmarks.privacy_audit
 	$(BIN)/python -m benchmarks.secagg
 	$(BIN)/python -m benchmarks.store
 	$(BIN)/python -m benchmarks.gas

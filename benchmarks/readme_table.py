@@ -59,6 +59,30 @@ def dp_utility(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def privacy_audit(doc: dict) -> str:
+    lines = [
+        f"| round (device {doc['device']}, demo settings) | trials a side | AUC "
+        f"| ε lower bound ({doc['confidence']:.0%}) | accounted ε (this round, δ = "
+        f"{doc['delta']:g}) | statistic | wall time |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in doc["rows"]:
+        s = r["settings"]
+        what = (
+            f"DP-SGD: \N{GREEK SMALL LETTER SIGMA} {s['noise_multiplier']:g}, "
+            f"q {s['sample_rate']:.3g}, {s['steps']} steps, clip {s['max_grad_norm']:g}"
+            if s["private"]
+            else "no DP (plain SGD)"
+        )
+        accounted = r["accounted_epsilon"]
+        lines.append(
+            f"| {what} | {r['trials']:,} | {r['auc']:.3f} | {r['epsilon_lower_bound']:.2f} | "
+            f"{'∞' if accounted is None else f'{accounted:.2f}'} | {r['statistic']} | "
+            f"{r['seconds']:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
 def secagg(doc: dict) -> str:
     lines = [
         "| n | params | k / t | mask ns/param (stock) | mask speedup | upload B/param (stock) "
@@ -184,6 +208,7 @@ TABLES = {
     "dp_overhead": dp_overhead,
     "dp_randomness": dp_randomness,
     "dp_utility": dp_utility,
+    "privacy_audit": privacy_audit,
     "secagg": secagg,
     "store": store,
     "gas": gas,

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from fedmarket.cli import chain, crypto, device, keys, market, server, store
+from fedmarket.cli import audit, chain, crypto, device, keys, market, server, store
 from fedmarket.cli.demo import demo
 from fedmarket.cli.verify import verify
 from fedmarket.exceptions import FedmarketError
@@ -34,6 +34,7 @@ app.add_typer(store.app, name="store")
 app.add_typer(crypto.app, name="crypto")
 app.add_typer(chain.app, name="chain")
 app.add_typer(keys.app, name="keys")
+app.add_typer(audit.app, name="audit")
 
 
 def run() -> None:
