@@ -208,7 +208,7 @@ def test_without_dp_the_audit_tells_the_canary_apart() -> None:
     data = digits(64)
     model = build_model("mlp", data.feature_shape, data.num_classes, seed=0)
     before = get_weights(model)
-    train = TrainConfig(learning_rate=0.5, local_epochs=1, batch_size=16)
+    train = TrainConfig(learning_rate=0.5, sample_rate=0.25, local_steps=4, batch_size=16)
 
     result = audit.audit_local_round(
         model, data, train, None, delta=DELTA, accountant="prv", trials=30
@@ -224,9 +224,9 @@ def test_without_dp_the_audit_tells_the_canary_apart() -> None:
 
 def test_with_strong_dp_the_bound_stays_below_the_accounting() -> None:
     torch.set_num_threads(1)
-    data = digits(60)  # 60 and 61 records both take 4 steps of 16 (64 and 65 would not)
+    data = digits(60)
     model = build_model("mlp", data.feature_shape, data.num_classes, seed=0)
-    train = TrainConfig(learning_rate=0.5, local_epochs=1, batch_size=16)
+    train = TrainConfig(learning_rate=0.5, sample_rate=0.25, local_steps=4, batch_size=16)
     dp = DpConfig(noise_multiplier=8.0, max_grad_norm=1.0)
 
     result = audit.audit_local_round(
@@ -243,7 +243,7 @@ def test_with_strong_dp_the_bound_stays_below_the_accounting() -> None:
 def test_a_diverging_round_is_refused_by_name() -> None:
     data = digits(32)
     model = build_model("mlp", data.feature_shape, data.num_classes, seed=0)
-    train = TrainConfig(learning_rate=1e38, local_epochs=1, batch_size=8)  # float32 overflow
+    train = TrainConfig(learning_rate=1e38, local_steps=4, batch_size=8)  # float32 overflow
 
     with pytest.raises(InvalidInput, match="diverged"):
         audit.audit_local_round(model, data, train, None, delta=DELTA, accountant="prv", trials=2)
@@ -255,7 +255,7 @@ def test_a_diverging_round_is_refused_by_name() -> None:
 def tiny_task(tmp_path: Path) -> Path:
     path = tmp_path / "task.toml"
     path.write_text(
-        "[federation]\ndevices = 25\n[training]\nlocal_epochs = 1\nbatch_size = 32\n"
+        "[federation]\ndevices = 25\n[training]\nsample_rate = 0.5\nlocal_steps = 2\nbatch_size = 32\n"
         "[privacy]\nnoise_multiplier = 4.0\n"
     )
     return path

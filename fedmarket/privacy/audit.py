@@ -196,14 +196,11 @@ def audit_local_round(
     scorer = copy.deepcopy(start)
     datasets = (data, with_canary(data, canary))
     scores: dict[str, tuple[list[float], list[float]]] = {s: ([], []) for s in STATISTICS}
-    spends: list[Spend] = []
+    # the round config alone fixes the spend: D and D + canary run the same round
+    spend = plan_spend(train, dp, delta=delta, accountant=accountant) if dp else None
     for trial in range(trials):
         for member, dataset in enumerate(datasets):
-            weights, spend = _local_round(
-                copy.deepcopy(start), dataset, train, dp, delta=delta, accountant=accountant
-            )
-            if spend is not None and spend not in spends:
-                spends.append(spend)
+            weights = _local_round(copy.deepcopy(start), dataset, train, dp, spend)
             update = {name: weights[name] - start_weights[name] for name in gradient}
             set_weights(scorer, weights)
             drop = start_loss - _loss(scorer, canary)
@@ -228,17 +225,12 @@ def audit_local_round(
             [0] * (trials - cut) + [1] * (trials - cut), negatives[cut:] + positives[cut:]
         )
     )
-    last = spends[-1] if spends else None
     return AuditResult(
         trials=trials,
         auc=auc,
         epsilon_lower_bound=bound.epsilon_lower_bound,
         confidence=confidence,
-        accounted_epsilon=(
-            max(epsilon([s], delta=delta, accountant=accountant) for s in spends)
-            if spends
-            else None
-        ),
+        accounted_epsilon=(epsilon([spend], delta=delta, accountant=accountant) if spend else None),
         statistic=statistic,
         threshold=bound.threshold,
         settings=AuditSettings(
@@ -247,9 +239,9 @@ def audit_local_round(
             canary_label=canary.label,
             canary_features=canary.planted,
             learning_rate=train.learning_rate,
-            noise_multiplier=last.noise_multiplier if last else None,
-            sample_rate=last.sample_rate if last else None,
-            steps=last.steps if last else None,
+            noise_multiplier=spend.noise_multiplier if spend else None,
+            sample_rate=spend.sample_rate if spend else None,
+            steps=spend.steps if spend else None,
             max_grad_norm=dp.max_grad_norm if dp else None,
             delta=delta,
             accountant=accountant,
@@ -294,23 +286,16 @@ def audit_task(
 
 
 def _local_round(
-    model: nn.Module,
-    data: Dataset,
-    train: TrainConfig,
-    dp: DpConfig | None,
-    *,
-    delta: float,
-    accountant: AccountantKind,
-) -> tuple[Weights, Spend | None]:
-    """One device round, as the device runs it: the only call into planning and training.
+    model: nn.Module, data: Dataset, train: TrainConfig, dp: DpConfig | None, spend: Spend | None
+) -> Weights:
+    """One device round, as the device runs it (``dp=None``: plain SGD).
 
     The seed fixes only torch state the model's layers may use; DP-SGD's sampling and noise
     come from the OS CSPRNG whatever it is, and plain SGD's shuffle is seeded from it too."""
     seed = secrets.randbits(63)
-    if dp is None:
-        return train_plain(model, data, train, seed=seed).weights, None
-    spend = plan_spend(len(data), train, dp, delta=delta, accountant=accountant)
-    return train_private(model, data, train, dp, spend, seed=seed).weights, spend
+    if dp is None or spend is None:
+        return train_plain(model, data, train, seed=seed).weights
+    return train_private(model, data, train, dp, spend, seed=seed).weights
 
 
 def _canary_gradient(
