@@ -114,7 +114,13 @@ def test_epsilon_equals_opacus_accountant_stepped_through_the_same_history(
         ledger.reserve(spend, round_label="r").commit()
         for _ in range(spend.steps):
             reference.step(noise_multiplier=spend.noise_multiplier, sample_rate=spend.sample_rate)
-    assert ledger.epsilon() == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-6)
+    # PRV: Opacus's default error is an absolute 0.01; the ledger asks for 0.3 % of the RDP
+    # bound, so both are upper bounds and the ledger's is the tighter, by at most 0.01.
+    expected = reference.get_epsilon(delta=1e-5)
+    if accountant == "prv":
+        assert expected - 0.01 <= ledger.epsilon() <= expected
+    else:
+        assert ledger.epsilon() == pytest.approx(expected, rel=1e-6)
 
 
 def test_pending_spend_from_a_crash_still_counts_after_restart(tmp_path: Path) -> None:
