@@ -255,7 +255,8 @@ def test_a_diverging_round_is_refused_by_name() -> None:
 def tiny_task(tmp_path: Path) -> Path:
     path = tmp_path / "task.toml"
     path.write_text(
-        "[federation]\ndevices = 25\n[training]\nsample_rate = 0.5\nlocal_steps = 2\nbatch_size = 32\n"
+        "[federation]\ndevices = 25\n"
+        "[training]\nsample_rate = 0.5\nlocal_steps = 2\nbatch_size = 32\n"
         "[privacy]\nnoise_multiplier = 4.0\n"
     )
     return path

@@ -134,7 +134,7 @@ contract DataMarket is ReentrancyGuardTransient, EIP712 {
         address device;
         bytes32 trainedFrom; // commitment of the global model the update was trained from
         bytes32 uploadDigest; // sha256 of the masked upload
-        uint64 weight; // examples behind the update (capped)
+        uint64 weight; // the update's weight in the sum: 1 (no example count leaves a device)
         uint64 epsilonMicros; // epsilon spent so far on this dataset, x 1e6
         uint64 deltaE18; // delta, x 1e18
     }

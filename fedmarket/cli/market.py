@@ -56,6 +56,7 @@ from fedmarket.market.sales import (
     settle_due,
     verify_bought,
 )
+from fedmarket.privacy.accounting import ADJACENCY, PRIVACY_UNIT
 from fedmarket.store import ContentStore
 from fedmarket.types import ListingId, PurchaseId, TaskId
 
@@ -354,6 +355,8 @@ def listings(
                 "epsilon_max": facts.get("epsilon_max"),
                 "epsilon_median": facts.get("epsilon_median"),
                 "delta": facts.get("delta"),
+                "privacy_unit": facts.get("privacy_unit"),
+                "adjacency": facts.get("adjacency"),
                 "devices": facts.get("devices"),
                 "rounds": facts.get("rounds"),
                 "accuracy": declared.get("accuracy"),
@@ -365,7 +368,8 @@ def listings(
     if as_json:
         emit(rows, True, "")
         return
-    _table("Listings", rows, skip=("seller", "problem"))
+    _table("Listings", rows, skip=("seller", "problem", "privacy_unit", "adjacency"))
+    typer.echo(f"ε, δ: the unit of privacy is {PRIVACY_UNIT} ({ADJACENCY}; DP-SGD on devices)")
 
 
 @app.command(name="list")

@@ -15,7 +15,7 @@ from flwr.clientapp.typing import Mod
 from fedmarket.device.acks import AckBook, make_ack_mod
 from fedmarket.device.budget import paid_round
 from fedmarket.device.profile import DeviceProfile, DeviceResolver
-from fedmarket.exceptions import InvalidInput, PrivacyBudgetExceeded
+from fedmarket.exceptions import InvalidInput, PrivacyBudgetExceeded, RoundFailed
 from fedmarket.models.registry import build_model, parse_model_name
 from fedmarket.models.weights import Weights, set_weights
 from fedmarket.privacy.config import dp_from_record, train_from_record
@@ -108,14 +108,21 @@ def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> Tr
         return _declined(profile, str(exc), epsilon=exc.spent)
     try:
         result = train_private(model, profile.data, train_cfg, dp, spend, seed=seed)
-    except BaseException:
-        # The server sees this round fail, and why it failed may depend on the records.
+    except Exception:
+        # The server sees this round fail, and why it failed may depend on the records: the
+        # spend is charged, and the exception's text (which may quote shapes or values of
+        # the records) stays in this device's log; Flower would send it to the server.
         reservation.commit()
-        log.error(
+        log.exception(
             "device %s round %d: training failed; its epsilon stays charged",
             profile.device,
             server_round,
         )
+        raise RoundFailed(
+            "local training failed on the device (the reason is in its log)"
+        ) from None
+    except BaseException:
+        reservation.commit()  # interrupted mid-training: nothing proves the update was not sent
         raise
     # Whatever the device answers now is a function of the DP output: the spend is final.
     reservation.commit()

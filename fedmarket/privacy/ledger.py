@@ -17,9 +17,10 @@ goes down within a generation.
 
 A round goes through two steps. :meth:`PrivacyLedger.reserve` checks the owner's cap against
 the history *plus* this round and, if it fits, appends it as pending before training starts.
-:meth:`Reservation.commit` marks it spent once the update has been handed over;
-:meth:`Reservation.release` takes it back when training failed and nothing left the device. A
-pending entry left by a crash counts as spent: we cannot prove its update was not sent.
+:meth:`Reservation.commit` marks it spent once training has started (every answer from then on
+depends on the private training); :meth:`Reservation.release` takes it back only when nothing
+about the round left the device. A pending entry left by a crash counts as spent: we cannot
+prove its update was not sent.
 
 What is refused, never read as empty: a missing ledger (:class:`LedgerMissing`; only
 :meth:`PrivacyLedger.create` makes one); an entry edited, dropped, inserted or reordered, or one
