@@ -1,8 +1,9 @@
 """Final accuracy after R rounds at epsilon caps 1, 3, 8 and without DP, same seeds.
 
-Run: ``python -m benchmarks.dp_utility``. Each capped run uses the demo's settings with the
-noise multiplier calibrated so that the device spending the most (the smallest data set) ends
-the R rounds at or under the cap; the ledger enforces the cap either way.
+Run: ``python -m benchmarks.dp_utility``. Each capped run uses the demo's settings (the embedded
+task config) with the noise multiplier calibrated so that every device ends the R rounds at or
+under the cap: q and the steps are the public round config's, so all devices spend the same;
+the ledger enforces the cap either way.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.common import write_results
-from fedmarket.cli.demo import DEFAULT_LR_DECAY, DEFAULT_MAX_GRAD_NORM, DEFAULT_TRAIN
+from fedmarket.config import TaskConfig
 from fedmarket.privacy import DpConfig, calibrate_noise
 from fedmarket.server.plan import FederationPlan
 from fedmarket.simulation import SimulatedFleet, run_federation
@@ -27,6 +28,8 @@ ROUNDS = 5
 DEVICES = 10
 SEED = 0
 DELTA = 1e-5
+DEMO = TaskConfig()  # the demo's embedded defaults
+DEFAULT_TRAIN = DEMO.train_config()
 
 
 def noise_for_cap(cap: float) -> float:
@@ -58,9 +61,9 @@ def run(cap: float | None) -> dict[str, object]:
     plan = FederationPlan(
         rounds=ROUNDS,
         train=train,
-        lr_decay=DEFAULT_LR_DECAY,
+        lr_decay=DEMO.federation.lr_decay,
         seed=SEED,
-        dp=DpConfig(noise_multiplier=sigma, max_grad_norm=DEFAULT_MAX_GRAD_NORM),
+        dp=DpConfig(noise_multiplier=sigma, max_grad_norm=DEMO.privacy.max_grad_norm),
     )
     result = run_federation(fleet, plan, FedAvg())
     spent = [fleet.profile(i).ledger().epsilon() for i in range(DEVICES)] if cap else []

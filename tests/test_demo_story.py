@@ -15,11 +15,15 @@ from cli_invoke import invoke
 from net import free_port
 from web3 import Web3
 
+from fedmarket.exceptions import EpsilonMismatch
+from fedmarket.keys import KeyStore
 from fedmarket.ledger import Deployment, PurchaseState, Web3Ledger
 from fedmarket.ledger.chain import LocalChain, dev_accounts
 from fedmarket.market.amounts import to_base_units
 from fedmarket.market.publisher import stored_model
 from fedmarket.models.weights import weights_from_bytes
+from fedmarket.privacy import PrivacyLedger
+from fedmarket.simulation import simulated_account
 from fedmarket.store import LocalStore
 from fedmarket.types import ListingId, PurchaseId, TaskId
 
@@ -109,6 +113,29 @@ def test_demo_story_leaves_matching_chain_and_store(
         ledgers = json.loads(capsys.readouterr().out)["ledgers"]
         assert sorted(row["device"] for row in ledgers) == ["device-0", "device-1", "device-2"]
         assert all(0 < row["epsilon"] <= row["epsilon_cap"] == 8 for row in ledgers)
+
+        # device-0's published receipts agree with its ledger; a ledger started afresh for
+        # its key (both files deleted) no longer explains them, and status says so
+        account = simulated_account("fedmarket-demo", 0)
+        monkeypatch.setenv("FEDMARKET_PASSPHRASE", "demo passphrase")
+        KeyStore(out / "keys").new("device-0", "demo passphrase", private_key=bytes(account.key))
+        status = ["device", "status", "--key", "device-0", "--rpc-url", chain.rpc_url, "--json"]
+        assert invoke(monkeypatch, *status) == 0
+        receipts = json.loads(capsys.readouterr().out)["receipts"]
+        assert receipts == {
+            "identity": account.address,
+            "receipts": 2,
+            "checked": True,
+            "problems": [],
+        }
+        path = PrivacyLedger.path_for(out, account.address)
+        path.unlink()
+        path.with_suffix(".head").unlink()
+        PrivacyLedger.create(out, account, epsilon_cap=8.0)
+        assert invoke(monkeypatch, *status) == EpsilonMismatch.exit_code
+        problems = json.loads(capsys.readouterr().out)["receipts"]["problems"]
+        assert len(problems) == 2
+        assert all("the ledger has no such round" in p for p in problems)
     finally:
         chain.down()
 
