@@ -21,11 +21,15 @@ from fedmarket.types import DeviceId
 IDENTITY: LocalAccount = Account.from_key(hashlib.sha256(b"dev-1").digest())
 
 
-def profile(home: Path, cap: float, *, ledger: bool = True) -> DeviceProfile:
-    """A device whose owner created its privacy ledger (unless ``ledger`` is False)."""
+def profile(home: Path, cap: float, *, ledger: bool = True, classes: int = 4) -> DeviceProfile:
+    """A device whose owner created its privacy ledger (unless ``ledger`` is False); its
+    records have labels 0 .. ``classes`` - 1 (the task's model predicts 4)."""
     rng = np.random.default_rng(0)
     data = Dataset(
-        rng.random((40, 1, 8, 8), dtype=np.float32), np.arange(40) % 4, ("a", "b", "c", "d"), "t"
+        rng.random((40, 1, 8, 8), dtype=np.float32),
+        np.arange(40) % classes,
+        tuple("abcdefgh"[:classes]),
+        "t",
     )
     device = DeviceProfile(
         device=DeviceId("dev-1"), data=data, home=home, epsilon_cap=cap, identity=IDENTITY
@@ -68,8 +72,9 @@ def test_a_device_without_a_ledger_refuses_to_train(
 
     monkeypatch.setattr(device_app, "train_private", never)
     device = profile(tmp_path, cap=50.0, ledger=False)
-    with pytest.raises(LedgerMissing, match="--new-ledger"):
+    with pytest.raises(LedgerMissing, match="missing or does not verify") as info:
         handle_train(round_content(), device, run="1")
+    assert str(tmp_path) not in str(info.value)  # the owner's paths stay on the device
     assert not (tmp_path / "privacy").exists()
 
 
@@ -202,3 +207,18 @@ def test_a_hopeless_round_config_is_declined_at_once(tmp_path: Path) -> None:
     assert reply.outcome == "declined"
     assert "cap 8.000" in reply.reason
     assert device.ledger().entries == ()
+
+
+@pytest.mark.parametrize("classes", [3, 5])
+def test_the_task_model_decides_the_classes_not_the_records(tmp_path: Path, classes: int) -> None:
+    """Which labels a device's records hold is private: a device without one of the task's
+    classes trains like the others, and records with labels the model does not predict sit
+    the round out, where the device's own class count once made it refuse with a message
+    that told the server how many classes it had (red team, issue 15)."""
+    device = profile(tmp_path, cap=50.0, classes=classes)
+
+    reply = handle_train(round_content(), device, run="1")
+
+    assert (reply.outcome, reply.reason) == ("trained", "")
+    assert reply.update is not None
+    assert reply.update["net.3.bias"].shape == (4,)

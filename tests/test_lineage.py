@@ -21,8 +21,10 @@ from fedmarket.market.claims import claim_all, rewards_of
 from fedmarket.market.lineage import Lineage, verify_lineage
 from fedmarket.market.publisher import RoundPublisher
 from fedmarket.market.rewards import RewardTree
+from fedmarket.market.sales import model_metadata
 from fedmarket.market.sealed_models import SealedModel
 from fedmarket.market.watch import watch
+from fedmarket.privacy.accounting import ADJACENCY, PRIVACY_UNIT
 from fedmarket.receipts import Receipt
 from fedmarket.store import LocalStore
 from fedmarket.types import TaskId
@@ -417,3 +419,32 @@ def test_a_device_left_out_after_its_ack_is_paid_by_the_ack(
         device.claim_acknowledged(*acks[d.address])
     assert device.balance(d.address) == REWARD
     assert watch(device, store, d.address, acks=book) == []  # the voided root is done with
+
+
+def test_a_listing_states_each_devices_highest_epsilon_over_the_lineage(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """A device whose owner declared new data signs a lower epsilon in later rounds, but the
+    model still holds its earlier updates: the listing must state the higher one (red team,
+    issue 15: it took the latest receipt's)."""
+    task = new_task(chain)
+    publisher = open_publisher(chain, task, tmp_path)
+    device = chain.accounts[2]
+    model = b"initial model"
+    for round_, spent in ((1, 5.0), (2, 0.4)):  # new data declared between the rounds
+        trained_from = publisher.trained_from(round_, model)
+        model = f"model after round {round_}".encode()
+        receipt = signed_receipt(chain, device, task, round_, trained_from, epsilon=spent)
+        publisher.publish(
+            round_,
+            model=model,
+            trained_from=trained_from,
+            survivors=[device.address],
+            receipts=[receipt],
+            evidence={},
+        )
+
+    facts = model_metadata(verify(chain, LocalStore(tmp_path / "store"), task))
+
+    assert facts["epsilon_max"] == 5.0
+    assert (facts["privacy_unit"], facts["adjacency"]) == (PRIVACY_UNIT, ADJACENCY)

@@ -215,7 +215,7 @@ def test_without_dp_the_audit_tells_the_canary_apart() -> None:
     )
 
     assert result.auc >= 0.9
-    assert result.epsilon_lower_bound > 0.5
+    assert 0.5 < result.epsilon_lower_bound <= result.reachable
     assert result.accounted_epsilon is None
     assert not result.exceeds_accounting
     assert result.settings.private is False
@@ -324,6 +324,7 @@ def test_cli_warns_loudly_when_the_bound_exceeds_the_accounting(
         epsilon_lower_bound=3.0,
         confidence=0.95,
         accounted_epsilon=1.0,
+        reachable=3.9,
         statistic="loss",
         threshold=0.0,
         settings=settings,

@@ -82,6 +82,12 @@ def privacy(
         typer.echo(json.dumps(document, indent=2))
     else:
         Console().print(_table(result))
+    if result.accounted_epsilon is not None and result.reachable < result.accounted_epsilon:
+        console.print(
+            f"note: {trials} trials can show at most {result.reachable:.2f}, below the "
+            f"accounted {result.accounted_epsilon:.2f}: an accounting error smaller than the "
+            "difference goes unseen. Raise --trials (the ceiling grows like log(trials / 2))."
+        )
     if result.exceeds_accounting:
         console.print(
             f"[bold red]WARNING: the empirical lower bound {result.epsilon_lower_bound:.3f} "
@@ -111,6 +117,7 @@ def _table(result: AuditResult) -> Table:
             f"empirical epsilon lower bound ({result.confidence:.0%} confidence)",
             f"{result.epsilon_lower_bound:.3f}",
         ),
+        ("largest bound these trials can show", f"{result.reachable:.3f}"),
         ("AUC (evaluation half)", f"{result.auc:.3f}"),
         ("trials (each side)", str(result.trials)),
         ("statistic", result.statistic),

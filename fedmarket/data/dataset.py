@@ -66,14 +66,20 @@ class Dataset:
     @functools.cached_property
     def _digest(self) -> str:
         # Cached: the ledger asks every round, and hashing a large data set is not free.
-        digest = hashlib.sha256()
-        digest.update(repr((self.features.shape, self.classes)).encode())
-        digest.update(np.ascontiguousarray(self.features).tobytes())
-        digest.update(np.ascontiguousarray(self.labels).tobytes())
+        # One sha256 per record, sorted: the order of the records does not change the name.
+        rows = sorted(
+            hashlib.sha256(np.ascontiguousarray(x).tobytes() + int(y).to_bytes(8, "big")).digest()
+            for x, y in zip(self.features, self.labels, strict=True)
+        )
+        digest = hashlib.sha256(repr((self.features.shape, self.classes)).encode())
+        for row in rows:
+            digest.update(row)
         return digest.hexdigest()
 
     def fingerprint(self) -> DatasetId:
-        """sha256 over shapes, features and labels: names a device's data in its ledger."""
+        """sha256 over the shapes, the class names and the sorted per-record sha256 of
+        features and label: names a device's data in its ledger, whatever the records' order.
+        """
         return DatasetId(self._digest)
 
 

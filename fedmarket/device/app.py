@@ -12,13 +12,21 @@ from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from fedmarket.data.dataset import Dataset
 from fedmarket.device.acks import AckBook, make_ack_mod
 from fedmarket.device.budget import paid_round
 from fedmarket.device.profile import DeviceProfile, DeviceResolver
-from fedmarket.exceptions import InvalidInput, PrivacyBudgetExceeded, RoundFailed
-from fedmarket.models.registry import build_model, parse_model_name
+from fedmarket.exceptions import (
+    InvalidInput,
+    LedgerCorrupted,
+    LedgerMissing,
+    PrivacyBudgetExceeded,
+    RoundFailed,
+)
+from fedmarket.models.registry import build_model, output_classes, parse_model_name
 from fedmarket.models.weights import Weights, set_weights
 from fedmarket.privacy.config import dp_from_record, train_from_record
+from fedmarket.privacy.ledger import PrivacyLedger
 from fedmarket.privacy.training import LocalTrainResult, plan_spend, train_plain, train_private
 from fedmarket.protocol import CONFIG, GLOBAL, TrainReply, weights_from_record
 from fedmarket.secagg.mod import make_secagg_mod
@@ -80,17 +88,19 @@ def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> Tr
     if not all(np.isfinite(w).all() for w in global_weights.values()):
         refusal = "the global model has NaN or infinite values; refused before training"
         log.warning("device %s round %d: %s", profile.device, server_round, refusal)
-        spent = profile.ledger().epsilon() if profile.private else float("inf")
+        spent = _ledger(profile).epsilon() if profile.private else float("inf")
         return _declined(profile, refusal, epsilon=spent)
-    model = build_model(model_name, profile.data.feature_shape, profile.data.num_classes, seed=0)
+    classes = output_classes(model_name, global_weights)  # the task's, not the records'
+    model = build_model(model_name, profile.data.feature_shape, classes, seed=0)
     set_weights(model, global_weights)
     seed = _round_seed(profile.device, server_round)
+    data = _within(profile, classes)
 
     if not profile.private:
-        result = train_plain(model, profile.data, train_cfg, seed=seed)
+        result = train_plain(model, data, train_cfg, seed=seed)
         return _trained(profile, result, global_weights, epsilon=float("inf"))
 
-    ledger = profile.ledger()
+    ledger = _ledger(profile)
     if profile.eligibility is not None and (why := profile.eligibility.decline_reason()):
         log.info("device %s declines round %d: %s", profile.device, server_round, why)
         return _declined(profile, why, epsilon=ledger.epsilon())
@@ -107,7 +117,7 @@ def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> Tr
         log.info("device %s declines round %d: %s", profile.device, server_round, exc)
         return _declined(profile, str(exc), epsilon=exc.spent)
     try:
-        result = train_private(model, profile.data, train_cfg, dp, spend, seed=seed)
+        result = train_private(model, data, train_cfg, dp, spend, seed=seed)
     except Exception:
         # The server sees this round fail, and why it failed may depend on the records: the
         # spend is charged, and the exception's text (which may quote shapes or values of
@@ -135,6 +145,36 @@ def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> Tr
         log.warning("device %s round %d: %s", profile.device, server_round, why)
         return _declined(profile, why, epsilon=reservation.epsilon_after)
     return _trained(profile, result, global_weights, epsilon=reservation.epsilon_after)
+
+
+def _within(profile: DeviceProfile, classes: int) -> Dataset:
+    """The device's records whose label is one of the task's ``classes``; the others sit the
+    round out without a word to the server (whether a device holds them is private)."""
+    data = profile.data
+    keep = np.flatnonzero(data.labels < classes)
+    if len(keep) < len(data):
+        log.warning(
+            "device %s: %d of its records have labels the task's model does not predict "
+            "(it has %d classes); they are left out",
+            profile.device,
+            len(data) - len(keep),
+            classes,
+        )
+        return data.subset(keep)
+    return data
+
+
+def _ledger(profile: DeviceProfile) -> PrivacyLedger:
+    """The device's ledger; if it is missing or broken, the server hears only that (its path
+    and the details stay in the device's log)."""
+    try:
+        return profile.ledger()
+    except (LedgerMissing, LedgerCorrupted) as exc:
+        log.error("device %s: %s", profile.device, exc)
+        raise type(exc)(
+            "the device's privacy ledger is missing or does not verify; it trains no more "
+            "until its owner restores it (details in the device's log)"
+        ) from None
 
 
 def _declined(profile: DeviceProfile, reason: str, *, epsilon: float) -> TrainReply:

@@ -47,7 +47,7 @@ class Lineage:
     devices: tuple[str, ...]  # every device paid along the way
     rewards: dict[str, int]  # cumulative reward per device at the last verified round
     rewards_at: dict[int, dict[str, int]]  # the same at every verified round
-    epsilon: dict[str, float]  # each paid device's epsilon as its latest receipt states it
+    epsilon: dict[str, float]  # each paid device's highest epsilon over its receipts
     delta: float | None  # the receipts' delta (None when nobody was paid)
     model_opened: bool  # whether a decrypted model was checked against the commitment
 
@@ -144,7 +144,10 @@ def _verify(
             broken.append(str(exc))
             break
         bundle_size, round_epsilon, round_deltas = round_rewards
-        epsilon.update(round_epsilon)
+        # the highest, not the latest: after the owner declares new data, a device's epsilon
+        # restarts, but the model still holds its earlier rounds' updates
+        for device, spent in round_epsilon.items():
+            epsilon[device] = max(spent, epsilon.get(device, 0.0))
         deltas.update(round_deltas)
         rewards_at[commit.round] = dict(cumulative)
         verified.append(

@@ -13,12 +13,16 @@ from opacus.accountants.utils import get_noise_multiplier
 from fedmarket.exceptions import InvalidInput
 from fedmarket.privacy.config import AccountantKind
 
-# PRV's grid grows with the privacy loss it must cover: at an RDP bound of 32 it took 0.4 s and
-# 60 MB here, at 290 3.3 s and 600 MB, at 32,000 it asked for 2.4 GB (sigma 0.05, q 0.005, 200
-# steps). Past this RDP bound the ledger reports the RDP bound itself: an upper bound on
-# epsilon, found in milliseconds, and far above any sensible cap, so such a round is declined
-# without ever running PRV.
-PRV_RDP_LIMIT = 50.0
+# PRV's cost grows with the privacy loss it must cover, with the number of distinct (sigma, q)
+# parts it composes and with their steps (measured here, beyond ~330 MB of imports: RDP 20 with
+# 3 parts of 1,666 steps 0.9 s and 170 MB; RDP 25 2.8 s and 360 MB; RDP 32,000 asked for 2.4 GB;
+# 8 parts of 200 steps 9.4 s and 500 MB; one part of 10^6 steps at q 1e-6 exhausted 4 GB).
+# Beyond any of these limits the ledger reports the RDP bound itself: an upper bound on
+# epsilon, found in milliseconds, only looser (by 5-15 % where PRV would still have run).
+PRV_RDP_LIMIT = 20.0
+PRV_MAX_PARTS = 3
+PRV_MAX_STEPS = 5_000
+MAX_PARTS = 8  # the most (sigma, q) parts any accountant composes; see compact()
 
 # What every epsilon here protects: sample-level DP-SGD on each device, so the unit is one
 # record on one device, and neighbouring data sets differ by adding or removing that record.
@@ -51,36 +55,70 @@ def check_delta(delta: float) -> None:
 
 
 def compact(history: Sequence[Spend]) -> tuple[tuple[float, float, int], ...]:
-    """Merge consecutive rounds with equal (sigma, q), as Opacus's ``step`` does."""
-    merged: list[tuple[float, float, int]] = []
+    """(sigma, q, steps) parts whose composition bounds ``history``'s from above.
+
+    Steps are summed per distinct (sigma, q): composition commutes, so rounds of two tasks
+    that interleave cost one part each. Opacus's RDP costs ~0.1 s per part (300 parts: 36 s),
+    so past :data:`MAX_PARTS` distinct pairs sigma is rounded down and q up onto a geometric
+    grid (ratio 1.05, squared until at most :data:`MAX_PARTS` remain): an upper bound, since
+    the subsampled Gaussian's privacy loss falls with sigma and grows with q (Mironov et al.
+    2019), loose only for a history whose sigma or q varies from round to round."""
+    parts = _grouped(history, ratio=1.0)
+    ratio = 1.05
+    while len(parts) > MAX_PARTS:
+        parts = _grouped(history, ratio)
+        ratio *= ratio
+    return parts
+
+
+def _grouped(history: Sequence[Spend], ratio: float) -> tuple[tuple[float, float, int], ...]:
+    steps: dict[tuple[float, float], int] = {}
     for spend in history:
-        if merged and merged[-1][:2] == (spend.noise_multiplier, spend.sample_rate):
-            sigma, q, steps = merged[-1]
-            merged[-1] = (sigma, q, steps + spend.steps)
-        else:
-            merged.append((spend.noise_multiplier, spend.sample_rate, spend.steps))
-    return tuple(merged)
+        sigma, q = spend.noise_multiplier, spend.sample_rate
+        if ratio > 1:
+            sigma, q = _grid_below(sigma, ratio), min(1.0, _grid_above(q, ratio))
+        steps[(sigma, q)] = steps.get((sigma, q), 0) + spend.steps
+    return tuple(sorted((sigma, q, n) for (sigma, q), n in steps.items()))
+
+
+def _grid_below(value: float, ratio: float) -> float:
+    point = ratio ** math.floor(math.log(value, ratio))
+    return point if point <= value else point / ratio  # never above: a float may round up
+
+
+def _grid_above(value: float, ratio: float) -> float:
+    point = ratio ** math.ceil(math.log(value, ratio))
+    return point if point >= value else point * ratio
 
 
 def epsilon(history: Sequence[Spend], *, delta: float, accountant: AccountantKind) -> float:
     """epsilon(delta) of the composition of ``history``; 0 for an empty history.
 
-    With ``"prv"``, the RDP bound is computed first (cheap, bounded memory); where it passes
-    :data:`PRV_RDP_LIMIT`, that bound is returned instead of running PRV (Gopi et al. 2021),
-    whose memory grows with the loss: still an upper bound, only looser. PRV's own error
-    (Opacus's ``eps_error``, absolute, default 0.01: 1.5 % at epsilon 0.7, 7 % at 0.15) is
-    brought to 0.3 % of epsilon (at least 1e-4) by a second, finer pass where the default is
-    coarser than that, so PRV stays within 1 % of the exact PLD epsilon (checked against
-    Google's dp-accounting in tests/test_epsilon_parity.py)."""
+    With ``"prv"`` (Gopi et al. 2021) the RDP bound is computed first (cheap, bounded memory),
+    and PRV runs only where that bound is at most :data:`PRV_RDP_LIMIT`, the history has at
+    most :data:`PRV_MAX_PARTS` distinct (sigma, q) and :data:`PRV_MAX_STEPS` steps; elsewhere
+    the RDP bound is returned: still an upper bound, only looser. So judging any round config
+    takes bounded time and memory. PRV's own error (Opacus's ``eps_error``, absolute, default
+    0.01: 1.5 % at epsilon 0.7, 7 % at 0.15) is brought to 0.3 % of epsilon (at least 1e-4)
+    by a second, finer pass where the default is coarser than that, so PRV stays within 1 %
+    of the exact PLD epsilon (checked against Google's dp-accounting in
+    tests/test_epsilon_parity.py)."""
     check_delta(delta)
     merged = compact(history)
-    if accountant == "prv":
-        if _epsilon(merged, delta, "rdp") > PRV_RDP_LIMIT:
-            return _epsilon(merged, delta, "rdp")
-        first = _epsilon(merged, delta, "prv")
-        wanted = max(1e-4, 0.003 * first)
-        return first if wanted >= 0.01 else _epsilon(merged, delta, "prv", eps_error=wanted)
-    return _epsilon(merged, delta, accountant)
+    bound = _epsilon(merged, delta, "rdp")
+    if accountant == "rdp" or not _prv_affordable(merged, bound):
+        return bound
+    first = _epsilon(merged, delta, "prv")
+    wanted = max(1e-4, 0.003 * first)
+    return first if wanted >= 0.01 else _epsilon(merged, delta, "prv", eps_error=wanted)
+
+
+def _prv_affordable(history: tuple[tuple[float, float, int], ...], rdp_bound: float) -> bool:
+    return (
+        rdp_bound <= PRV_RDP_LIMIT
+        and len(history) <= PRV_MAX_PARTS
+        and sum(steps for _, _, steps in history) <= PRV_MAX_STEPS
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -108,7 +146,13 @@ def calibrate_noise(
     steps: int,
     accountant: AccountantKind,
 ) -> float:
-    """The sigma at which ``steps`` steps at ``sample_rate`` cost at most ``target_epsilon``."""
+    """The sigma at which ``steps`` steps at ``sample_rate`` cost at most ``target_epsilon``.
+
+    The search runs on the RDP bound whatever ``accountant`` the ledger uses (PRV's cost is
+    unbounded in a server's choice of target and steps: a target of 100 took 20 s and 1.9 GB),
+    so the sigma is at least the one PRV would choose and the round costs at most the target.
+    """
+    del accountant  # RDP bounds both: see above
     check_delta(delta)
     return float(
         get_noise_multiplier(
@@ -116,6 +160,6 @@ def calibrate_noise(
             target_delta=delta,
             sample_rate=sample_rate,
             steps=steps,
-            accountant=accountant,
+            accountant="rdp",
         )
     )

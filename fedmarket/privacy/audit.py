@@ -55,7 +55,11 @@ from fedmarket.data.dataset import Dataset
 from fedmarket.exceptions import InvalidInput
 from fedmarket.models.weights import Weights, get_weights, set_weights
 from fedmarket.privacy.accounting import Spend, check_delta, epsilon
-from fedmarket.privacy.audit_bound import check_confidence, epsilon_lower_bound
+from fedmarket.privacy.audit_bound import (
+    check_confidence,
+    epsilon_at_threshold,
+    epsilon_lower_bound,
+)
 from fedmarket.privacy.config import AccountantKind, DpConfig, TrainConfig
 from fedmarket.privacy.training import plan_spend, train_plain, train_private
 
@@ -108,9 +112,10 @@ class AuditResult:
     epsilon_lower_bound : nats, >= 0; holds with probability >= ``confidence``
     confidence : of the lower bound
     accounted_epsilon : the ledger's epsilon for this one round at ``settings.delta``;
-        None without DP. Where the plan depends on the number of records (today the sample
-        rate and steps do: 64 records in batches of 16 take 4 steps, 65 take 5), the rounds
-        on ``D`` and on ``D`` plus the canary differ, and this is the larger of the two
+        None without DP (the round config alone fixes it: ``D`` and ``D`` plus the canary run
+        the same round)
+    reachable : the largest bound these trials could show (the canary always found): an
+        accounting error smaller than ``accounted_epsilon`` - ``reachable`` goes unseen
     statistic, threshold : the test the bound comes from (member iff score >= threshold)
     settings : what was audited
     """
@@ -120,6 +125,7 @@ class AuditResult:
     epsilon_lower_bound: float
     confidence: float
     accounted_epsilon: float | None
+    reachable: float
     statistic: Statistic
     threshold: float
     settings: AuditSettings
@@ -231,6 +237,9 @@ def audit_local_round(
         epsilon_lower_bound=bound.epsilon_lower_bound,
         confidence=confidence,
         accounted_epsilon=(epsilon([spend], delta=delta, accountant=accountant) if spend else None),
+        reachable=epsilon_at_threshold(
+            [0.0] * (trials - cut), [1.0] * (trials - cut), 0.5, delta=delta, confidence=confidence
+        ),
         statistic=statistic,
         threshold=bound.threshold,
         settings=AuditSettings(

@@ -88,6 +88,10 @@ class DeviceSession:
     box_keys: dict[int, bytes] = field(default_factory=dict)  # peer -> crypto_box key
     pair_keys: dict[int, bytes] = field(default_factory=dict)  # peer -> pairwise mask key
     mask_peers: tuple[int, ...] = ()
+    # within the mask stage only (one message): accept_shares, then the device trains, then
+    # mask_update; never stored between messages
+    shares_accepted: bool = False
+    rejected: list[str] = field(default_factory=list)
 
     @classmethod
     def setup(cls, node: int, params: RoundParams) -> tuple[DeviceSession, PublicKeys]:
@@ -141,13 +145,19 @@ class DeviceSession:
 
     def mask(self, ciphertexts: Mapping[int, bytes], encoded: Encoded) -> MaskedUpload:
         """Stage 2: keep the shares sent to me, then mask my encoded update."""
+        self.accept_shares(ciphertexts)
+        return self.mask_update(encoded)
+
+    def accept_shares(self, ciphertexts: Mapping[int, bytes]) -> None:
+        """Stage 2, first half: keep the shares sent to me; refuse the stage if too few are
+        valid. A device checks this before it trains, so that a round it must refuse anyway
+        costs it no privacy."""
         self._advance(Stage.MASK)
-        rejected: list[str] = []
-        accepted: list[int] = []
+        self.rejected, accepted = [], []
         for src, ciphertext in ciphertexts.items():
             reason = self._receive_shares(src, ciphertext)
             if reason:
-                rejected.append(f"shares from node {src}: {reason}")
+                self.rejected.append(f"shares from node {src}: {reason}")
             else:
                 accepted.append(src)
         if len(accepted) + 1 < self.params.threshold:
@@ -156,6 +166,14 @@ class DeviceSession:
                 f"{self.params.threshold} needs at least threshold - 1"
             )
         self.mask_peers = tuple(sorted(accepted))
+        self.shares_accepted = True
+
+    def mask_update(self, encoded: Encoded) -> MaskedUpload:
+        """Stage 2, second half: my encoded update plus my self mask and the pairwise masks
+        of the neighbours whose shares I accepted."""
+        if self.stage != Stage.MASK or not self.shares_accepted:
+            raise ProtocolViolation("mask: no shares accepted in this round")
+        self.shares_accepted = False  # one masked upload per round
         session = self.params.session
         pair_keys = {j: self.pair_keys[j] for j in self.mask_peers}
         vector = encoded.values.copy()
@@ -165,7 +183,7 @@ class DeviceSession:
             + [k for j, k in pair_keys.items() if self.node < j],
             subtract=[k for j, k in pair_keys.items() if self.node > j],
         )
-        return MaskedUpload(vector, self.mask_peers, tuple(rejected))
+        return MaskedUpload(vector, self.mask_peers, tuple(self.rejected))
 
     def unmask(self, survivors: Sequence[int], dropped: Sequence[int]) -> UnmaskShares:
         """Stage 3: a seed share for each survivor, a mask-key share for each dropped node.

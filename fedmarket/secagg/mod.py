@@ -137,10 +137,13 @@ def _mask(
     signer: SignerResolver | None,
 ) -> RecordDict:
     inbox = m.mapping(config, "sources", "ciphertexts", bytes)
+    # Refuse before training if the shares cannot carry a masked upload: a round the device
+    # must refuse anyway then costs it no privacy.
+    session.accept_shares(inbox)
     trained = call_next(msg, context)
     if trained.has_error():
         # The reason may quote the records (an exception's text): it stays in the log here.
-        log.error("training failed, nothing was sent: %s", trained.error.reason)
+        log.error("training failed (its ε is charged): %s", trained.error.reason)
         raise ProtocolViolation("training failed on the device (the reason is in its log)")
     content = trained.content
     if DELTA not in content.array_records:  # declined: nothing to mask, nothing to send
@@ -150,7 +153,7 @@ def _mask(
         return content
     delta = flatten(weights_from_record(content.array_records.pop(DELTA)))
     encoded = encode(delta, session.params)
-    upload = session.mask(inbox, encoded)
+    upload = session.mask_update(encoded)
     content[m.MASKED] = ArrayRecord({"vector": Array(upload.vector)})
     content[m.SECAGG] = m.record(
         Stage.MASK,
