@@ -599,7 +599,7 @@ def test_any_history_or_round_config_is_judged_in_bounded_time_and_memory(
 
     assert math.isfinite(value)
     assert value > 0
-    assert seconds < 2.0
+    assert seconds < 10  # they took 20-195 s; ~1.5 s here (RDP bisection), with room for load
     assert grown_mb < 200
 
 
