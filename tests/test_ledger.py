@@ -453,7 +453,9 @@ def edit_ledger(ledger: PrivacyLedger, edit: str, old: bytes, data: st.DataObjec
     elif edit == "old copy":
         ledger.path.write_bytes(old)
     elif edit == "flip byte":
-        at = data.draw(st.integers(0, len(raw) - 1))
+        # the file's length varies with its timestamps: draw from a fixed range, so that
+        # hypothesis sees the same strategy when it replays an example
+        at = data.draw(st.integers(0, 1 << 20)) % len(raw)
         bit = data.draw(st.integers(0, 7))
         ledger.path.write_bytes(raw[:at] + bytes([raw[at] ^ (1 << bit)]) + raw[at + 1 :])
     else:
