@@ -39,8 +39,8 @@ def profile(home: Path, cap: float, *, ledger: bool = True, classes: int = 4) ->
     return device
 
 
-def round_content(**overrides: object) -> RecordDict:
-    weights = get_weights(build_model("mlp", (1, 8, 8), 4, seed=0))
+def round_content(classes: int = 4, **overrides: object) -> RecordDict:
+    weights = get_weights(build_model("mlp", (1, 8, 8), classes, seed=0))
     config = {
         "round": 1,
         "model": "mlp",
@@ -222,3 +222,41 @@ def test_the_task_model_decides_the_classes_not_the_records(tmp_path: Path, clas
     assert (reply.outcome, reply.reason) == ("trained", "")
     assert reply.update is not None
     assert reply.update["net.3.bias"].shape == (4,)
+
+
+def test_a_device_with_no_record_the_model_predicts_still_trains_on_noise(
+    tmp_path: Path,
+) -> None:
+    """A server that shrinks the model to 2 classes must not learn whether a device holds a
+    record of label 0 or 1: one with none takes the same charged steps on empty batches and
+    answers like any other (red team 2, issue 15: it refused, one record apart)."""
+    without = profile(tmp_path / "without", cap=50.0)
+    keep = np.flatnonzero(without.data.labels >= 2)
+    without = DeviceProfile(
+        device=without.device,
+        data=without.data.subset(keep),
+        home=without.home,
+        epsilon_cap=50.0,
+        identity=IDENTITY,
+    )
+    with_one = profile(tmp_path / "with", cap=50.0)
+
+    replies = [handle_train(round_content(classes=2), d, run="1") for d in (without, with_one)]
+
+    assert [(r.outcome, r.reason) for r in replies] == [("trained", "")] * 2
+    assert replies[0].epsilon == replies[1].epsilon
+
+
+def test_a_per_round_target_too_small_to_certify_is_refused_by_name(tmp_path: Path) -> None:
+    """RDP cannot certify epsilon 0.1 at q 0.05 for 20 steps: a clear config error, before any
+    spend (Opacus's bare "The privacy budget is too low." used to reach the server)."""
+    device = profile(tmp_path, cap=50.0)
+    content = round_content(
+        **to_record("train", TrainConfig(sample_rate=0.05, local_steps=20)),
+        **to_record("dp", DpConfig(noise_multiplier=None, target_epsilon_per_round=0.1)),
+    )
+    del content.config_records[CONFIG]["dp.noise_multiplier"]
+
+    with pytest.raises(InvalidInput, match=r"target of 0\.1 .* below what the RDP accountant"):
+        handle_train(content, device, run="1")
+    assert device.ledger().history == ()

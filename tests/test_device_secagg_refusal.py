@@ -1,8 +1,9 @@
 """A hostile aggregator cannot drain a device's ε with rounds the device must refuse anyway.
 
-It runs setup and share_keys properly, then sends the mask stage with too few shares for the
-device to mask under (none): the device's real ClientApp refuses before it trains, so nothing
-is charged, round after round (red team, issue 15: it used to train, pay, then refuse).
+It runs setup and share_keys properly, then sends a mask stage the device must refuse: too few
+shares to mask under, or market terms that cannot carry a receipt. The device's real ClientApp
+refuses before it trains, so nothing is charged, round after round (red team, issue 15: it
+used to train, pay, then refuse).
 """
 
 import os
@@ -13,6 +14,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmarket.device.app import make_client_app
+from fedmarket.market.terms import MARKET, MarketTerms, RoundTerms
 from fedmarket.models.registry import build_model
 from fedmarket.models.weights import get_weights
 from fedmarket.privacy import DpConfig, TrainConfig
@@ -21,6 +23,7 @@ from fedmarket.protocol import CONFIG, GLOBAL, weights_to_record
 from fedmarket.secagg import messages as m
 from fedmarket.secagg.config import SecAggConfig
 from fedmarket.secagg.device import DeviceSession, Stage
+from fedmarket.secagg.keys import PublicKeys
 from fedmarket.simulation import SimulatedFleet
 
 NODE = 1
@@ -33,10 +36,20 @@ def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(TaskIdentity, name, 1)
 
 
-def test_a_mask_stage_without_shares_is_refused_before_training_at_no_cost(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("terms", "refusal"),
+    [
+        (None, "valid shares from 0 neighbours"),  # no shares for the device
+        # terms that parse but cannot carry a receipt: it used to train, fail to sign, refuse
+        (MarketTerms(-1, 31337, "0x" + "ab" * 20, "0x" + "cd" * 20), "receipt task"),
+        (MarketTerms(7, 31337, "junk", "0x" + "cd" * 20), "cannot carry a receipt"),
+    ],
+    ids=["no-shares", "task-minus-one", "junk-market"],
+)
+def test_a_mask_stage_the_device_must_refuse_is_refused_before_training_at_no_cost(
+    tmp_path: Path, terms: MarketTerms | None, refusal: str
 ) -> None:
-    fleet = SimulatedFleet(num_devices=3, home=tmp_path, epsilon_cap=8.0)
+    fleet = SimulatedFleet(num_devices=3, home=tmp_path, epsilon_cap=8.0, payout_seed="t")
     fleet.prepare_ledgers()
     device = fleet.profile(0)
     app = make_client_app(lambda context: device)
@@ -51,13 +64,13 @@ def test_a_mask_stage_without_shares_is_refused_before_training_at_no_cost(
         params = SecAggConfig().for_cohort(3, session=os.urandom(16))
         setup = {f"param.{k}": v for k, v in params.to_record().items()}
         mine = send(RecordDict({m.SECAGG: m.record(Stage.SETUP, params.session, setup)}))
-        others = {n: DeviceSession.setup(n, params)[1] for n in (2, 3)}
-        keys = {NODE: (mine["cipher_pk"], mine["mask_pk"])}
-        keys |= {n: (k.cipher, k.mask) for n, k in others.items()}
+        others = {n: DeviceSession.setup(n, params) for n in (2, 3)}
+        keys = {NODE: PublicKeys(mine["cipher_pk"], mine["mask_pk"])}  # type: ignore[arg-type]
+        keys |= {n: k for n, (_, k) in others.items()}
         peers = {
             "peers": list(keys),
-            "peer_cipher": [c for c, _ in keys.values()],
-            "peer_mask": [k for _, k in keys.values()],
+            "peer_cipher": [k.cipher for k in keys.values()],
+            "peer_mask": [k.mask for k in keys.values()],
         }
         send(RecordDict({m.SECAGG: m.record(Stage.SHARE_KEYS, params.session, peers)}))
         config = {
@@ -66,17 +79,24 @@ def test_a_mask_stage_without_shares_is_refused_before_training_at_no_cost(
             **to_record("train", TrainConfig(sample_rate=0.3, local_steps=4)),
             **to_record("dp", DpConfig(noise_multiplier=2.3)),
         }
-        no_shares = {"sources": [], "ciphertexts": []}
-        refused = send(
-            RecordDict(
-                {
-                    CONFIG: ConfigRecord(config),
-                    GLOBAL: weights_to_record(global_model),
-                    m.SECAGG: m.record(Stage.MASK, params.session, no_shares),
-                }
-            )
+        inbox = {"sources": [], "ciphertexts": []}
+        if terms is not None:  # valid shares from both neighbours
+            uploads = {n: peer.share_keys(keys) for n, (peer, _) in others.items()}
+            inbox = {
+                "sources": list(uploads),
+                "ciphertexts": [u.ciphertexts[NODE] for u in uploads.values()],
+            }
+        content = RecordDict(
+            {
+                CONFIG: ConfigRecord(config),
+                GLOBAL: weights_to_record(global_model),
+                m.SECAGG: m.record(Stage.MASK, params.session, inbox),
+            }
         )
+        if terms is not None:
+            content[MARKET] = RoundTerms(terms, server_round, bytes(32)).to_record()
+        refused = send(content)
 
-        assert "valid shares from 0 neighbours" in str(refused["refused"])
+        assert refusal in str(refused["refused"])
         assert device.ledger().epsilon() == 0.0
         assert device.ledger().history == ()

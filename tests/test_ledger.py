@@ -580,11 +580,22 @@ print(value, seconds, grown)
         {"history": [[2.3 + 0.001 * i, 0.33, 12] for i in range(300)]},
         # two tasks whose rounds interleave: two parts, however often they alternate
         {"history": [[2.3 if i % 2 else 1.7, 0.33 if i % 2 else 0.1, 5] for i in range(300)]},
+        # a small epsilon over many steps: PRV's finer pass took 13 s and 2.8 GB
+        {"history": [[8.0, 0.001, 5_000]]},
+        {"history": [[2.0, 0.001, 1_666], [3.0, 0.002, 1_666], [4.0, 0.003, 1_666]]},
         # a per-round target that PRV calibrated in 20 s and 1.9 GB
         {"target": 100.0, "q": 0.33, "steps": 12},
         {"target": 1000.0, "q": 0.5, "steps": 100},
     ],
-    ids=["tiny-q-many-steps", "300-parts", "interleaved-tasks", "target-100", "target-1000"],
+    ids=[
+        "tiny-q-many-steps",
+        "300-parts",
+        "interleaved-tasks",
+        "small-epsilon-5000-steps",
+        "three-parts-5000-steps",
+        "target-100",
+        "target-1000",
+    ],
 )
 def test_any_history_or_round_config_is_judged_in_bounded_time_and_memory(
     case: dict[str, object],

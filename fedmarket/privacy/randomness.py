@@ -65,7 +65,13 @@ class OsPoissonSampler(UniformWithReplacementSampler):  # type: ignore[misc]  # 
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        super().__init__(num_samples=num_samples, sample_rate=sample_rate, steps=steps)
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        # Not Opacus's __init__: it refuses an empty data set, and a device without records
+        # must still take its charged steps (noise only), or its refusal would tell the
+        # server that it holds none.
+        self.num_samples, self.sample_rate, self.steps = num_samples, sample_rate, steps
+        self.generator = None
         self._threshold = np.uint64(min(_WORD - 1, math.floor(sample_rate * _WORD)))
 
     def __iter__(self) -> Iterator[list[int]]:

@@ -13,7 +13,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from fedmarket.data.dataset import Dataset
-from fedmarket.exceptions import InvalidInput
 from fedmarket.models.weights import Weights, get_weights
 from fedmarket.privacy.accounting import Spend, calibrate_noise
 from fedmarket.privacy.config import AccountantKind, DpConfig, TrainConfig
@@ -65,10 +64,10 @@ def train_private(
     which records each step used); ``seed`` fixes only the torch state that the model's
     layers may use. The sampler runs exactly ``spend.steps`` steps at rate
     ``spend.sample_rate``, the numbers the ledger charged, and each step divides the noisy sum
-    of clipped gradients by the public ``train.batch_size`` (not by the private n * q).
+    of clipped gradients by the public ``train.batch_size`` (not by the private n * q). A
+    device without records takes the same steps on empty batches (noise only): whether it
+    trains must not depend on its records.
     """
-    if len(data) < 1:
-        raise InvalidInput("no records to train on")
     torch.manual_seed(seed)
     start = [p.detach().clone() for p in model.parameters()]
     features, labels = torch.from_numpy(data.features), torch.from_numpy(data.labels)
@@ -153,8 +152,8 @@ def train_plain(
 ) -> LocalTrainResult:
     """Non-private SGD: ``local_steps`` shuffled batches of ``batch_size`` (reshuffled each
     pass over the data), the baseline DP is compared against."""
-    if len(data) < 1:
-        raise InvalidInput("no records to train on")
+    if len(data) < 1:  # nothing to learn from; no privacy to keep either (no DP here)
+        return LocalTrainResult(get_weights(model), 0, float("nan"))
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         TensorDataset(torch.from_numpy(data.features), torch.from_numpy(data.labels)),

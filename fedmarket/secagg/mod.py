@@ -140,6 +140,8 @@ def _mask(
     # Refuse before training if the shares cannot carry a masked upload: a round the device
     # must refuse anyway then costs it no privacy.
     session.accept_shares(inbox)
+    _check_terms(msg, context, signer)
+    _store(context, session)  # past the mask stage for good: a replay of it is refused
     trained = call_next(msg, context)
     if trained.has_error():
         # The reason may quote the records (an exception's text): it stays in the log here.
@@ -164,6 +166,19 @@ def _mask(
         log.warning("secagg: %s", reason)
     _sign(msg, context, content, signer, upload.vector)
     return content
+
+
+def _check_terms(msg: Message, context: Context, signer: SignerResolver | None) -> None:
+    """Sign a throw-away receipt under the round's market terms before training: terms that
+    cannot carry a receipt refuse the round while it costs the device nothing."""
+    try:
+        terms = RoundTerms.from_content(msg.content)
+        account = signer(context) if signer is not None and terms is not None else None
+        if terms is not None and account is not None:
+            blank = np.zeros(1, dtype=np.uint32)
+            sign_upload(terms, account, blank, weight=UPDATE_WEIGHT, epsilon=0.0, delta=0.5)
+    except (FedmarketError, ValueError, TypeError) as exc:
+        raise ProtocolViolation(f"the round's market terms cannot carry a receipt: {exc}") from None
 
 
 def _sign(
