@@ -40,7 +40,6 @@ def noise_for_cap(cap: float) -> float:
         delta=DELTA,
         sample_rate=DEFAULT_TRAIN.sample_rate,
         steps=DEFAULT_TRAIN.local_steps * ROUNDS,
-        accountant="prv",
     )
 
 

@@ -105,7 +105,7 @@ def test_a_device_sends_only_the_masked_vector_and_data_independent_fields(
     assert sizes_first != sizes_second  # the two runs' devices hold different numbers of records
     assert set(first) == set(second) == {"device-0", "device-1", "device-2"}
 
-    spend = plan_spend(TRAIN, DP, delta=1e-5, accountant="prv")
+    spend = plan_spend(TRAIN, DP, delta=1e-5)
     charged = epsilon([spend], delta=1e-5, accountant="prv")
     for device in first:
         stages = by_stage(first[device])

@@ -562,7 +562,7 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 if "target" in case:
     value = calibrate_noise(case["target"], delta=1e-5, sample_rate=case["q"],
-                            steps=case["steps"], accountant="prv")
+                            steps=case["steps"])
 else:
     value = epsilon([Spend(*s) for s in case["history"]], delta=1e-5, accountant="prv")
 seconds = time.perf_counter() - start

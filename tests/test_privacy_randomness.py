@@ -45,7 +45,7 @@ def batches_of_two_runs(
     RecordingSampler.drawn = []
     train = TrainConfig(sample_rate=batch / n, local_steps=math.ceil(n / batch), batch_size=batch)
     data, dp = dataset(n), DpConfig(noise_multiplier=1.0)
-    spend = plan_spend(train, dp, delta=1e-5, accountant="rdp")
+    spend = plan_spend(train, dp, delta=1e-5)
     for _ in range(2):  # same device, round, seed and data
         model = build_model("mlp", (1, 8, 8), 4, seed=0)
         train_private(model, data, train, dp, spend, seed=1234)
@@ -113,7 +113,7 @@ def test_the_step_counts_opacus_missed_train_exactly_as_charged(n: int, batch: i
     steps = math.ceil(n / batch)
     train = TrainConfig(sample_rate=1 / steps, local_steps=steps, batch_size=batch)
     data, dp = dataset(n), DpConfig(noise_multiplier=1.0)
-    spend = plan_spend(train, dp, delta=1e-5, accountant="rdp")
+    spend = plan_spend(train, dp, delta=1e-5)
     model = build_model("mlp", (1, 8, 8), 4, seed=0)
 
     result = train_private(model, data, train, dp, spend, seed=0)

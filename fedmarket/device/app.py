@@ -104,7 +104,7 @@ def handle_train(content: RecordDict, profile: DeviceProfile, *, run: str) -> Tr
     if profile.eligibility is not None and (why := profile.eligibility.decline_reason()):
         log.info("device %s declines round %d: %s", profile.device, server_round, why)
         return _declined(profile, why, epsilon=ledger.epsilon())
-    spend = plan_spend(train_cfg, dp, delta=ledger.delta, accountant=ledger.accountant)
+    spend = plan_spend(train_cfg, dp, delta=ledger.delta)
     try:
         reservation = ledger.reserve(
             spend,

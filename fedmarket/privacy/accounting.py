@@ -165,15 +165,13 @@ def calibrate_noise(
     delta: float,
     sample_rate: float,
     steps: int,
-    accountant: AccountantKind,
 ) -> float:
     """The sigma at which ``steps`` steps at ``sample_rate`` cost at most ``target_epsilon``.
 
-    The search runs on the RDP bound whatever ``accountant`` the ledger uses (PRV's cost is
+    The search runs on the RDP bound whatever accountant the ledger uses (PRV's cost is
     unbounded in a server's choice of target and steps: a target of 100 took 20 s and 1.9 GB),
     so the sigma is at least the one PRV would choose and the round costs at most the target.
     """
-    del accountant  # RDP bounds both: see above
     check_delta(delta)
     try:
         sigma = get_noise_multiplier(

@@ -203,7 +203,7 @@ def audit_local_round(
     datasets = (data, with_canary(data, canary))
     scores: dict[str, tuple[list[float], list[float]]] = {s: ([], []) for s in STATISTICS}
     # the round config alone fixes the spend: D and D + canary run the same round
-    spend = plan_spend(train, dp, delta=delta, accountant=accountant) if dp else None
+    spend = plan_spend(train, dp, delta=delta) if dp else None
     for trial in range(trials):
         for member, dataset in enumerate(datasets):
             weights = _local_round(copy.deepcopy(start), dataset, train, dp, spend)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset, default_collate
 from fedmarket.data.dataset import Dataset
 from fedmarket.models.weights import Weights, get_weights
 from fedmarket.privacy.accounting import Spend, calibrate_noise
-from fedmarket.privacy.config import AccountantKind, DpConfig, TrainConfig
+from fedmarket.privacy.config import DpConfig, TrainConfig
 from fedmarket.privacy.randomness import OsPoissonSampler, add_os_noise
 
 
@@ -29,9 +29,7 @@ class LocalTrainResult:
     mean_loss: float
 
 
-def plan_spend(
-    train: TrainConfig, dp: DpConfig, *, delta: float, accountant: AccountantKind
-) -> Spend:
+def plan_spend(train: TrainConfig, dp: DpConfig, *, delta: float) -> Spend:
     """The privacy cost of one round, known before training from the public round config:
     ``local_steps`` steps at sample rate ``sample_rate``, never from the device's own count.
     """
@@ -43,7 +41,6 @@ def plan_spend(
             delta=delta,
             sample_rate=train.sample_rate,
             steps=train.local_steps,
-            accountant=accountant,
         )
     return Spend(noise_multiplier=sigma, sample_rate=train.sample_rate, steps=train.local_steps)
 
