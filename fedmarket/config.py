@@ -7,6 +7,7 @@ silently. Paths in ``[data]`` are relative to the config file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from pathlib import Path
@@ -20,6 +21,7 @@ from fedmarket.market.amounts import to_base_units
 from fedmarket.models.registry import ModelName
 from fedmarket.privacy.config import AccountantKind, DpConfig, TrainConfig
 from fedmarket.secagg.config import MIN_COHORT, SecAggConfig
+from fedmarket.secagg.parameters import DEFAULT_ASSUMPTIONS, Assumptions, choose
 from strategies import StrategyName
 
 HOME_ENV = "FEDMARKET_HOME"
@@ -54,6 +56,9 @@ class FederationSection(_Section):
     lr_decay: float = Field(0.8, gt=0, le=1)
     secagg: bool = True
     clip_range: float = Field(SecAggConfig().clip_range, gt=0)
+    # SecAgg+ sizes k and t for these (Bell et al.); devices refuse weaker rounds
+    colluding_fraction: float = Field(DEFAULT_ASSUMPTIONS.corrupt_fraction, ge=0, lt=1)
+    dropout_fraction: float = Field(DEFAULT_ASSUMPTIONS.dropout_fraction, ge=0, lt=1)
     round_timeout: float = Field(600.0, gt=0)  # seconds devices get to train and upload
     stage_timeout: float = Field(SecAggConfig().setup_timeout, gt=0)  # other SecAgg+ stages
 
@@ -150,6 +155,14 @@ class TaskConfig(_Section):
                 f"secure aggregation needs at least {MIN_COHORT} devices, got "
                 f"{self.federation.devices}; add devices or turn secure aggregation off"
             )
+        if self.federation.secagg:
+            try:
+                choose(self.federation.devices, self.secagg_assumptions())
+            except InvalidInput as exc:
+                raise InvalidInput(
+                    f"[federation] {exc}. With few devices, state colluding_fraction = 0 "
+                    "(no device colludes with the aggregator) or add devices"
+                ) from None
         if self.market.enabled:
             if not self.federation.secagg:
                 raise InvalidInput(
@@ -212,10 +225,18 @@ class TaskConfig(_Section):
             max_grad_norm=self.privacy.max_grad_norm,
         )
 
+    def secagg_assumptions(self) -> Assumptions:
+        return dataclasses.replace(
+            DEFAULT_ASSUMPTIONS,
+            corrupt_fraction=self.federation.colluding_fraction,
+            dropout_fraction=self.federation.dropout_fraction,
+        )
+
     def secagg_config(self) -> SecAggConfig | None:
         return (
             SecAggConfig(
                 clip_range=self.federation.clip_range,
+                assumptions=self.secagg_assumptions(),
                 setup_timeout=self.federation.stage_timeout,
                 share_timeout=self.federation.stage_timeout,
                 unmask_timeout=self.federation.stage_timeout,

@@ -29,6 +29,7 @@ from fedmarket.exceptions import InvalidInput, LedgerMissing, RoundFailed
 from fedmarket.models.weights import Weights
 from fedmarket.privacy.accounting import check_delta
 from fedmarket.privacy.config import AccountantKind
+from fedmarket.secagg.parameters import DEFAULT_ASSUMPTIONS, Assumptions
 from fedmarket.server.app import make_server_app, starting_point
 from fedmarket.server.plan import FederationPlan
 from fedmarket.server.results import FederationResult
@@ -57,6 +58,7 @@ class SimulatedFleet:
     accountant: AccountantKind = "prv"
     private: bool = True
     require_secagg: bool = True
+    secagg_policy: Assumptions = DEFAULT_ASSUMPTIONS  # the weakest SecAgg+ round devices join
     payout_seed: str | None = None  # simulated payout keys: sha256(seed/index) (tests, demo)
 
     def __post_init__(self) -> None:
@@ -82,6 +84,7 @@ class SimulatedFleet:
             delta=config.privacy.delta,
             accountant=config.privacy.accountant,
             require_secagg=config.federation.secagg,
+            secagg_policy=config.secagg_assumptions(),
             payout_seed=config.market.payout_seed if config.market.enabled else None,
         )
 
@@ -180,7 +183,10 @@ def run_federation(
         payer=payer,
     )
     client_app = make_client_app(
-        fleet.resolve, require_secagg=fleet.require_secagg, mods=client_mods
+        fleet.resolve,
+        require_secagg=fleet.require_secagg,
+        secagg_policy=fleet.secagg_policy,
+        mods=client_mods,
     )
     _run_flower(server_app, client_app, fleet.num_devices, verbose=verbose)
     if not outcome:

@@ -45,7 +45,9 @@ def test_demo_story_leaves_matching_chain_and_store(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    report = run_demo(monkeypatch, capsys, out, "--devices", "3", "--rounds", "2")
+    report = run_demo(
+        monkeypatch, capsys, out, "--devices", "3", "--rounds", "2", "--colluding-fraction", "0"
+    )
 
     # every CID in the report resolves and verifies block by block
     store = LocalStore(out / "store")

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cohorts import FEW_DEVICES, NO_COLLUSION
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
@@ -77,11 +78,13 @@ def recording_mod(folder: Path) -> Mod:
 
 
 def run_and_record(home: Path, seed: int) -> tuple[dict[str, list[dict[str, Any]]], list[int]]:
-    fleet = SimulatedFleet(num_devices=3, home=home, seed=seed, epsilon_cap=50.0)
+    fleet = SimulatedFleet(
+        num_devices=3, home=home, seed=seed, epsilon_cap=50.0, secagg_policy=NO_COLLUSION
+    )
     (home / "wire").mkdir(parents=True)
     result = run_federation(
         fleet,
-        FederationPlan(rounds=1, train=TRAIN, dp=DP),
+        FederationPlan(rounds=1, train=TRAIN, dp=DP, secagg=FEW_DEVICES),
         FedAvg(),
         client_mods=[recording_mod(home / "wire")],
     )

@@ -1,17 +1,20 @@
 """A hostile aggregator cannot drain a device's ε with rounds the device must refuse anyway.
 
-It runs setup and share_keys properly, then sends a mask stage the device must refuse: too few
-shares to mask under, or market terms that cannot carry a receipt. The device's real ClientApp
-refuses before it trains, so nothing is charged, round after round (red team, issue 15: it
-used to train, pay, then refuse).
+It runs setup, roster and share_keys properly, then sends a mask stage the device must refuse:
+a dealer list that leaves out its own shares, or market terms that cannot carry a receipt. The
+device's real ClientApp refuses before it trains, so nothing is charged, round after round
+(red team, issue 15: it used to train, pay, then refuse).
 """
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cohorts import FEW_DEVICES, NO_COLLUSION
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from nacl.signing import SigningKey
 
 from fedmarket.device.app import make_client_app
 from fedmarket.market.terms import MARKET, MarketTerms, RoundTerms
@@ -21,9 +24,8 @@ from fedmarket.privacy import DpConfig, TrainConfig
 from fedmarket.privacy.config import to_record
 from fedmarket.protocol import CONFIG, GLOBAL, weights_to_record
 from fedmarket.secagg import messages as m
-from fedmarket.secagg.config import SecAggConfig
 from fedmarket.secagg.device import DeviceSession, Stage
-from fedmarket.secagg.keys import PublicKeys
+from fedmarket.secagg.roster import Announcement, Roster, encode_roster
 from fedmarket.simulation import SimulatedFleet
 
 NODE = 1
@@ -39,12 +41,12 @@ def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("terms", "refusal"),
     [
-        (None, "valid shares from 0 neighbours"),  # no shares for the device
+        (None, "my own shares are missing"),  # the server drops the device's own dealing
         # terms that parse but cannot carry a receipt: it used to train, fail to sign, refuse
         (MarketTerms(-1, 31337, "0x" + "ab" * 20, "0x" + "cd" * 20), "receipt task"),
         (MarketTerms(7, 31337, "junk", "0x" + "cd" * 20), "cannot carry a receipt"),
     ],
-    ids=["no-shares", "task-minus-one", "junk-market"],
+    ids=["not-a-dealer", "task-minus-one", "junk-market"],
 )
 def test_a_mask_stage_the_device_must_refuse_is_refused_before_training_at_no_cost(
     tmp_path: Path, terms: MarketTerms | None, refusal: str
@@ -52,7 +54,7 @@ def test_a_mask_stage_the_device_must_refuse_is_refused_before_training_at_no_co
     fleet = SimulatedFleet(num_devices=3, home=tmp_path, epsilon_cap=8.0, payout_seed="t")
     fleet.prepare_ledgers()
     device = fleet.profile(0)
-    app = make_client_app(lambda context: device)
+    app = make_client_app(lambda context: device, secagg_policy=NO_COLLUSION)
     context = Context(run_id=1, node_id=NODE, node_config={}, state=RecordDict(), run_config={})
     global_model = get_weights(build_model("mlp", device.data.feature_shape, 10, seed=0))
 
@@ -60,32 +62,37 @@ def test_a_mask_stage_the_device_must_refuse_is_refused_before_training_at_no_co
         reply = app(Message(content, dst_node_id=NODE, message_type=MessageType.TRAIN), context)
         return reply.content.config_records[m.SECAGG]
 
+    def stage(stage: Stage, session: bytes, fields: dict[str, Any]) -> ConfigRecord:
+        return send(RecordDict({m.SECAGG: m.record(stage, session, fields)}))
+
     for server_round in (1, 2, 3):
-        params = SecAggConfig().for_cohort(3, session=os.urandom(16))
+        params = FEW_DEVICES.for_cohort(3, session=os.urandom(16))
         setup = {f"param.{k}": v for k, v in params.to_record().items()}
-        mine = send(RecordDict({m.SECAGG: m.record(Stage.SETUP, params.session, setup)}))
-        others = {n: DeviceSession.setup(n, params) for n in (2, 3)}
-        keys = {NODE: PublicKeys(mine["cipher_pk"], mine["mask_pk"])}  # type: ignore[arg-type]
-        keys |= {n: k for n, (_, k) in others.items()}
-        peers = {
-            "peers": list(keys),
-            "peer_cipher": [k.cipher for k in keys.values()],
-            "peer_mask": [k.mask for k in keys.values()],
+        mine = stage(Stage.SETUP, params.session, setup)
+        others = {
+            n: DeviceSession.setup(n, params, SigningKey.generate(), NO_COLLUSION) for n in (2, 3)
         }
-        send(RecordDict({m.SECAGG: m.record(Stage.SHARE_KEYS, params.session, peers)}))
+        announced = Announcement.from_bytes(mine["announcement"])  # type: ignore[arg-type]
+        roster = Roster.of([announced, *(a for _, a in others.values())])
+        nonce = stage(Stage.ROSTER, params.session, {"roster": encode_roster(roster)})["nonce"]
+        nonces = {NODE: nonce} | {n: peer.reveal(roster) for n, (peer, _) in others.items()}
+        stage(
+            Stage.SHARE_KEYS,
+            params.session,
+            {"nonce_nodes": list(nonces), "nonces": list(nonces.values())},
+        )
+        uploads = {n: peer.share_keys(nonces) for n, (peer, _) in others.items()}
+        inbox = {
+            "dealers": [2, 3] if terms is None else [NODE, 2, 3],
+            "sources": list(uploads),
+            "ciphertexts": [u.ciphertexts[NODE] for u in uploads.values()],
+        }
         config = {
             "round": server_round,
             "model": "mlp",
             **to_record("train", TrainConfig(sample_rate=0.3, local_steps=4)),
             **to_record("dp", DpConfig(noise_multiplier=2.3)),
         }
-        inbox = {"sources": [], "ciphertexts": []}
-        if terms is not None:  # valid shares from both neighbours
-            uploads = {n: peer.share_keys(keys) for n, (peer, _) in others.items()}
-            inbox = {
-                "sources": list(uploads),
-                "ciphertexts": [u.ciphertexts[NODE] for u in uploads.values()],
-            }
         content = RecordDict(
             {
                 CONFIG: ConfigRecord(config),

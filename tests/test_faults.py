@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from chain_helpers import MODEL_CID, Chain
+from cohorts import FEW_DEVICES, NO_COLLUSION
 from deploy_helpers import pending_rounds
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
@@ -40,6 +41,7 @@ SEED = "faults"
 TASK_TOML = f"""
 [federation]
 devices = 3
+colluding_fraction = 0.0
 rounds = 4
 [training]
 local_steps = 3
@@ -186,7 +188,13 @@ def test_a_device_that_drops_mid_round_is_not_paid_for_it(chain: Chain, tmp_path
         market=chain.deployment.market,
         state_path=tmp_path / "publisher.json",
     )
-    fleet = SimulatedFleet(num_devices=4, home=tmp_path, epsilon_cap=50.0, payout_seed=SEED)
+    fleet = SimulatedFleet(
+        num_devices=4,
+        home=tmp_path,
+        epsilon_cap=50.0,
+        payout_seed=SEED,
+        secagg_policy=NO_COLLUSION,
+    )
     plan = FederationPlan(
         rounds=2,
         train=TrainConfig(
@@ -194,6 +202,7 @@ def test_a_device_that_drops_mid_round_is_not_paid_for_it(chain: Chain, tmp_path
         ),
         dp=DpConfig(noise_multiplier=1.5, max_grad_norm=0.5),
         market=publisher.terms,
+        secagg=FEW_DEVICES,
     )
 
     result = run_paid_federation(

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from chain_helpers import CLOSE_GRACE, MODEL_CID, Chain, open_publisher
+from cohorts import FEW_DEVICES, NO_COLLUSION
 
 from fedmarket import FederationPlan, SimulatedFleet, run_federation
 from fedmarket.acks import verify_ack
@@ -67,7 +68,13 @@ def paid(anvil_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         spec_cid=MODEL_CID,
     )
     publisher = open_publisher(chain, task, folder)
-    fleet = SimulatedFleet(num_devices=3, home=folder, epsilon_cap=10.0, payout_seed="test")
+    fleet = SimulatedFleet(
+        num_devices=3,
+        home=folder,
+        epsilon_cap=10.0,
+        payout_seed="test",
+        secagg_policy=NO_COLLUSION,
+    )
     plan = FederationPlan(
         rounds=2,
         train=TrainConfig(
@@ -75,6 +82,7 @@ def paid(anvil_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         ),
         dp=DpConfig(noise_multiplier=1.5, max_grad_norm=0.5),
         market=publisher.terms,
+        secagg=FEW_DEVICES,
     )
     published: list[RoundResult] = []
     models: list[Weights] = []

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from cohorts import FEW_DEVICES, NO_COLLUSION
 
 from fedmarket import FederationPlan, SimulatedFleet, run_federation
 from fedmarket.exceptions import LedgerMissing
@@ -11,13 +12,16 @@ from strategies import FedAvg
 @pytest.mark.integration
 @pytest.mark.slow
 def test_flower_simulation_three_devices_two_rounds_improves_accuracy(tmp_path: Path) -> None:
-    fleet = SimulatedFleet(num_devices=3, home=tmp_path, epsilon_cap=10.0)
+    fleet = SimulatedFleet(
+        num_devices=3, home=tmp_path, epsilon_cap=10.0, secagg_policy=NO_COLLUSION
+    )
     plan = FederationPlan(
         rounds=2,
         train=TrainConfig(
             learning_rate=2.5, momentum=0.5, sample_rate=0.33, local_steps=6, batch_size=64
         ),
         dp=DpConfig(noise_multiplier=1.5, max_grad_norm=0.5),
+        secagg=FEW_DEVICES,
     )
     result = run_federation(fleet, plan, FedAvg())
     assert [r.round for r in result.rounds] == [1, 2]

@@ -69,6 +69,13 @@ def demo(
     clip_range: Annotated[
         float | None, typer.Option(help="SecAgg+: each delta coordinate is clipped to +-this.")
     ] = None,
+    colluding_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="SecAgg+: the share of devices that may collude with the server; k and t are "
+            "sized for it (0 for a few devices you trust not to collude)."
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default runs/<timestamp>).")
     ] = None,
@@ -89,6 +96,7 @@ def demo(
             "seed": seed,
             "secagg": secagg,
             "clip_range": clip_range,
+            "colluding_fraction": colluding_fraction,
         },
         privacy={"epsilon_cap": epsilon_cap, "noise_multiplier": noise_multiplier, "delta": delta},
         market={"enabled": market},

@@ -11,6 +11,7 @@ from eth_account.signers.local import LocalAccount
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
+from nacl.signing import SigningKey
 
 from fedmarket.data.dataset import Dataset
 from fedmarket.device.acks import AckBook, make_ack_mod
@@ -29,23 +30,34 @@ from fedmarket.privacy.config import dp_from_record, train_from_record
 from fedmarket.privacy.ledger import PrivacyLedger
 from fedmarket.privacy.training import LocalTrainResult, plan_spend, train_plain, train_private
 from fedmarket.protocol import CONFIG, GLOBAL, TrainReply, weights_from_record
+from fedmarket.secagg.keys import node_key_from_identity
 from fedmarket.secagg.mod import make_secagg_mod
+from fedmarket.secagg.parameters import DEFAULT_ASSUMPTIONS, Assumptions
 
 log = logging.getLogger(__name__)
 
 
 def make_client_app(
-    resolve: DeviceResolver, *, require_secagg: bool = True, mods: Sequence[Mod] = ()
+    resolve: DeviceResolver,
+    *,
+    require_secagg: bool = True,
+    secagg_policy: Assumptions = DEFAULT_ASSUMPTIONS,
+    mods: Sequence[Mod] = (),
 ) -> ClientApp:
     """A ClientApp whose train handler runs on the device ``resolve`` finds for the node.
 
     ``mods`` wrap everything else (outermost first): policies or fault injection.
+    ``secagg_policy`` is the weakest SecAgg+ round the device joins (the share of colluding
+    devices the round must assume, its security bits, draws per completed round).
 
     Updates leave the device masked under SecAgg+ when the server runs it; with
     ``require_secagg`` (the default) the device refuses rounds that do not. A device with a
     payout key (``profile.account``) signs a receipt for every masked upload in paid rounds and
     keeps the aggregator's acknowledgement of it (:mod:`fedmarket.device.acks`).
     """
+
+    def node_key(context: Context) -> SigningKey:
+        return node_key_from_identity(bytes(resolve(context).identity.key))
 
     def payout_key(context: Context) -> LocalAccount | None:
         return resolve(context).account
@@ -54,11 +66,14 @@ def make_client_app(
         profile = resolve(context)
         return None if profile.account is None else AckBook(profile.home, profile.account.address)
 
+    policy = secagg_policy
     app = ClientApp(
         mods=[
             *mods,
             make_ack_mod(ack_book),
-            make_secagg_mod(required=require_secagg, signer=payout_key),
+            make_secagg_mod(
+                node_key=node_key, required=require_secagg, signer=payout_key, policy=policy
+            ),
         ]
     )
 

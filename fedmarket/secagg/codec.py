@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from fedmarket.exceptions import InvalidInput
+from fedmarket.exceptions import InvalidInput, SecAggAborted
 from fedmarket.models.weights import Weights
 from fedmarket.secagg.config import RoundParams
 
@@ -60,10 +60,10 @@ def encode(delta: NDArray[np.floating], params: RoundParams) -> Encoded:
     clipped = 0
     for start in range(0, delta.size, _BLOCK):  # block by block, so that it stays in cache
         block = delta[start : start + _BLOCK]
+        if not np.isfinite(block).all():  # before clipping, which would hide ±inf
+            raise InvalidInput("secagg encode: delta contains NaN or infinity")
         x = work[: block.size]
         np.clip(block, -c, c, out=x)
-        if not np.isfinite(x).all():
-            raise InvalidInput("secagg encode: delta contains NaN or infinity")
         clipped += block.size - int(np.count_nonzero(x == block))
         x *= scale
         x += b
@@ -75,7 +75,24 @@ def encode(delta: NDArray[np.floating], params: RoundParams) -> Encoded:
 
 def decode(total: Vector, survivors: int, params: RoundParams) -> Decoded:
     """Turn the unmasked sum of ``survivors`` encodings into sum(clip(d)) and the mean share
-    of clipped coordinates."""
+    of clipped coordinates.
+
+    Raises
+    ------
+    SecAggAborted
+        if a word exceeds ``survivors * levels``, the most honest encodings can sum to: some
+        device uploaded out-of-range words (a word shifted by 2^31 always lands there, since
+        the headroom bit keeps honest sums below 2^31), so the sum is not used.
+    """
+    if survivors < 1:
+        raise SecAggAborted("no survivors to decode")
+    ceiling = survivors * params.levels
+    over = int(np.count_nonzero(total > ceiling))
+    if over:
+        raise SecAggAborted(
+            f"{over} of {total.size} aggregate words exceed the {survivors} survivors' range: "
+            "a device uploaded out-of-range values; the round's sum is discarded"
+        )
     c = params.clip_range
     x = total[:-1].astype(np.float64) * (2 * c / params.levels) - survivors * c
     return Decoded(delta_sum=x, clip_fraction=float(total[-1]) / params.levels / survivors)

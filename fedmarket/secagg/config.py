@@ -1,4 +1,9 @@
-"""Secure-aggregation settings: what the operator chooses and what one round derives from it."""
+"""Secure-aggregation settings: what the operator chooses and what one round derives from it.
+
+Neighbours k and threshold t follow Bell et al.'s bounds for the stated share of colluding
+devices, dropout rate and security level (:mod:`fedmarket.secagg.parameters`); devices check
+the same bounds and refuse weaker rounds.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ import os
 from dataclasses import dataclass
 
 from fedmarket.exceptions import InvalidInput
+from fedmarket.secagg.parameters import DEFAULT_ASSUMPTIONS, Assumptions, check, choose
 
 MIN_COHORT = 3
 MODULUS_BITS = 32
+HEADROOM_BITS = 1  # the honest sum stays below 2^31: a word shifted by 2^31 falls outside it
 SESSION_BYTES = 16
 
 
@@ -18,13 +25,15 @@ class SecAggConfig:
     """The operator's settings.
 
     Each device clips every coordinate of its delta to ``[-clip_range, clip_range]``; every
-    update weighs the same. ``neighbours`` (k) and ``threshold`` (t)
-    default to k = the smallest even number >= log2(n) and t = floor((k + 1) / 2) + 1, a majority
-    of the k + 1 holders of each secret: SecAgg+ with k = O(log n). Every stage waits at most its
+    update weighs the same. ``assumptions`` state the share of devices that may collude with the
+    server (gamma), the dropout rate (delta) and the security level (sigma); ``neighbours`` (k) and
+    ``threshold`` (t) default to the smallest k and its t that meet Bell et al.'s bounds for
+    them, and explicit values are refused if they do not. Every stage waits at most its
     timeout; devices that have not answered by then are dropped.
     """
 
     clip_range: float = 4.0
+    assumptions: Assumptions = DEFAULT_ASSUMPTIONS
     neighbours: int | None = None
     threshold: int | None = None
     setup_timeout: float = 60.0
@@ -52,15 +61,16 @@ class SecAggConfig:
                 f"secure aggregation needs a cohort of at least {MIN_COHORT} devices, "
                 f"got {cohort_size}"
             )
-        auto_k = 2 * math.ceil(math.log2(cohort_size) / 2)
+        auto_k, auto_t = choose(cohort_size, self.assumptions)
         k = min(cohort_size - 1, self.neighbours if self.neighbours is not None else auto_k)
-        t = self.threshold if self.threshold is not None else (k + 1) // 2 + 1
+        t = self.threshold if self.threshold is not None else auto_t
         return RoundParams(
             session=session if session is not None else os.urandom(SESSION_BYTES),
             cohort_size=cohort_size,
             neighbours=k,
             threshold=t,
             clip_range=self.clip_range,
+            assumptions=self.assumptions,
         )
 
 
@@ -69,7 +79,8 @@ class RoundParams:
     """What every device of one round is told; devices validate it themselves.
 
     ``bits`` is chosen so that the sum of ``cohort_size`` quantized values never wraps mod 2^32:
-    each value is below 2^bits and cohort_size <= 2^(32 - bits).
+    each value is below 2^bits and cohort_size <= 2^(32 - HEADROOM_BITS - bits), so the sum stays
+    below 2^31. Construction checks (k, t) against Bell et al.'s bounds for ``assumptions``.
     """
 
     session: bytes
@@ -77,6 +88,21 @@ class RoundParams:
     neighbours: int
     threshold: int
     clip_range: float
+    assumptions: Assumptions
+
+    def require(self, policy: Assumptions) -> None:
+        """Refuse parameters whose stated assumptions are weaker than the device's ``policy``."""
+        a = self.assumptions
+        if a.corrupt_fraction < policy.corrupt_fraction:
+            raise InvalidInput(
+                f"the round assumes {a.corrupt_fraction:g} of devices collude, this device "
+                f"requires at least {policy.corrupt_fraction:g}"
+            )
+        if a.security_bits < policy.security_bits or a.draws > policy.draws:
+            raise InvalidInput(
+                f"the round targets 2^-{a.security_bits:g} over {a.draws} draws, this device "
+                f"requires 2^-{policy.security_bits:g} over at most {policy.draws}"
+            )
 
     def __post_init__(self) -> None:
         if len(self.session) != SESSION_BYTES:
@@ -105,10 +131,11 @@ class RoundParams:
             raise InvalidInput(f"secagg clip_range must be > 0, got {self.clip_range}")
         if self.bits < 8:
             raise InvalidInput(f"a cohort of {self.cohort_size} leaves too few quantization bits")
+        check(self.cohort_size, self.neighbours, self.threshold, self.assumptions)
 
     @property
     def bits(self) -> int:
-        return MODULUS_BITS - math.ceil(math.log2(self.cohort_size))
+        return MODULUS_BITS - HEADROOM_BITS - math.ceil(math.log2(self.cohort_size))
 
     @property
     def levels(self) -> int:
@@ -116,28 +143,40 @@ class RoundParams:
         return (1 << self.bits) - 1
 
     def to_record(self) -> dict[str, int | float | bytes]:
+        a = self.assumptions
         return {
             "session": self.session,
             "cohort_size": self.cohort_size,
             "neighbours": self.neighbours,
             "threshold": self.threshold,
             "clip_range": self.clip_range,
+            "corrupt_fraction": a.corrupt_fraction,
+            "dropout_fraction": a.dropout_fraction,
+            "security_bits": a.security_bits,
+            "correctness_bits": a.correctness_bits,
+            "draws": a.draws,
         }
 
     @classmethod
     def from_record(cls, record: dict[str, object]) -> RoundParams:
         """Parse untrusted parameters; wrong types or broken rules raise InvalidInput."""
-        session, clip = record.get("session"), record.get("clip_range")
+        session = record.get("session")
         if not isinstance(session, bytes):
             raise InvalidInput("secagg parameters: session must be bytes")
-        if not isinstance(clip, int | float) or isinstance(clip, bool):
-            raise InvalidInput("secagg parameters: clip_range must be a number")
+        clip = _number(record, "clip_range")
         return cls(
             session=session,
             cohort_size=_integer(record, "cohort_size"),
             neighbours=_integer(record, "neighbours"),
             threshold=_integer(record, "threshold"),
             clip_range=float(clip),
+            assumptions=Assumptions(
+                corrupt_fraction=_number(record, "corrupt_fraction"),
+                dropout_fraction=_number(record, "dropout_fraction"),
+                security_bits=_number(record, "security_bits"),
+                correctness_bits=_number(record, "correctness_bits"),
+                draws=_integer(record, "draws"),
+            ),
         )
 
 
@@ -146,3 +185,10 @@ def _integer(record: dict[str, object], key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidInput(f"secagg parameters: {key} must be an integer, got {value!r}")
     return value
+
+
+def _number(record: dict[str, object], key: str) -> float:
+    value = record.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise InvalidInput(f"secagg parameters: {key} must be a number, got {value!r}")
+    return float(value)

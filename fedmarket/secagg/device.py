@@ -1,13 +1,30 @@
-"""The device's side of SecAgg+, one round: keys, shares, the masked vector, unmask shares.
+"""The device's side of SecAgg+ against a malicious server, one round.
 
-Stages run in order (setup, share_keys, mask, unmask), each at most once per round; anything
-else raises :class:`ProtocolViolation`. The session round-trips through a flat record so that a
-Flower ClientApp can keep it in ``Context.state`` between messages.
+Stages run in order, each at most once per round; anything else raises
+:class:`ProtocolViolation`:
+
+1. ``setup``: fresh round keys and a nonce commitment, announced and signed with the node key.
+2. ``roster``: check the roster (every member's signed announcement, mine unchanged, no
+   repeats, big enough for the parameters), then reveal the nonce.
+3. ``share_keys``: check every member's nonce, derive the graph from the seed they fix, check
+   my neighbours' signatures, and Feldman-share my self-mask seed and mask key among my
+   holders (share index = position in the holder list), each share encrypted to its holder.
+4. ``mask``: check the shares dealt to me against their dealers' commitments (before training,
+   so that a round I must refuse costs no privacy), then mask my update with my self mask and
+   a pairwise mask with *every* neighbour: nothing the server or a neighbour says removes a
+   pair, so nobody can peel masks off an honest device. Invalid dealings become complaints.
+5. ``consistency``: check that I am a survivor, that the survivors are roster members, that
+   their graph is connected and that no more dropped than the parameters allow; sign them.
+6. ``unmask``: for each secret I hold, reveal one share, and only when at least t of its
+   holders signed the survivor set I signed: the self-mask seed of a survivor, the mask key
+   of a dropped device. Two different survivor sets cannot both gather t signatures from one
+   holder group, since 2t > k + 1 + (colluding holders) under the parameters.
+
+Source: Bell et al. 2020 (SecAgg+), Bonawitz et al. 2017 §4 (consistency check), Feldman 1987.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,284 +33,458 @@ from typing import TypeVar
 
 from flwr.app import ConfigRecordValues
 from nacl.exceptions import CryptoError
-from nacl.public import Box
 from nacl.secret import SecretBox
+from nacl.signing import SigningKey
 
-from fedmarket.exceptions import ProtocolViolation
-from fedmarket.secagg import shamir
+from fedmarket.exceptions import FedmarketError, InvalidInput, ProtocolViolation
+from fedmarket.secagg import vss
 from fedmarket.secagg.codec import Encoded, Vector
 from fedmarket.secagg.config import RoundParams
+from fedmarket.secagg.graph import Graph, ring_order
 from fedmarket.secagg.keys import (
-    KEY_BYTES,
-    NODE_ID_LIMIT,
     PublicKeys,
     agree,
+    mask_public,
     new_private_key,
+    pair_secret,
     public_key,
+    sign,
+    valid_point,
+    verify,
 )
 from fedmarket.secagg.masks import apply_masks, mask_key
-
-# src node (8) | dst node (8) | session (16) | seed share | mask-key share
-SHARE_PLAINTEXT_BYTES = 8 + 8 + 16 + 2 * shamir.SHARE_BYTES
-CIPHERTEXT_BYTES = Box.NONCE_SIZE + 16 + SHARE_PLAINTEXT_BYTES
+from fedmarket.secagg.parameters import Assumptions, check
+from fedmarket.secagg.roster import (
+    ANNOUNCE,
+    NONCE_BYTES,
+    Announcement,
+    Roster,
+    decode_roster,
+    digest,
+    encode_roster,
+    nonce_commitment,
+)
 
 T = TypeVar("T")
+
+SURVIVORS = b"fedmarket-secagg-survivors-v1"
+MASKED_WITH = b"fedmarket-secagg-masked-with-v1"
+# src node (8) | dst node (8) | session (16) | seed share | mask-key share
+SHARE_PLAINTEXT_BYTES = 8 + 8 + 16 + 2 * vss.SCALAR_BYTES
+CIPHERTEXT_BYTES = SecretBox.NONCE_SIZE + SecretBox.MACBYTES + SHARE_PLAINTEXT_BYTES
 
 
 class Stage(StrEnum):
     SETUP = "setup"
+    ROSTER = "roster"
     SHARE_KEYS = "share_keys"
     MASK = "mask"
+    CONSISTENCY = "consistency"
     UNMASK = "unmask"
 
 
-NEXT_STAGE = {Stage.SETUP: Stage.SHARE_KEYS, Stage.SHARE_KEYS: Stage.MASK, Stage.MASK: Stage.UNMASK}
+ORDER = tuple(Stage)
 
 
 @dataclass(frozen=True)
 class ShareUpload:
-    ciphertexts: dict[int, bytes]  # destination node -> encrypted shares
-    seed_commitment: bytes  # BLAKE2b of the self-mask seed, checks its reconstruction
+    """A dealing. The server checks a revealed share against its digest (a mismatch: the
+    holder lied) and then against the Feldman commitments (a mismatch: the dealer did)."""
+
+    ciphertexts: dict[int, bytes]  # holder -> my encrypted shares
+    seed_commitments: bytes  # Feldman commitments of my self-mask seed's polynomial
+    key_commitments: bytes  # ... of my mask key's; the first is my mask public key
+    seed_digests: dict[int, bytes]  # holder -> digest of its seed share
+    key_digests: dict[int, bytes]  # holder -> digest of its mask-key share
 
 
-@dataclass(frozen=True)
-class MaskedUpload:
-    vector: Vector
-    mask_peers: tuple[int, ...]  # neighbours whose pairwise masks are in ``vector``
-    rejected: tuple[str, ...]  # why some received shares were refused
+def share_digest(session: bytes, owner: int, holder: int, share: bytes) -> bytes:
+    return digest(
+        session,
+        owner.to_bytes(8, "big"),
+        holder.to_bytes(8, "big"),
+        share,
+        person=b"fedmarket-share",
+    )
 
 
 @dataclass(frozen=True)
 class UnmaskShares:
     seed: dict[int, bytes]  # survivor -> my share of its self-mask seed
-    mask_key: dict[int, bytes]  # dropped node -> my share of its mask key
+    mask_key: dict[int, bytes]  # dropped dealer -> my share of its mask key
+    pair: dict[int, bytes]  # dropped dealing neighbour -> our pair mask's stream key
 
 
-def seed_commitment(seed: bytes, session: bytes) -> bytes:
-    return hashlib.blake2b(seed, key=session, digest_size=32, person=b"fedmarket-seed").digest()
+def dealers_payload(session: bytes, roster_digest: bytes, dealers: Sequence[int]) -> bytes:
+    """What a device signs with its masked vector: the dealers it masked with."""
+    ids = b"".join(n.to_bytes(8, "big") for n in sorted(dealers))
+    return session + roster_digest + digest(ids, person=b"fedmarket-dealt")
+
+
+def survivors_payload(dealers: bytes, survivors: Sequence[int]) -> bytes:
+    """What every survivor signs in the consistency stage (after the dealers' payload)."""
+    ids = b"".join(n.to_bytes(8, "big") for n in sorted(survivors))
+    return dealers + digest(ids, person=b"fedmarket-alive")
+
+
+def holder_index(graph: Graph, owner: int, holder: int) -> int:
+    """The Shamir index of ``holder``'s share of ``owner``'s secrets (1-based)."""
+    return graph.holders(owner).index(holder) + 1
+
+
+def graph_for(roster: Roster, seed: bytes, params: RoundParams) -> Graph:
+    return Graph(ring_order(roster.nodes, seed), min(params.neighbours, len(roster.nodes) - 1))
+
+
+def roster_assumptions(params: RoundParams, members: int) -> Assumptions:
+    """The assumptions over the roster actually formed: the colluders the cohort may hold are
+    all assumed to be in it, and the devices already missing use up the dropout allowance."""
+    a, n = params.assumptions, params.cohort_size
+    colluders = a.corrupt_fraction * n
+    budget = a.dropout_fraction * n - (n - members)
+    if budget < 0:
+        raise ProtocolViolation(
+            f"roster of {members} of {n} devices: more missing than the round's dropout "
+            f"allowance {a.dropout_fraction:g}"
+        )
+    return Assumptions(
+        corrupt_fraction=min(colluders / members, 0.999),
+        dropout_fraction=budget / members,
+        security_bits=a.security_bits,
+        correctness_bits=a.correctness_bits,
+        draws=a.draws,
+    )
 
 
 @dataclass
 class DeviceSession:
     node: int
     params: RoundParams
+    node_key: bytes  # my Ed25519 verify key
     cipher_sk: bytes
-    mask_sk: bytes
+    mask_sk: bytes  # an Ed25519 scalar
+    nonce: bytes
     stage: Stage = Stage.SETUP
-    seed: bytes = b""
-    peers: dict[int, PublicKeys] = field(default_factory=dict)  # neighbours and myself
-    seed_shares: dict[int, bytes] = field(default_factory=dict)  # owner -> share I hold
+    roster: Roster | None = None
+    graph: Graph | None = None
+    seed: bytes = b""  # my self-mask seed, an Ed25519 scalar
+    pair_keys: dict[int, bytes] = field(default_factory=dict)  # neighbour -> mask stream key
+    box_keys: dict[int, bytes] = field(default_factory=dict)  # neighbour -> crypto_box key
+    seed_shares: dict[int, bytes] = field(default_factory=dict)  # owner -> my share
     key_shares: dict[int, bytes] = field(default_factory=dict)
-    # agreed in share_keys, so that the mask stage (after training) only runs ChaCha20
-    box_keys: dict[int, bytes] = field(default_factory=dict)  # peer -> crypto_box key
-    pair_keys: dict[int, bytes] = field(default_factory=dict)  # peer -> pairwise mask key
-    mask_peers: tuple[int, ...] = ()
-    # within the mask stage only (one message): accept_shares, then the device trains, then
-    # mask_update; never stored between messages
-    shares_accepted: bool = False
-    rejected: list[str] = field(default_factory=list)
+    dealers: tuple[int, ...] = ()  # who dealt shares (the server's list, checked)
+    survivors: tuple[int, ...] = ()
+    shares_accepted: bool = False  # within the mask stage only
 
     @classmethod
-    def setup(cls, node: int, params: RoundParams) -> tuple[DeviceSession, PublicKeys]:
-        """Stage 0: fresh key pairs for this round."""
-        session = cls(node, params, new_private_key(), new_private_key())
-        return session, session.public_keys
+    def setup(
+        cls, node: int, params: RoundParams, node_key: SigningKey, policy: Assumptions
+    ) -> tuple[DeviceSession, Announcement]:
+        """Stage 1: fresh keys for this round, announced under my node key."""
+        try:
+            params.require(policy)
+        except InvalidInput as exc:
+            raise ProtocolViolation(str(exc)) from None
+        mask_sk = vss.random_scalar()
+        session = cls(
+            node=node,
+            params=params,
+            node_key=bytes(node_key.verify_key),
+            cipher_sk=new_private_key(),
+            mask_sk=mask_sk,
+            nonce=os.urandom(NONCE_BYTES),
+        )
+        return session, session.announce(node_key)
+
+    def announce(self, node_key: SigningKey) -> Announcement:
+        unsigned = Announcement(
+            session=self.params.session,
+            node=self.node,
+            node_key=self.node_key,
+            keys=self.public_keys,
+            nonce_commitment=nonce_commitment(self.nonce, self.params.session),
+            signature=bytes(64),
+        )
+        signature = sign(node_key, ANNOUNCE, unsigned.payload())
+        return Announcement(**{**unsigned.__dict__, "signature": signature})
 
     @property
     def public_keys(self) -> PublicKeys:
-        return PublicKeys(public_key(self.cipher_sk), public_key(self.mask_sk))
+        return PublicKeys(public_key(self.cipher_sk), mask_public(self.mask_sk))
 
-    def share_keys(self, peer_keys: Mapping[int, PublicKeys]) -> ShareUpload:
-        """Stage 1: Shamir-share the seed and mask key among the neighbours, encrypted to each."""
+    def reveal(self, roster: Roster) -> bytes:
+        """Stage 2: check the roster, then reveal my nonce (the roster is fixed from now on)."""
+        self._advance(Stage.ROSTER)
+        n, members = self.params.cohort_size, len(roster.members)
+        try:
+            mine = roster.member(self.node)
+        except ProtocolViolation:
+            raise ProtocolViolation("roster: I am not in it") from None
+        if (mine.node_key, mine.keys, mine.nonce_commitment) != (
+            self.node_key,
+            self.public_keys,
+            nonce_commitment(self.nonce, self.params.session),
+        ):
+            raise ProtocolViolation("roster: my announcement was altered")
+        if members > n:
+            raise ProtocolViolation(f"roster: {members} members, the round has {n}")
+        if any(a.session != self.params.session for a in roster.members):
+            raise ProtocolViolation("roster: an announcement of another round")
+        try:
+            check(
+                members,
+                min(self.params.neighbours, members - 1),
+                self.params.threshold,
+                roster_assumptions(self.params, members),
+            )
+        except InvalidInput as exc:
+            raise ProtocolViolation(f"roster: {exc}") from None
+        self.roster = roster
+        return self.nonce
+
+    def share_keys(self, nonces: Mapping[int, bytes]) -> ShareUpload:
+        """Stage 3: derive the graph, check my neighbours, deal my secrets to my holders."""
         self._advance(Stage.SHARE_KEYS)
-        if not all(0 <= p < NODE_ID_LIMIT for p in peer_keys):
-            raise ProtocolViolation("share_keys: node ids must be unsigned 64-bit integers")
-        if peer_keys.get(self.node) != self.public_keys:
-            raise ProtocolViolation("share_keys: my own public keys are missing or altered")
-        others = len(peer_keys) - 1
-        if others > self.params.neighbours:
-            raise ProtocolViolation(
-                f"share_keys: {others} neighbours, more than k = {self.params.neighbours}"
-            )
-        if others + 1 < self.params.threshold:
-            raise ProtocolViolation(
-                f"share_keys: {others} neighbours left, the threshold {self.params.threshold} "
-                "needs at least threshold - 1"
-            )
-        keys = [k for pk in peer_keys.values() for k in (pk.cipher, pk.mask)]
-        if any(len(k) != KEY_BYTES for k in keys) or len(set(keys)) != len(keys):
-            raise ProtocolViolation("share_keys: public keys must be 32 bytes and all distinct")
-        self.peers = dict(peer_keys)
+        roster = self._roster()
+        graph = graph_for(roster, roster.graph_seed(nonces), self.params)
+        members = roster.by_node()
+        for peer in graph.neighbours(self.node):
+            problem = members[peer].problem(self.params.session)
+            if problem or not valid_point(members[peer].keys.mask):
+                raise ProtocolViolation(f"share_keys: neighbour {peer}: {problem or 'bad key'}")
+        self.graph = graph
         session = self.params.session
-        for peer, public in self.peers.items():
-            if peer != self.node:
-                self.box_keys[peer] = agree(self.cipher_sk, public.cipher)
-                self.pair_keys[peer] = mask_key(agree(self.mask_sk, public.mask), session, "pair")
-        self.seed = os.urandom(shamir.SECRET_BYTES)
-        holders = sorted(peer_keys)
+        for peer in graph.neighbours(self.node):
+            keys = members[peer].keys
+            self.box_keys[peer] = agree(self.cipher_sk, keys.cipher)
+            secret = pair_secret(self.mask_sk, self.public_keys.mask, keys.mask)
+            self.pair_keys[peer] = mask_key(secret, session, "pair")
+        self.seed = vss.random_scalar()
+        holders = graph.holders(self.node)
         t = self.params.threshold
-        seed_shares = shamir.split(self.seed, t, len(holders))
-        key_shares = shamir.split(self.mask_sk, t, len(holders))
+        seeds = vss.deal(self.seed, t, len(holders))
+        keys_dealt = vss.deal(self.mask_sk, t, len(holders))
         ciphertexts: dict[int, bytes] = {}
-        for holder, seed_share, key_share in zip(holders, seed_shares, key_shares, strict=True):
+        seed_digests: dict[int, bytes] = {}
+        key_digests: dict[int, bytes] = {}
+        for holder, seed_share, key_share in zip(
+            holders, seeds.shares, keys_dealt.shares, strict=True
+        ):
+            seed_digests[holder] = share_digest(session, self.node, holder, seed_share)
+            key_digests[holder] = share_digest(session, self.node, holder, key_share)
             if holder == self.node:
                 self.seed_shares[holder], self.key_shares[holder] = seed_share, key_share
                 continue
-            plaintext = _pack(self.node, holder, self.params.session) + seed_share + key_share
+            plaintext = _pack(self.node, holder, session) + seed_share + key_share
             ciphertexts[holder] = bytes(SecretBox(self.box_keys[holder]).encrypt(plaintext))
-        return ShareUpload(ciphertexts, seed_commitment(self.seed, self.params.session))
+        return ShareUpload(
+            ciphertexts, seeds.commitments, keys_dealt.commitments, seed_digests, key_digests
+        )
 
-    def mask(self, ciphertexts: Mapping[int, bytes], encoded: Encoded) -> MaskedUpload:
-        """Stage 2: keep the shares sent to me, then mask my encoded update."""
-        self.accept_shares(ciphertexts)
-        return self.mask_update(encoded)
-
-    def accept_shares(self, ciphertexts: Mapping[int, bytes]) -> None:
-        """Stage 2, first half: keep the shares sent to me; refuse the stage if too few are
-        valid. A device checks this before it trains, so that a round it must refuse anyway
-        costs it no privacy."""
+    def accept_shares(self, dealers: Sequence[int], dealt: Mapping[int, bytes]) -> dict[int, str]:
+        """Stage 4, first half: ``dealers`` lists every roster member whose shares the server
+        accepted; keep the valid shares dealt to me and return complaints (dealer -> why) for
+        the rest. A device checks this before it trains."""
         self._advance(Stage.MASK)
-        self.rejected, accepted = [], []
-        for src, ciphertext in ciphertexts.items():
-            reason = self._receive_shares(src, ciphertext)
+        graph = self._graph()
+        dealer_set = set(dealers)
+        if len(dealer_set) != len(dealers) or not dealer_set <= set(self._roster().nodes):
+            raise ProtocolViolation("mask: the dealers must be distinct roster members")
+        if self.node not in dealer_set:
+            raise ProtocolViolation("mask: my own shares are missing from the dealers")
+        if not set(dealt) <= dealer_set & graph.neighbours(self.node):
+            raise ProtocolViolation("mask: shares from nodes that are not dealing neighbours")
+        complaints: dict[int, str] = {}
+        for dealer in sorted(dealer_set & graph.neighbours(self.node)):
+            dealing = dealt.get(dealer)
+            reason = self._receive(dealer, dealing) if dealing else "no shares reached me"
             if reason:
-                self.rejected.append(f"shares from node {src}: {reason}")
-            else:
-                accepted.append(src)
-        if len(accepted) + 1 < self.params.threshold:
-            raise ProtocolViolation(
-                f"mask: valid shares from {len(accepted)} neighbours; the threshold "
-                f"{self.params.threshold} needs at least threshold - 1"
-            )
-        self.mask_peers = tuple(sorted(accepted))
+                complaints[dealer] = reason
+        self.dealers = tuple(sorted(dealer_set))
         self.shares_accepted = True
+        return complaints
 
-    def mask_update(self, encoded: Encoded) -> MaskedUpload:
-        """Stage 2, second half: my encoded update plus my self mask and the pairwise masks
-        of the neighbours whose shares I accepted."""
+    def mask_update(self, encoded: Encoded, node_key: SigningKey) -> tuple[Vector, bytes]:
+        """Stage 4, second half: my encoded update plus my self mask and a pairwise mask with
+        every dealing neighbour (+ towards higher node ids, - towards lower), and my signature
+        on the dealers I masked with (holders reveal my seed only under the same dealers)."""
         if self.stage != Stage.MASK or not self.shares_accepted:
             raise ProtocolViolation("mask: no shares accepted in this round")
         self.shares_accepted = False  # one masked upload per round
         session = self.params.session
-        pair_keys = {j: self.pair_keys[j] for j in self.mask_peers}
+        peers = {j: k for j, k in self.pair_keys.items() if j in self.dealers}
         vector = encoded.values.copy()
         apply_masks(
             vector,
             add=[mask_key(self.seed, session, "self")]
-            + [k for j, k in pair_keys.items() if self.node < j],
-            subtract=[k for j, k in pair_keys.items() if self.node > j],
+            + [k for j, k in peers.items() if self.node < j],
+            subtract=[k for j, k in peers.items() if self.node > j],
         )
-        return MaskedUpload(vector, self.mask_peers, tuple(self.rejected))
+        return vector, sign(node_key, MASKED_WITH, self._dealers_payload())
 
-    def unmask(self, survivors: Sequence[int], dropped: Sequence[int]) -> UnmaskShares:
-        """Stage 3: a seed share for each survivor, a mask-key share for each dropped node.
+    def consistency(self, survivors: Sequence[int], node_key: SigningKey) -> bytes:
+        """Stage 5: check the survivor set and sign it."""
+        self._advance(Stage.CONSISTENCY)
+        alive, graph = set(survivors), self._graph()
+        if len(alive) != len(survivors):
+            raise ProtocolViolation("consistency: a survivor is listed twice")
+        if self.node not in alive:
+            raise ProtocolViolation("consistency: I sent my vector but am not a survivor")
+        if not alive <= set(self.dealers):
+            raise ProtocolViolation("consistency: survivors that did not deal their shares")
+        n = self.params.cohort_size
+        budget = self.params.assumptions.dropout_fraction * n
+        if n - len(alive) > budget:
+            raise ProtocolViolation(
+                f"consistency: {n - len(alive)} of {n} devices missing, beyond the round's "
+                f"dropout allowance {self.params.assumptions.dropout_fraction:g}"
+            )
+        if len(graph.neighbours(self.node) & alive) + 1 < self.params.threshold:
+            raise ProtocolViolation("consistency: too few of my holders survive to unmask me")
+        if not graph.connected(alive):
+            raise ProtocolViolation(
+                "consistency: the survivors' graph is disconnected (its parts' sums would leak)"
+            )
+        self.survivors = tuple(sorted(alive))
+        return sign(node_key, SURVIVORS, self._survivors_payload())
 
-        Never both for one node: that would let the server strip all masks from its vector.
+    def unmask(
+        self, signatures: Mapping[int, bytes], masked_with: Mapping[int, bytes]
+    ) -> UnmaskShares:
+        """Stage 6: for each secret I hold, one share, where t of its holders signed the
+        survivors I signed: a survivor's seed (only if it signed that it masked with the
+        dealers I know), a dropped dealer's mask key. For each dropped dealing neighbour also
+        our pair secret, which hides nothing once it is out of the sum.
+
+        Never both shares of one node.
         """
         self._advance(Stage.UNMASK)
-        alive, gone = set(survivors), set(dropped)
-        if len(alive) != len(survivors) or len(gone) != len(dropped):
-            raise ProtocolViolation("unmask: a node is listed twice")
-        if alive & gone:
-            raise ProtocolViolation("unmask: a node is listed as both survivor and dropped")
-        if self.node not in alive:
-            raise ProtocolViolation("unmask: I sent my vector but am not listed as a survivor")
-        known = set(self.seed_shares)
-        if not (alive | gone) <= known:
-            unknown = sorted((alive | gone) - known)
-            raise ProtocolViolation(
-                f"unmask: asked about nodes whose shares I do not hold: {unknown}"
-            )
-        if len(alive) < self.params.threshold:
-            raise ProtocolViolation(
-                f"unmask: {len(alive)} surviving neighbours, below the threshold "
-                f"{self.params.threshold}"
-            )
-        return UnmaskShares(
-            seed={n: self.seed_shares[n] for n in sorted(alive)},
-            mask_key={n: self.key_shares[n] for n in sorted(gone)},
-        )
+        graph, members = self._graph(), self._roster().by_node()
+        payload, dealt = self._survivors_payload(), self._dealers_payload()
+        signed = {
+            n
+            for n, sig in signatures.items()
+            if n in members and verify(members[n].node_key, SURVIVORS, payload, sig)
+        } | {self.node}
+        alive = set(self.survivors)
+        seed, key, pair = {}, {}, {}
+        for owner in sorted(
+            set(self.seed_shares) | (graph.neighbours(self.node) & set(self.dealers))
+        ):
+            if len(signed & set(graph.holders(owner))) < self.params.threshold:
+                continue  # too few of its holders agree on the survivors: reveal nothing
+            if owner in alive:
+                vouched = owner == self.node or verify(
+                    members[owner].node_key, MASKED_WITH, dealt, masked_with.get(owner, b"")
+                )
+                if vouched and owner in self.seed_shares:
+                    seed[owner] = self.seed_shares[owner]
+            elif owner != self.node:
+                if owner in self.key_shares:
+                    key[owner] = self.key_shares[owner]
+                pair[owner] = self.pair_keys[owner]
+        return UnmaskShares(seed, key, pair)
+
+    def _dealers_payload(self) -> bytes:
+        return dealers_payload(self.params.session, self._roster().digest, self.dealers)
+
+    def _survivors_payload(self) -> bytes:
+        return survivors_payload(self._dealers_payload(), self.survivors)
+
+    def _receive(self, dealer: int, ciphertext: bytes) -> str:
+        """Store the shares ``dealer`` sent me; return why they are unusable, or ''.
+
+        Whether they lie on the dealer's committed polynomial is checked by the server if
+        they are ever needed (a Feldman check per share costs t scalar multiplications)."""
+        if dealer in self.seed_shares:
+            return "dealt twice"
+        if len(ciphertext) != CIPHERTEXT_BYTES:
+            return f"ciphertext of {len(ciphertext)} bytes, expected {CIPHERTEXT_BYTES}"
+        try:
+            plaintext = SecretBox(self.box_keys[dealer]).decrypt(ciphertext)
+        except CryptoError:
+            return "ciphertext failed authentication"
+        if plaintext[:32] != _pack(dealer, self.node, self.params.session):
+            return "addressed to another node or round"
+        self.seed_shares[dealer], self.key_shares[dealer] = plaintext[32:64], plaintext[64:]
+        return ""
 
     def _advance(self, stage: Stage) -> None:
-        if NEXT_STAGE.get(self.stage) != stage:
+        if ORDER.index(stage) != ORDER.index(self.stage) + 1:
             raise ProtocolViolation(
                 f"stage {stage.value} cannot follow {self.stage.value} in this round"
             )
         self.stage = stage
 
-    def _receive_shares(self, src: int, ciphertext: bytes) -> str:
-        """Store the shares ``src`` sent me; return why they were refused, or ''."""
-        if src == self.node or src not in self.peers:
-            return "not one of my neighbours"
-        if src in self.seed_shares:
-            return "sent twice"
-        if len(ciphertext) != CIPHERTEXT_BYTES:
-            return f"ciphertext of {len(ciphertext)} bytes, expected {CIPHERTEXT_BYTES}"
-        try:
-            plaintext = SecretBox(self.box_keys[src]).decrypt(ciphertext)
-        except CryptoError:
-            return "ciphertext failed authentication"
-        if plaintext[:32] != _pack(src, self.node, self.params.session):
-            return "addressed to another node or round"
-        body = plaintext[32:]
-        self.seed_shares[src] = body[: shamir.SHARE_BYTES]
-        self.key_shares[src] = body[shamir.SHARE_BYTES :]
-        return ""
+    def _roster(self) -> Roster:
+        if self.roster is None:
+            raise ProtocolViolation("no roster in this round yet")
+        return self.roster
+
+    def _graph(self) -> Graph:
+        if self.graph is None:
+            raise ProtocolViolation("no graph in this round yet")
+        return self.graph
 
     def to_record(self) -> dict[str, ConfigRecordValues]:
-        owners, peers = sorted(self.seed_shares), sorted(self.peers)
+        """The session as a flat record (a Flower ClientApp keeps it in ``Context.state``)."""
+        owners, peers = sorted(self.seed_shares), sorted(self.pair_keys)
         params: dict[str, int | float | bytes] = self.params.to_record()
         return {
             **{f"param.{k}": v for k, v in params.items()},
             "node": self.node,
+            "node_key": self.node_key,
             "stage": self.stage.value,
             "cipher_sk": self.cipher_sk,
             "mask_sk": self.mask_sk,
+            "nonce": self.nonce,
+            "roster": encode_roster(self.roster) if self.roster else [],
+            "ring": list(self.graph.ring) if self.graph else [],
             "seed": self.seed,
             "peers": peers,
-            "peer_cipher": [self.peers[p].cipher for p in peers],
-            "peer_mask": [self.peers[p].mask for p in peers],
-            "box_keys": [self.box_keys[p] for p in peers if p != self.node],
-            "pair_keys": [self.pair_keys[p] for p in peers if p != self.node],
+            "pair_keys": [self.pair_keys[p] for p in peers],
+            "box_keys": [self.box_keys[p] for p in peers],
             "owners": owners,
             "seed_shares": [self.seed_shares[o] for o in owners],
             "key_shares": [self.key_shares[o] for o in owners],
-            "mask_peers": list(self.mask_peers),
+            "dealers": list(self.dealers),
+            "survivors": list(self.survivors),
         }
 
     @classmethod
     def from_record(cls, record: Mapping[str, object]) -> DeviceSession:
         """Rebuild the session this device stored itself (checked for shape all the same)."""
         try:
-            params = {k[6:]: v for k, v in record.items() if k.startswith("param.")}
+            params = RoundParams.from_record(
+                {k[6:]: v for k, v in record.items() if k.startswith("param.")}
+            )
+            roster_items = _list(record, "roster", bytes)
+            roster = decode_roster(roster_items) if roster_items else None
+            ring = tuple(_list(record, "ring", int))
+            graph = None
+            if ring and roster is not None:
+                graph = Graph(ring, min(params.neighbours, len(ring) - 1))
             peers, owners = _list(record, "peers", int), _list(record, "owners", int)
-            ciphers, masks = _list(record, "peer_cipher", bytes), _list(record, "peer_mask", bytes)
-            node = _one(record, "node", int)
-            others = [p for p in peers if p != node]
-            box_keys = dict(zip(others, _list(record, "box_keys", bytes), strict=True))
-            pair_keys = dict(zip(others, _list(record, "pair_keys", bytes), strict=True))
-            seed_shares = _list(record, "seed_shares", bytes)
-            key_shares = _list(record, "key_shares", bytes)
             return cls(
-                node=node,
-                params=RoundParams.from_record(params),
+                node=_one(record, "node", int),
+                params=params,
+                node_key=_one(record, "node_key", bytes),
                 cipher_sk=_one(record, "cipher_sk", bytes),
                 mask_sk=_one(record, "mask_sk", bytes),
+                nonce=_one(record, "nonce", bytes),
                 stage=Stage(_one(record, "stage", str)),
+                roster=roster,
+                graph=graph,
                 seed=_one(record, "seed", bytes),
-                peers={p: PublicKeys(c, m) for p, c, m in zip(peers, ciphers, masks, strict=True)},
-                seed_shares=dict(zip(owners, seed_shares, strict=True)),
-                key_shares=dict(zip(owners, key_shares, strict=True)),
-                box_keys=box_keys,
-                pair_keys=pair_keys,
-                mask_peers=tuple(_list(record, "mask_peers", int)),
+                pair_keys=dict(zip(peers, _list(record, "pair_keys", bytes), strict=True)),
+                box_keys=dict(zip(peers, _list(record, "box_keys", bytes), strict=True)),
+                seed_shares=dict(zip(owners, _list(record, "seed_shares", bytes), strict=True)),
+                key_shares=dict(zip(owners, _list(record, "key_shares", bytes), strict=True)),
+                dealers=tuple(_list(record, "dealers", int)),
+                survivors=tuple(_list(record, "survivors", int)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, FedmarketError) as exc:
             raise ProtocolViolation(f"stored secagg session is unreadable: {exc}") from None
-
-
-def _pack(src: int, dst: int, session: bytes) -> bytes:
-    return src.to_bytes(8, "big") + dst.to_bytes(8, "big") + session
 
 
 def _one(record: Mapping[str, object], key: str, kind: type[T]) -> T:
@@ -308,3 +499,7 @@ def _list(record: Mapping[str, object], key: str, kind: type[T]) -> list[T]:
     if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
         raise TypeError(f"{key} must be a list of {kind.__name__}")
     return value
+
+
+def _pack(src: int, dst: int, session: bytes) -> bytes:
+    return src.to_bytes(8, "big") + dst.to_bytes(8, "big") + session

@@ -1,24 +1,29 @@
 """SecAgg+ with every device in this process: the protocol without a network.
 
-Tests drive dropouts and tampered messages at each stage through it, and the scale benchmark
-runs 1,000 devices with it. It calls the code the Flower mod and workflow call, in the same
-order, and like the workflow it drops (and records) any device whose message is refused.
+Tests drive dropouts and deviations at each stage through it, and the scale benchmark runs
+1,000 devices with it. It calls the code the Flower mod and workflow call, in the same order,
+and like the workflow it drops (and records) any device whose message is refused and starts
+a new draw when roster members withhold their nonces.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import random
+import os
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from fedmarket.exceptions import ProtocolViolation
+from nacl.signing import SigningKey
+
+from fedmarket.exceptions import ProtocolViolation, SecAggAborted
 from fedmarket.secagg.codec import Encoded
-from fedmarket.secagg.config import RoundParams
+from fedmarket.secagg.config import SESSION_BYTES, RoundParams
 from fedmarket.secagg.device import DeviceSession, Stage
-from fedmarket.secagg.server import Aggregation, SecureSum
+from fedmarket.secagg.roster import Roster
+from fedmarket.secagg.server import Aggregation, Redraw, SecureSum
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +37,76 @@ class LocalRound:
     result: SecureSum
     rejected: dict[int, str]  # node -> why its message was refused
     server: Aggregation
+    draws: int = 1
+
+
+@dataclass
+class Dropouts:
+    """Who goes silent before each stage's upload."""
+
+    setup: Collection[int] = ()
+    roster: Collection[int] = ()
+    share_keys: Collection[int] = ()
+    mask: Collection[int] = ()
+    consistency: Collection[int] = ()
+    unmask: Collection[int] = ()
+
+    def at(self, stage: Stage) -> Collection[int]:
+        value: Collection[int] = getattr(self, stage.value)
+        return value
+
+
+@dataclass
+class LocalDevices:
+    """The devices' long-term node keys (fresh ones unless given)."""
+
+    keys: dict[int, SigningKey] = field(default_factory=dict)
+
+    def key(self, node: int) -> SigningKey:
+        return self.keys.setdefault(node, SigningKey.generate())
 
 
 def aggregate_locally(
     params: RoundParams,
     encoded: Mapping[int, Encoded],
     *,
-    rng: random.Random,
-    drop_before_keys: Collection[int] = (),
-    drop_before_shares: Collection[int] = (),
-    drop_before_upload: Collection[int] = (),
-    drop_before_unmask: Collection[int] = (),
+    drops: Dropouts | None = None,
     tamper: Tamper | None = None,
-    server_type: type[Aggregation] = Aggregation,
+    devices: LocalDevices | None = None,
 ) -> LocalRound:
-    """One round over the devices in ``encoded``; ``drop_*`` go silent at that stage."""
-    length = len(next(iter(encoded.values())).values)
-    server = server_type(params, list(encoded), length, rng)
-    sessions: dict[int, DeviceSession] = {}
+    """One round over the devices in ``encoded``; a void draw (withheld nonces) is redrawn
+    without the withholders, at most ``params.assumptions.draws`` times."""
+    drops = drops or Dropouts()
+    devices = devices or LocalDevices()
+    cohort = list(encoded)
     rejected: dict[int, str] = {}
+    for draw in range(1, params.assumptions.draws + 1):
+        try:
+            result, server = _draw(params, cohort, encoded, drops, tamper, devices, rejected)
+        except Redraw as void:
+            log.warning("secagg: draw %d void: %s", draw, void)
+            cohort = [n for n in cohort if n not in void.missing]
+            params = dataclasses.replace(
+                params, session=os.urandom(SESSION_BYTES), cohort_size=len(cohort)
+            )
+            continue
+        return LocalRound(result, rejected, server, draw)
+    raise SecAggAborted(f"no complete draw in {params.assumptions.draws} tries")
+
+
+def _draw(
+    params: RoundParams,
+    cohort: list[int],
+    encoded: Mapping[int, Encoded],
+    drops: Dropouts,
+    tamper: Tamper | None,
+    devices: LocalDevices,
+    rejected: dict[int, str],
+) -> tuple[SecureSum, Aggregation]:
+    length = len(next(iter(encoded.values())).values)
+    server = Aggregation(params, cohort, length)
+    sessions: dict[int, DeviceSession] = {}
+    policy = params.assumptions
 
     @contextmanager
     def guard(node: int) -> Iterator[None]:
@@ -63,25 +119,41 @@ def aggregate_locally(
     def sent(stage: Stage, node: int, upload: T) -> T:
         return tamper(stage, node, upload) if tamper else upload
 
-    for node in encoded:
-        if node not in drop_before_keys:
-            sessions[node], keys = DeviceSession.setup(node, params)
-            with guard(node):
-                server.receive_keys(node, sent(Stage.SETUP, node, keys))
-    for node, peer_keys in server.close_setup().items():
-        if node not in drop_before_shares:
-            share = sent(Stage.SHARE_KEYS, node, sessions[node].share_keys(peer_keys))
-            with guard(node):
-                server.receive_shares(node, share.ciphertexts, share.seed_commitment)
-    for node, inbox in server.close_share_keys().items():
-        if node not in drop_before_upload:
-            with guard(node):  # a device with too few valid shares refuses to upload
-                masked = sent(Stage.MASK, node, sessions[node].mask(inbox, encoded[node]))
-                server.receive_masked(node, masked.vector, masked.mask_peers)
-    for node, request in server.close_masking().items():
-        if node not in drop_before_unmask:
-            with guard(node):  # a device asked for too much refuses
-                shares = sessions[node].unmask(request.survivors, request.dropped)
-                shares = sent(Stage.UNMASK, node, shares)
-                server.receive_unmask(node, shares.seed, shares.mask_key)
-    return LocalRound(server.finish(), rejected, server)
+    def live(stage: Stage, nodes: Collection[int]) -> list[int]:
+        return [n for n in nodes if n not in drops.at(stage)]
+
+    for node in live(Stage.SETUP, cohort):
+        with guard(node):
+            sessions[node], announcement = DeviceSession.setup(
+                node, params, devices.key(node), policy
+            )
+            server.receive_announcement(node, sent(Stage.SETUP, node, announcement))
+    roster: Roster = server.close_setup()
+    for node in live(Stage.ROSTER, roster.nodes):
+        with guard(node):
+            nonce = sent(Stage.ROSTER, node, sessions[node].reveal(roster))
+            server.receive_nonce(node, nonce)
+    nonces = server.close_roster()
+    for node in live(Stage.SHARE_KEYS, roster.nodes):
+        with guard(node):
+            upload = sent(Stage.SHARE_KEYS, node, sessions[node].share_keys(nonces))
+            server.receive_shares(node, upload)
+    dealers, inboxes = server.close_share_keys()
+    for node in live(Stage.MASK, dealers):
+        with guard(node):
+            complaints = sessions[node].accept_shares(dealers, inboxes[node])
+            vector, vouch = sessions[node].mask_update(encoded[node], devices.key(node))
+            vector, vouch, complaints = sent(Stage.MASK, node, (vector, vouch, complaints))
+            server.receive_masked(node, vector, vouch, complaints)
+    survivors = server.close_masking()
+    for node in live(Stage.CONSISTENCY, survivors):
+        with guard(node):
+            signature = sessions[node].consistency(survivors, devices.key(node))
+            server.receive_signature(node, sent(Stage.CONSISTENCY, node, signature))
+    for node, (signatures, vouches) in server.close_consistency().items():
+        if node in drops.at(Stage.UNMASK):
+            continue
+        with guard(node):
+            shares = sessions[node].unmask(signatures, vouches)
+            server.receive_unmask(node, sent(Stage.UNMASK, node, shares))
+    return server.finish(), server

@@ -1,14 +1,20 @@
 """How SecAgg+ stages travel in Flower messages.
 
 Every stage message, both ways, carries a ConfigRecord ``secagg`` with ``stage`` and
-``session``. Server -> device: setup sends the round parameters (``param.*``); share_keys the
-neighbours' keys (``peers``, ``peer_cipher``, ``peer_mask``); mask the shares addressed to the
-device (``sources``, ``ciphertexts``) next to the usual training content; unmask the lists
-``survivors`` and ``dropped``. Device -> server: setup ``cipher_pk``, ``mask_pk``; share_keys
-``destinations``, ``ciphertexts``, ``commitment``; mask the training reply with its delta
-replaced by ArrayRecord ``masked`` (one uint32 vector, its last word the clipped share) plus
-``mask_peers`` and ``rejected``; unmask ``seed_owners``, ``seed_shares``, ``key_owners``,
-``key_shares``. A device that refuses a stage answers ``refused`` with the reason.
+``session``. Server -> device: setup sends the round parameters (``param.*``); roster the
+signed announcements (``roster``); share_keys every member's nonce (``nonce_nodes``,
+``nonces``); mask the dealers (``dealers``) and the shares addressed to the device
+(``sources``, ``ciphertexts``) next to the usual training content; consistency the
+``survivors``; unmask the survivors' signatures the device needs (``signers``,
+``signatures``) and its neighbours' signed dealer lists (``vouchers``, ``vouches``).
+Device -> server: setup ``announcement``; roster ``nonce``; share_keys ``destinations``,
+``ciphertexts``, ``seed_commitments``, ``key_commitments``, ``digest_holders``,
+``seed_digests``, ``key_digests``; mask the training reply with its delta replaced by
+ArrayRecord ``masked`` (one uint32 vector, its last word the clipped share) plus
+``masked_with`` and complaints (``complaint_nodes``, ``complaints``); consistency
+``signature``; unmask ``seed_owners``, ``seed_shares``, ``key_owners``, ``key_shares``,
+``pair_owners``, ``pair_keys``. A device that refuses a stage answers ``refused`` with the
+reason.
 """
 
 from __future__ import annotations

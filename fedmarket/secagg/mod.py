@@ -1,6 +1,6 @@
 """The device's SecAgg+ as a Flower ClientApp mod on the Message API.
 
-The mod answers the four stage messages itself, keeping the round's session in
+The mod answers the six stage messages itself, keeping the round's session in
 ``Context.state``; on the mask stage it lets the app train, then replaces the plain delta by
 the masked vector, so the update never leaves the device unmasked.
 """
@@ -12,8 +12,18 @@ from collections.abc import Callable
 
 import numpy as np
 from eth_account.signers.local import LocalAccount
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    ConfigRecordValues,
+    Context,
+    Message,
+    MessageType,
+    RecordDict,
+)
 from flwr.clientapp.typing import ClientAppCallable, Mod
+from nacl.signing import SigningKey
 
 from fedmarket.exceptions import FedmarketError, ProtocolViolation
 from fedmarket.market.terms import RECEIPT, RoundTerms, sign_upload
@@ -22,21 +32,33 @@ from fedmarket.secagg import messages as m
 from fedmarket.secagg.codec import encode, flatten
 from fedmarket.secagg.config import RoundParams
 from fedmarket.secagg.device import DeviceSession, Stage
-from fedmarket.secagg.keys import PublicKeys
+from fedmarket.secagg.parameters import DEFAULT_ASSUMPTIONS, Assumptions
+from fedmarket.secagg.roster import decode_roster
 
 log = logging.getLogger(__name__)
 _STATE = "secagg.session"
+_DRAWS = "secagg.draws"
 
 
 SignerResolver = Callable[[Context], LocalAccount | None]
 """The device's payout key, to sign a receipt for each masked upload (None: no receipts)."""
 
+NodeKeyResolver = Callable[[Context], SigningKey]
+"""The device's Ed25519 node key (:func:`fedmarket.secagg.keys.node_key_from_identity`)."""
 
-def make_secagg_mod(*, required: bool = True, signer: SignerResolver | None = None) -> Mod:
+
+def make_secagg_mod(
+    *,
+    node_key: NodeKeyResolver,
+    required: bool = True,
+    signer: SignerResolver | None = None,
+    policy: Assumptions = DEFAULT_ASSUMPTIONS,
+) -> Mod:
     """The mod; with ``required`` the device refuses to train in rounds without SecAgg+.
 
-    With ``signer``, a device that trains in a round carrying market terms signs an EIP-712
-    receipt over its masked upload and sends it along.
+    ``node_key`` signs the device's announcements and agreements; ``policy`` is the weakest
+    round the device accepts (colluding share, security bits, draws). With ``signer``, a device
+    that trains in a round carrying market terms signs an EIP-712 receipt over its masked upload.
     """
 
     def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -53,7 +75,8 @@ def make_secagg_mod(*, required: bool = True, signer: SignerResolver | None = No
         try:
             if not isinstance(session, bytes):
                 raise ProtocolViolation("secagg message without a session")
-            content = _handle(msg, context, call_next, config, signer)
+            device = _Device(msg, context, node_key(context), signer, policy)
+            content = device.handle(config, call_next)
         except FedmarketError as exc:
             log.warning("secagg %s refused: %s", stage, exc)
             content = RecordDict(
@@ -64,108 +87,123 @@ def make_secagg_mod(*, required: bool = True, signer: SignerResolver | None = No
     return secagg_mod
 
 
-def _handle(
-    msg: Message,
-    context: Context,
-    call_next: ClientAppCallable,
-    config: ConfigRecord,
-    signer: SignerResolver | None,
-) -> RecordDict:
-    name = config.get("stage")
-    if name not in {s.value for s in Stage}:
-        raise ProtocolViolation(f"unknown secagg stage {name!r}")
-    stage = Stage(name)
-    if stage == Stage.SETUP:
-        return _setup(msg, context, config)
-    session = _load(context)
-    m.check_header(config, stage, session.params.session)
-    if stage == Stage.SHARE_KEYS:
-        upload = session.share_keys(_peer_keys(config))
-        reply = m.record(
-            stage,
-            session.params.session,
-            {
+class _Device:
+    """One stage message on one device."""
+
+    def __init__(
+        self,
+        msg: Message,
+        context: Context,
+        node_key: SigningKey,
+        signer: SignerResolver | None,
+        policy: Assumptions,
+    ) -> None:
+        self.msg, self.context, self.node_key = msg, context, node_key
+        self.signer, self.policy = signer, policy
+
+    def handle(self, config: ConfigRecord, call_next: ClientAppCallable) -> RecordDict:
+        name = config.get("stage")
+        if name not in {s.value for s in Stage}:
+            raise ProtocolViolation(f"unknown secagg stage {name!r}")
+        stage = Stage(name)
+        if stage == Stage.SETUP:
+            return self._setup(config)
+        session = _load(self.context)
+        m.check_header(config, stage, session.params.session)
+        if stage == Stage.MASK:
+            return self._mask(config, session, call_next)
+        fields: dict[str, ConfigRecordValues]
+        if stage == Stage.ROSTER:
+            roster = decode_roster(m.items(config, "roster", bytes))
+            fields = {"nonce": session.reveal(roster)}
+        elif stage == Stage.SHARE_KEYS:
+            upload = session.share_keys(m.mapping(config, "nonce_nodes", "nonces", bytes))
+            holders = sorted(upload.seed_digests)
+            fields = {
                 "destinations": list(upload.ciphertexts),
                 "ciphertexts": list(upload.ciphertexts.values()),
-                "commitment": upload.seed_commitment,
-            },
-        )
-        content = RecordDict({m.SECAGG: reply})
-    elif stage == Stage.MASK:
-        content = _mask(msg, context, call_next, config, session, signer)
-    else:
-        shares = session.unmask(m.items(config, "survivors", int), m.items(config, "dropped", int))
-        reply = m.record(
-            stage,
-            session.params.session,
-            {
+                "seed_commitments": upload.seed_commitments,
+                "key_commitments": upload.key_commitments,
+                "digest_holders": holders,
+                "seed_digests": [upload.seed_digests[h] for h in holders],
+                "key_digests": [upload.key_digests[h] for h in holders],
+            }
+        elif stage == Stage.CONSISTENCY:
+            signature = session.consistency(m.items(config, "survivors", int), self.node_key)
+            fields = {"signature": signature}
+        else:
+            shares = session.unmask(
+                m.mapping(config, "signers", "signatures", bytes),
+                m.mapping(config, "vouchers", "vouches", bytes),
+            )
+            fields = {
                 "seed_owners": list(shares.seed),
                 "seed_shares": list(shares.seed.values()),
                 "key_owners": list(shares.mask_key),
                 "key_shares": list(shares.mask_key.values()),
+                "pair_owners": list(shares.pair),
+                "pair_keys": list(shares.pair.values()),
+            }
+        _store(self.context, session)
+        return RecordDict({m.SECAGG: m.record(stage, session.params.session, fields)})
+
+    def _setup(self, config: ConfigRecord) -> RecordDict:
+        params = RoundParams.from_record(
+            {k[6:]: v for k, v in config.items() if k.startswith("param.")}
+        )
+        stored = self.context.state.config_records.get(_STATE)
+        if stored is not None and stored.get("param.session") == params.session:
+            raise ProtocolViolation("setup replayed for a round already under way")
+        draws = _draws(self.context)
+        if draws >= self.policy.draws:
+            raise ProtocolViolation(
+                f"{draws} graph draws since my last completed round: the server may be "
+                "grinding the graph; I take part again after a round completes"
+            )
+        node = self.msg.metadata.dst_node_id
+        session, announcement = DeviceSession.setup(node, params, self.node_key, self.policy)
+        self.context.state.config_records[_DRAWS] = ConfigRecord({"draws": draws + 1})
+        _store(self.context, session)
+        fields: dict[str, ConfigRecordValues] = {"announcement": announcement.to_bytes()}
+        return RecordDict({m.SECAGG: m.record(Stage.SETUP, params.session, fields)})
+
+    def _mask(
+        self, config: ConfigRecord, session: DeviceSession, call_next: ClientAppCallable
+    ) -> RecordDict:
+        msg, context = self.msg, self.context
+        dealt = m.mapping(config, "sources", "ciphertexts", bytes)
+        # Refuse before training if the round cannot carry a masked upload: a round the
+        # device must refuse anyway then costs it no privacy.
+        complaints = session.accept_shares(m.items(config, "dealers", int), dealt)
+        _check_terms(msg, context, self.signer)
+        _store(context, session)  # past the mask stage for good: a replay of it is refused
+        trained = call_next(msg, context)
+        if trained.has_error():
+            # The reason may quote the records (an exception's text): it stays in the log here.
+            log.error("training failed (its ε is charged): %s", trained.error.reason)
+            raise ProtocolViolation("training failed on the device (the reason is in its log)")
+        content = trained.content
+        if DELTA not in content.array_records:  # declined: nothing to mask, nothing to send
+            content[m.SECAGG] = m.record(Stage.MASK, session.params.session, {})
+            return content
+        delta = flatten(weights_from_record(content.array_records.pop(DELTA)))
+        encoded = encode(delta, session.params)
+        vector, masked_with = session.mask_update(encoded, self.node_key)
+        _store(context, session)
+        content[m.MASKED] = ArrayRecord({"vector": Array(vector)})
+        content[m.SECAGG] = m.record(
+            Stage.MASK,
+            session.params.session,
+            {
+                "masked_with": masked_with,
+                "complaint_nodes": list(complaints),
+                "complaints": list(complaints.values()),
             },
         )
-        content = RecordDict({m.SECAGG: reply})
-    _store(context, session)
-    return content
-
-
-def _setup(msg: Message, context: Context, config: ConfigRecord) -> RecordDict:
-    params = RoundParams.from_record(
-        {k[6:]: v for k, v in config.items() if k.startswith("param.")}
-    )
-    stored = context.state.config_records.get(_STATE)
-    if stored is not None and stored.get("param.session") == params.session:
-        raise ProtocolViolation("setup replayed for a round already under way")
-    session, keys = DeviceSession.setup(msg.metadata.dst_node_id, params)
-    _store(context, session)
-    return RecordDict(
-        {
-            m.SECAGG: m.record(
-                Stage.SETUP, params.session, {"cipher_pk": keys.cipher, "mask_pk": keys.mask}
-            )
-        }
-    )
-
-
-def _mask(
-    msg: Message,
-    context: Context,
-    call_next: ClientAppCallable,
-    config: ConfigRecord,
-    session: DeviceSession,
-    signer: SignerResolver | None,
-) -> RecordDict:
-    inbox = m.mapping(config, "sources", "ciphertexts", bytes)
-    # Refuse before training if the shares cannot carry a masked upload: a round the device
-    # must refuse anyway then costs it no privacy.
-    session.accept_shares(inbox)
-    _check_terms(msg, context, signer)
-    _store(context, session)  # past the mask stage for good: a replay of it is refused
-    trained = call_next(msg, context)
-    if trained.has_error():
-        # The reason may quote the records (an exception's text): it stays in the log here.
-        log.error("training failed (its ε is charged): %s", trained.error.reason)
-        raise ProtocolViolation("training failed on the device (the reason is in its log)")
-    content = trained.content
-    if DELTA not in content.array_records:  # declined: nothing to mask, nothing to send
-        session.stage = Stage.MASK
-        _store(context, session)
-        content[m.SECAGG] = m.record(Stage.MASK, session.params.session, {})
+        for dealer, reason in complaints.items():
+            log.warning("secagg: shares from node %d: %s", dealer, reason)
+        _sign(msg, context, content, self.signer, vector)
         return content
-    delta = flatten(weights_from_record(content.array_records.pop(DELTA)))
-    encoded = encode(delta, session.params)
-    upload = session.mask_update(encoded)
-    content[m.MASKED] = ArrayRecord({"vector": Array(upload.vector)})
-    content[m.SECAGG] = m.record(
-        Stage.MASK,
-        session.params.session,
-        {"mask_peers": list(upload.mask_peers), "rejected": list(upload.rejected)},
-    )
-    for reason in upload.rejected:
-        log.warning("secagg: %s", reason)
-    _sign(msg, context, content, signer, upload.vector)
-    return content
 
 
 def _check_terms(msg: Message, context: Context, signer: SignerResolver | None) -> None:
@@ -202,14 +240,6 @@ def _sign(
     )
 
 
-def _peer_keys(config: ConfigRecord) -> dict[int, PublicKeys]:
-    peers = m.items(config, "peers", int)
-    ciphers, masks = m.items(config, "peer_cipher", bytes), m.items(config, "peer_mask", bytes)
-    if not len(peers) == len(ciphers) == len(masks) or len(set(peers)) != len(peers):
-        raise ProtocolViolation("share_keys: peers and keys must pair up with no repeats")
-    return {p: PublicKeys(c, k) for p, c, k in zip(peers, ciphers, masks, strict=True)}
-
-
 def _load(context: Context) -> DeviceSession:
     stored = context.state.config_records.get(_STATE)
     if stored is None:
@@ -219,3 +249,11 @@ def _load(context: Context) -> DeviceSession:
 
 def _store(context: Context, session: DeviceSession) -> None:
     context.state.config_records[_STATE] = ConfigRecord(session.to_record())
+    if session.stage == Stage.UNMASK:  # a completed round: new draws are welcome again
+        context.state.config_records[_DRAWS] = ConfigRecord({"draws": 0})
+
+
+def _draws(context: Context) -> int:
+    record = context.state.config_records.get(_DRAWS)
+    draws = record.get("draws") if record is not None else 0
+    return draws if isinstance(draws, int) else 0

@@ -1,35 +1,53 @@
-"""The server's side of SecAgg+, one round: route keys and shares, sum, unmask.
+"""The server's side of SecAgg+, one round: roster, graph seed, routing, survivors, unmasking.
 
-The server only ever holds public keys, ciphertexts it cannot open, masked vectors, and shares
-that honest devices release for survivors' seeds or dropped devices' mask keys, never both for
-one device. Each ``receive_*`` validates one device's message and raises
-:class:`ProtocolViolation` naming the problem; the caller logs it and treats the device as
-dropped. Each ``close_*`` ends a stage, drops the silent, and raises :class:`SecAggAborted` when
-too few devices are left to ever unmask.
+The server only ever holds signed public announcements, ciphertexts it cannot open, masked
+vectors, and the shares honest devices release under a survivor set that t holders of each
+secret signed. Each ``receive_*`` validates one device's message and raises
+:class:`ProtocolViolation` naming the problem; the caller logs it and drops the device. Each
+``close_*`` ends a stage; :class:`SecAggAborted` means no sum can be produced safely (too few
+devices, a graph that would leak partial sums, a secret that cannot be rebuilt, an aggregate
+outside the range honest inputs can reach). :class:`Redraw` means a roster member withheld its
+nonce: the caller starts a new draw without it.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Container, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedmarket.exceptions import ProtocolViolation, SecAggAborted
-from fedmarket.secagg import shamir
+from fedmarket.exceptions import InvalidInput, ProtocolViolation, SecAggAborted
+from fedmarket.secagg import vss
 from fedmarket.secagg.codec import Vector
 from fedmarket.secagg.config import RoundParams
-from fedmarket.secagg.device import CIPHERTEXT_BYTES, Stage, seed_commitment
-from fedmarket.secagg.graph import neighbour_graph
-from fedmarket.secagg.keys import KEY_BYTES, PublicKeys, agree, public_key
+from fedmarket.secagg.device import (
+    CIPHERTEXT_BYTES,
+    MASKED_WITH,
+    SURVIVORS,
+    ShareUpload,
+    Stage,
+    UnmaskShares,
+    dealers_payload,
+    graph_for,
+    holder_index,
+    roster_assumptions,
+    share_digest,
+    survivors_payload,
+)
+from fedmarket.secagg.graph import Graph
+from fedmarket.secagg.keys import mask_public, pair_secret, valid_point, verify
 from fedmarket.secagg.masks import apply_masks, mask_key
+from fedmarket.secagg.parameters import check
+from fedmarket.secagg.roster import Announcement, Roster, nonce_commitment
 
 
-@dataclass(frozen=True)
-class UnmaskRequest:
-    survivors: tuple[int, ...]
-    dropped: tuple[int, ...]
+class Redraw(Exception):
+    """Roster members withheld their nonces; the draw is void. ``missing`` lists them."""
+
+    def __init__(self, missing: Collection[int]) -> None:
+        super().__init__(f"nodes {sorted(missing)} revealed no nonce")
+        self.missing = frozenset(missing)
 
 
 @dataclass(frozen=True)
@@ -38,186 +56,277 @@ class SecureSum:
 
     total: Vector
     survivors: tuple[int, ...]
-    dropped: tuple[int, ...]
+    dropped: tuple[int, ...]  # cohort members not in the sum
+    liars: dict[int, str] = field(default_factory=dict)  # node -> what it lied about
 
 
 class Aggregation:
     """One round of SecAgg+ over ``cohort`` with vectors of ``length`` uint32 words."""
 
-    def __init__(
-        self, params: RoundParams, cohort: Sequence[int], length: int, rng: random.Random
-    ) -> None:
+    def __init__(self, params: RoundParams, cohort: Sequence[int], length: int) -> None:
         self.params = params
         self.cohort = tuple(sorted(cohort))
-        if len(self.cohort) != params.cohort_size:
+        if len(self.cohort) != params.cohort_size or len(set(self.cohort)) != len(cohort):
             raise ProtocolViolation(
-                f"cohort of {len(self.cohort)} nodes, parameters say {params.cohort_size}"
+                f"cohort of {len(set(self.cohort))} nodes, parameters say {params.cohort_size}"
             )
         self.length = length
-        self.graph = neighbour_graph(self.cohort, params.neighbours, rng)
         self.stage = Stage.SETUP
-        self.keys: dict[int, PublicKeys] = {}
-        self.commitments: dict[int, bytes] = {}
-        self.outboxes: dict[int, dict[int, bytes]] = {}
+        self.announcements: dict[int, Announcement] = {}
+        self.roster: Roster | None = None
+        self.nonces: dict[int, bytes] = {}
+        self.graph: Graph | None = None
+        self.uploads: dict[int, ShareUpload] = {}
+        self.dealers: tuple[int, ...] = ()
         self.vectors: dict[int, Vector] = {}
-        self.mask_peers: dict[int, frozenset[int]] = {}
-        self.sharers: set[int] = set()
-        self.survivors: set[int] = set()
-        self.requests: dict[int, UnmaskRequest] = {}
-        self.seed_shares: dict[int, list[bytes]] = {}
-        self.key_shares: dict[int, list[bytes]] = {}
-        self.answered: set[int] = set()
+        self.masked_with: dict[int, bytes] = {}
+        self.complaints: dict[int, dict[int, str]] = {}
+        self.survivors: tuple[int, ...] = ()
+        self.signatures: dict[int, bytes] = {}
+        self.unmasked: dict[int, UnmaskShares] = {}
 
-    # Stage 0: public keys
-    def receive_keys(self, node: int, keys: PublicKeys) -> None:
-        self._expect(Stage.SETUP, node, self.cohort, self.keys)
-        if len(keys.cipher) != KEY_BYTES or len(keys.mask) != KEY_BYTES:
-            raise ProtocolViolation(f"node {node}: public keys must be {KEY_BYTES} bytes")
-        seen = {k for pk in self.keys.values() for k in (pk.cipher, pk.mask)}
-        if keys.cipher == keys.mask or {keys.cipher, keys.mask} & seen:
-            raise ProtocolViolation(f"node {node}: reuses a public key")
-        self.keys[node] = keys
+    # Stage 1: signed announcements
+    def receive_announcement(self, node: int, announcement: Announcement) -> None:
+        self._expect(Stage.SETUP, node, self.cohort, self.announcements)
+        if announcement.node != node:
+            raise ProtocolViolation(f"node {node}: announced itself as node {announcement.node}")
+        problem = announcement.problem(self.params.session)
+        if not problem and not valid_point(announcement.keys.mask):
+            problem = "mask key is not a valid Ed25519 point"
+        if problem:
+            raise ProtocolViolation(f"node {node}: {problem}")
+        seen = {k for a in self.announcements.values() for k in _keys(a)}
+        if seen & set(_keys(announcement)):
+            raise ProtocolViolation(f"node {node}: reuses a key another node announced")
+        self.announcements[node] = announcement
 
-    def close_setup(self) -> dict[int, dict[int, PublicKeys]]:
-        """Each live node's neighbours' keys (and its own), for those that can still share."""
+    def close_setup(self) -> Roster:
+        """The roster every member gets (and checks) before it reveals its nonce."""
+        self.stage = Stage.ROSTER
+        self._require(len(self.announcements), "announced their keys")
+        roster = Roster.of(self.announcements.values())
+        members = len(roster.members)
+        try:
+            k = min(self.params.neighbours, members - 1)
+            check(members, k, self.params.threshold, roster_assumptions(self.params, members))
+        except (InvalidInput, ProtocolViolation) as exc:
+            raise SecAggAborted(f"the roster of {members} devices is too small: {exc}") from None
+        self.roster = roster
+        return roster
+
+    # Stage 2: nonces
+    def receive_nonce(self, node: int, nonce: bytes) -> None:
+        roster = self._roster()
+        self._expect(Stage.ROSTER, node, roster.nodes, self.nonces)
+        if nonce_commitment(nonce, self.params.session) != roster.member(node).nonce_commitment:
+            raise ProtocolViolation(f"node {node}: its nonce does not open its commitment")
+        self.nonces[node] = nonce
+
+    def close_roster(self) -> dict[int, bytes]:
+        """Every member's nonce (each member gets all of them); :class:`Redraw` if some
+        member withheld its nonce."""
+        roster = self._roster()
+        missing = set(roster.nodes) - set(self.nonces)
+        if missing:
+            raise Redraw(missing)
         self.stage = Stage.SHARE_KEYS
-        live = set(self.keys)
-        out = {}
-        for node in sorted(live):
-            group = (self.graph[node] & live) | {node}
-            if len(group) >= self.params.threshold:
-                out[node] = {n: self.keys[n] for n in sorted(group)}
-        self._require(len(out), "sent their public keys")
-        self.sharers = set(out)
-        return out
+        self.graph = graph_for(roster, roster.graph_seed(self.nonces), self.params)
+        return dict(self.nonces)
 
-    # Stage 1: encrypted shares
-    def receive_shares(
-        self, node: int, ciphertexts: Mapping[int, bytes], commitment: bytes
-    ) -> None:
-        self._expect(Stage.SHARE_KEYS, node, self.sharers, self.outboxes)
-        allowed = self.graph[node] & set(self.keys)
-        unknown = set(ciphertexts) - allowed
-        if unknown:
-            raise ProtocolViolation(
-                f"node {node}: shares addressed to non-neighbours {sorted(unknown)}"
-            )
-        if len(ciphertexts) + 1 < self.params.threshold:
-            raise ProtocolViolation(f"node {node}: shares for too few neighbours")
-        if any(len(c) != CIPHERTEXT_BYTES for c in ciphertexts.values()):
+    # Stage 3: dealings
+    def receive_shares(self, node: int, upload: ShareUpload) -> None:
+        graph = self._graph()
+        self._expect(Stage.SHARE_KEYS, node, graph.ring, self.uploads)
+        if set(upload.ciphertexts) != graph.neighbours(node):
+            raise ProtocolViolation(f"node {node}: shares must go to exactly its neighbours")
+        if any(len(c) != CIPHERTEXT_BYTES for c in upload.ciphertexts.values()):
             raise ProtocolViolation(f"node {node}: a ciphertext is not {CIPHERTEXT_BYTES} bytes")
-        if len(commitment) != 32:
-            raise ProtocolViolation(f"node {node}: seed commitment must be 32 bytes")
-        self.outboxes[node] = dict(ciphertexts)
-        self.commitments[node] = commitment
+        size = self.params.threshold * vss.POINT_BYTES
+        if len(upload.seed_commitments) != size or len(upload.key_commitments) != size:
+            raise ProtocolViolation(f"node {node}: commitments must be t = {size // 32} points")
+        if upload.key_commitments[: vss.POINT_BYTES] != self._roster().member(node).keys.mask:
+            raise ProtocolViolation(f"node {node}: mask-key commitments miss its mask key")
+        holders = set(graph.holders(node))
+        for digests in (upload.seed_digests, upload.key_digests):
+            if set(digests) != holders or any(len(d) != 32 for d in digests.values()):
+                raise ProtocolViolation(f"node {node}: one 32-byte share digest per holder")
+        self.uploads[node] = upload
 
-    def close_share_keys(self) -> dict[int, dict[int, bytes]]:
-        """Each node that shared: the ciphertexts the other sharers addressed to it."""
+    def close_share_keys(self) -> tuple[tuple[int, ...], dict[int, dict[int, bytes]]]:
+        """The dealers, and for each dealer: the ciphertexts addressed to it."""
         self.stage = Stage.MASK
-        self._require(len(self.outboxes), "shared their keys")
-        return {
-            node: {src: box[node] for src, box in sorted(self.outboxes.items()) if node in box}
-            for node in self.outboxes
-        }
+        self._require(len(self.uploads), "dealt their shares")
+        self.dealers = tuple(sorted(self.uploads))
+        inboxes: dict[int, dict[int, bytes]] = {node: {} for node in self.dealers}
+        for dealer, upload in self.uploads.items():
+            for holder, ciphertext in upload.ciphertexts.items():
+                if holder in inboxes:
+                    inboxes[holder][dealer] = ciphertext
+        return self.dealers, inboxes
 
-    # Stage 2: masked vectors
-    def receive_masked(self, node: int, vector: Vector, mask_peers: Sequence[int]) -> None:
-        self._expect(Stage.MASK, node, self.outboxes, self.vectors)
+    # Stage 4: masked vectors
+    def receive_masked(
+        self, node: int, vector: Vector, masked_with: bytes, complaints: Mapping[int, str]
+    ) -> None:
+        self._expect(Stage.MASK, node, self.dealers, self.vectors)
         if vector.dtype != np.uint32 or vector.shape != (self.length,):
             raise ProtocolViolation(
                 f"node {node}: masked vector must be {self.length} uint32 words, "
                 f"got {vector.shape} {vector.dtype}"
             )
-        peers = frozenset(mask_peers)
-        senders = {src for src, box in self.outboxes.items() if node in box}
-        if len(peers) != len(mask_peers) or not peers <= senders:
-            raise ProtocolViolation(f"node {node}: mask peers are not nodes that sent it shares")
-        if len(peers) + 1 < self.params.threshold:
-            raise ProtocolViolation(f"node {node}: masked with too few neighbours")
+        payload = dealers_payload(self.params.session, self._roster().digest, self.dealers)
+        if not verify(self._key(node), MASKED_WITH, payload, masked_with):
+            raise ProtocolViolation(f"node {node}: did not sign the dealers it masked with")
+        if not set(complaints) <= self._graph().neighbours(node):
+            raise ProtocolViolation(f"node {node}: complaints about non-neighbours")
         self.vectors[node] = vector
-        self.mask_peers[node] = peers
+        self.masked_with[node] = masked_with
+        self.complaints[node] = dict(complaints)
 
-    def close_masking(self) -> dict[int, UnmaskRequest]:
-        """What each survivor is asked to reveal; settles one-sided pairs first."""
-        self.stage = Stage.UNMASK
-        survivors = set(self.vectors)
-        changed = True
-        while changed:  # i used j's shares but j refused i's: i's masks cannot cancel, drop i
-            changed = False
-            for i in sorted(survivors):
-                if any(i not in self.mask_peers[j] for j in self.mask_peers[i] & survivors):
-                    survivors.discard(i)
-                    changed = True
+    def close_masking(self) -> tuple[int, ...]:
+        """The survivor set each survivor is asked to sign; aborts if it would be unsafe."""
+        self.stage = Stage.CONSISTENCY
+        graph, n = self._graph(), self.params.cohort_size
+        survivors = tuple(sorted(self.vectors))
         self._require(len(survivors), "sent a masked vector")
-        self.survivors = survivors
-        dropped = set(self.outboxes) - survivors
-        for node in sorted(survivors):
-            holds = self.mask_peers[node] | {node}
-            request = UnmaskRequest(
-                tuple(sorted(holds & survivors)), tuple(sorted(holds & dropped))
+        if n - len(survivors) > self.params.assumptions.dropout_fraction * n:
+            raise SecAggAborted(
+                f"{n - len(survivors)} of {n} devices dropped, beyond the dropout allowance "
+                f"{self.params.assumptions.dropout_fraction:g} the parameters were sized for"
             )
-            if len(request.survivors) < self.params.threshold:
-                continue  # it could not answer safely; the others may still cover it
-            self.requests[node] = request
-        self._require(len(self.requests), "can be asked to unmask")
-        return dict(self.requests)
+        if not graph.connected(survivors):
+            raise SecAggAborted("the survivors' graph is disconnected: its parts' sums would leak")
+        self.survivors = survivors
+        return survivors
 
-    # Stage 3: shares that remove the masks
-    def receive_unmask(
-        self, node: int, seed_shares: Mapping[int, bytes], key_shares: Mapping[int, bytes]
-    ) -> None:
-        self._expect(Stage.UNMASK, node, self.requests, self.answered)
-        request = self.requests[node]
-        if set(seed_shares) != set(request.survivors) or set(key_shares) != set(request.dropped):
-            raise ProtocolViolation(f"node {node}: shares for nodes it was not asked about")
-        shares = [*seed_shares.values(), *key_shares.values()]
-        if any(len(s) != shamir.SHARE_BYTES for s in shares):
-            raise ProtocolViolation(f"node {node}: a share is not {shamir.SHARE_BYTES} bytes")
-        self.answered.add(node)
-        for owner, share in seed_shares.items():
-            self.seed_shares.setdefault(owner, []).append(share)
-        for owner, share in key_shares.items():
-            self.key_shares.setdefault(owner, []).append(share)
+    # Stage 5: signatures on the survivor set
+    def receive_signature(self, node: int, signature: bytes) -> None:
+        self._expect(Stage.CONSISTENCY, node, self.survivors, self.signatures)
+        if not verify(self._key(node), SURVIVORS, self._survivors_payload(), signature):
+            raise ProtocolViolation(f"node {node}: its signature on the survivors is invalid")
+        self.signatures[node] = signature
+
+    def close_consistency(self) -> dict[int, tuple[dict[int, bytes], dict[int, bytes]]]:
+        """For each signer: the signatures of its window, and its neighbours' (and its own)
+        signatures on the dealers they masked with."""
+        self.stage = Stage.UNMASK
+        self._require(len(self.signatures), "signed the survivors")
+        graph = self._graph()
+        out = {}
+        for node in self.signatures:
+            window = graph.window(node)
+            sigs = {n: s for n, s in self.signatures.items() if n in window}
+            vouch = {
+                n: self.masked_with[n]
+                for n in graph.neighbours(node) | {node}
+                if n in self.masked_with
+            }
+            out[node] = (sigs, vouch)
+        return out
+
+    # Stage 6: shares that remove the masks
+    def receive_unmask(self, node: int, shares: UnmaskShares) -> None:
+        self._expect(Stage.UNMASK, node, self.signatures, self.unmasked)
+        graph, alive = self._graph(), set(self.survivors)
+        dropped = set(self.dealers) - alive
+        holds = graph.neighbours(node) | {node}
+        if not set(shares.seed) <= holds & alive or not set(shares.mask_key) <= holds & dropped:
+            raise ProtocolViolation(f"node {node}: shares for nodes it does not hold")
+        if not set(shares.pair) <= graph.neighbours(node) & dropped:
+            raise ProtocolViolation(f"node {node}: pair keys for nodes that are not dropped peers")
+        everything = [*shares.seed.values(), *shares.mask_key.values(), *shares.pair.values()]
+        if any(len(s) != vss.SCALAR_BYTES for s in everything):
+            raise ProtocolViolation(f"node {node}: a share is not {vss.SCALAR_BYTES} bytes")
+        self.unmasked[node] = shares
 
     def finish(self) -> SecureSum:
         """Sum the survivors' vectors and remove every mask left in the sum."""
-        survivors = sorted(self.survivors)
-        dropped = sorted(set(self.outboxes) - self.survivors)
-        session, _t = self.params.session, self.params.threshold
+        graph, session, alive = self._graph(), self.params.session, set(self.survivors)
+        liars: dict[int, str] = {}
         total = np.zeros(self.length, dtype=np.uint32)
-        for node in survivors:
+        for node in self.survivors:
             np.add(total, self.vectors[node], out=total)
         add: list[bytes] = []
         subtract: list[bytes] = []
-        for node in survivors:
-            seed = self._rebuild(self.seed_shares.get(node, []), node, "self-mask seed")
-            if seed_commitment(seed, session) != self.commitments[node]:
-                raise SecAggAborted(f"node {node}: the rebuilt seed does not match its commitment")
+        for node in self.survivors:
+            seed = self._rebuild(node, "seed", liars)
             subtract.append(mask_key(seed, session, "self"))
-        for gone in dropped:
-            holders = [i for i in survivors if gone in self.mask_peers[i]]
-            if not holders:
-                continue  # nobody masked with it
-            secret = self._rebuild(self.key_shares.get(gone, []), gone, "mask key")
-            if public_key(secret) != self.keys[gone].mask:
-                raise SecAggAborted(f"node {gone}: the rebuilt mask key does not match its key")
-            for i in holders:  # survivor i added +stream if i < gone, -stream otherwise
-                key = mask_key(agree(secret, self.keys[i].mask), session, "pair")
-                (subtract if i < gone else add).append(key)
+        for gone in sorted(set(self.dealers) - alive):
+            peers = sorted(graph.neighbours(gone) & alive)
+            if not peers:
+                continue
+            keys = self._pair_keys(gone, peers, liars)
+            for i in peers:  # survivor i added +stream if i < gone, -stream otherwise
+                (subtract if i < gone else add).append(keys[i])
         apply_masks(total, add=add, subtract=subtract)
-        not_survived = tuple(n for n in self.cohort if n not in self.survivors)
-        return SecureSum(total, tuple(survivors), not_survived)
+        not_summed = tuple(n for n in self.cohort if n not in alive)
+        return SecureSum(total, self.survivors, not_summed, liars)
 
-    def _rebuild(self, shares: list[bytes], owner: int, what: str) -> bytes:
-        if len(shares) < self.params.threshold:
-            raise SecAggAborted(
-                f"only {len(shares)} shares of node {owner}'s {what} arrived; "
-                f"the threshold is {self.params.threshold}"
-            )
+    def _pair_keys(
+        self, gone: int, peers: Sequence[int], liars: dict[int, str]
+    ) -> dict[int, bytes]:
+        """The stream keys of ``gone``'s pairs with surviving ``peers``: from its rebuilt mask
+        key, or else from the pair keys its peers revealed."""
+        members = self._roster().by_node()
+        session = self.params.session
         try:
-            return shamir.combine(shares, self.params.threshold)
+            secret = self._rebuild(gone, "key", liars)
+        except SecAggAborted:
+            revealed = {i: self.unmasked[i].pair.get(gone) for i in peers if i in self.unmasked}
+            missing = [i for i in peers if revealed.get(i) is None]
+            if missing:
+                raise SecAggAborted(
+                    f"node {gone}'s mask key cannot be rebuilt and survivors {missing} did not "
+                    "reveal their pair keys with it"
+                ) from None
+            return {i: k for i, k in revealed.items() if k is not None}
+        mine = mask_public(secret)
+        return {
+            i: mask_key(pair_secret(secret, mine, members[i].keys.mask), session, "pair")
+            for i in peers
+        }
+
+    def _rebuild(self, owner: int, which: str, liars: dict[int, str]) -> bytes:
+        """``owner``'s seed or mask key from the revealed shares. A share that misses its
+        digest was altered by its holder; one that matches its digest but not the Feldman
+        commitments was dealt wrong by ``owner``. Both are named in ``liars`` and left out."""
+        graph, upload, session = self._graph(), self.uploads[owner], self.params.session
+        seed = which == "seed"
+        commitments = upload.seed_commitments if seed else upload.key_commitments
+        digests = upload.seed_digests if seed else upload.key_digests
+        shares = {}
+        for holder, answer in self.unmasked.items():
+            share = (answer.seed if seed else answer.mask_key).get(owner)
+            if share is None:
+                continue
+            if share_digest(session, owner, holder, share) != digests[holder]:
+                liars[holder] = f"revealed a false share of node {owner}'s {which}"
+                continue
+            shares[holder_index(graph, owner, holder)] = share
+        try:
+            rebuilt = vss.rebuild(commitments, shares, self.params.threshold)
         except ProtocolViolation as exc:
-            raise SecAggAborted(f"node {owner}'s {what}: {exc}") from None
+            raise SecAggAborted(f"node {owner}'s {which} cannot be rebuilt: {exc}") from None
+        if rebuilt.liars:
+            liars[owner] = f"dealt {len(rebuilt.liars)} share(s) off its committed {which}"
+        return rebuilt.secret
+
+    def _survivors_payload(self) -> bytes:
+        dealt = dealers_payload(self.params.session, self._roster().digest, self.dealers)
+        return survivors_payload(dealt, self.survivors)
+
+    def _key(self, node: int) -> bytes:
+        return self._roster().member(node).node_key
+
+    def _roster(self) -> Roster:
+        if self.roster is None:
+            raise ProtocolViolation("no roster yet")
+        return self.roster
+
+    def _graph(self) -> Graph:
+        if self.graph is None:
+            raise ProtocolViolation("no graph yet")
+        return self.graph
 
     def _expect(
         self, stage: Stage, node: int, allowed: Container[int], done: Container[int]
@@ -236,3 +345,7 @@ class Aggregation:
                 f"only {count} device(s) {what}; secure aggregation needs at least {needed} "
                 f"(threshold t={self.params.threshold}); the sum stays masked"
             )
+
+
+def _keys(a: Announcement) -> tuple[bytes, bytes, bytes]:
+    return a.node_key, a.keys.cipher, a.keys.mask

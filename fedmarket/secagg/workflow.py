@@ -1,4 +1,4 @@
-"""The server's SecAgg+ round on Flower's Message API (``Grid``): four stages, each bounded.
+"""The server's SecAgg+ round on Flower's Message API (``Grid``): six stages, each bounded.
 
 A device that is late, errs, refuses or breaks the protocol in a stage is dropped with a logged
 reason; the round goes on while the threshold holds, else :class:`SecAggAborted` is raised and
@@ -8,7 +8,6 @@ the caller keeps the old global model.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,9 +25,9 @@ from fedmarket.protocol import RoundOutcome, TrainReply
 from fedmarket.secagg import messages as m
 from fedmarket.secagg.codec import decode, unflatten
 from fedmarket.secagg.config import SecAggConfig
-from fedmarket.secagg.device import Stage
-from fedmarket.secagg.keys import PublicKeys
-from fedmarket.secagg.server import Aggregation, SecureSum
+from fedmarket.secagg.device import ShareUpload, Stage, UnmaskShares
+from fedmarket.secagg.roster import Announcement, encode_roster
+from fedmarket.secagg.server import Aggregation, Redraw, SecureSum
 from strategies import AggregatedUpdate
 
 log = logging.getLogger(__name__)
@@ -46,54 +45,84 @@ def secure_round(
     *,
     train_timeout: float,
     group_id: str,
-    rng: random.Random,
     acknowledge: Acknowledger | None = None,
 ) -> RoundOutcome:
-    """Train ``cohort`` on ``train_content`` and return the securely aggregated weighted sum.
+    """Train ``cohort`` on ``train_content`` and return the securely aggregated sum.
 
-    If too few devices survive a stage the result has no update and says why in ``error``.
-    With ``acknowledge``, every device whose masked upload and receipt were accepted gets the
-    aggregator's signed acknowledgement with its unmask-stage request.
+    If the round cannot produce a sum safely the result has no update and says why in
+    ``error``. A draw voided by withheld nonces is redrawn without the withholders (at most
+    ``config.assumptions.draws`` draws). With ``acknowledge``, every device whose masked upload
+    and receipt were accepted gets the aggregator's signed acknowledgement with its unmask
+    request.
     """
-    params = config.for_cohort(len(cohort), session=rng.randbytes(16))
     length = sum(a.size for a in like.values()) + 1
-    aggregation = Aggregation(params, cohort, length, rng)
-    exchange = _Exchange(grid, params.session, group_id)
     replies = _Replies()
-    trained, declined = replies.trained, replies.declined
-    try:
-        result = _stages(
-            aggregation,
-            exchange,
-            config,
-            (train_content, like, train_timeout),
-            replies,
-            acknowledge,
+    dropped: dict[int, str] = {}
+    error = f"no complete draw in {config.assumptions.draws} tries"
+    result: SecureSum | None = None
+    for draw in range(1, config.assumptions.draws + 1):
+        try:
+            params = config.for_cohort(len(cohort))
+        except InvalidInput as exc:
+            error = str(exc)
+            break
+        aggregation = Aggregation(params, cohort, length)
+        exchange = _Exchange(grid, params.session, f"{group_id}.{draw}")
+        try:
+            result = _stages(
+                aggregation,
+                exchange,
+                config,
+                (train_content, like, train_timeout),
+                replies,
+                acknowledge,
+            )
+        except Redraw as void:
+            log.warning("secure aggregation draw %d void: %s; redrawing without them", draw, void)
+            dropped.update(exchange.dropped)
+            dropped.update(dict.fromkeys(void.missing, "withheld its nonce"))
+            cohort = [n for n in cohort if n not in void.missing]
+            continue
+        except SecAggAborted as exc:
+            dropped.update(exchange.dropped)
+            error = str(exc)
+            break
+        dropped.update(exchange.dropped)
+        break
+    declined = replies.declined
+    if result is None:
+        log.error("secure aggregation aborted, global model unchanged: %s", error)
+        return RoundOutcome(
+            update=None,
+            trained=(),
+            declined=tuple(declined.values()),
+            dropped={n: r for n, r in dropped.items() if n not in declined},
+            clip_fraction=None,
+            error=error,
         )
+    try:
+        decoded = decode(result.total, len(result.survivors), params)
     except SecAggAborted as exc:
         log.error("secure aggregation aborted, global model unchanged: %s", exc)
         return RoundOutcome(
             update=None,
             trained=(),
             declined=tuple(declined.values()),
-            dropped={n: r for n, r in exchange.dropped.items() if n not in declined},
+            dropped={n: r for n, r in dropped.items() if n not in declined},
             clip_fraction=None,
             error=str(exc),
         )
-    decoded = decode(result.total, len(result.survivors), params)
-    for node in trained.keys() - set(result.survivors):
-        exchange.dropped.setdefault(node, "its masks did not pair up with its neighbours'")
+    for node, what in result.liars.items():
+        log.warning("secagg: node %d %s", node, what)
     return RoundOutcome(
         update=AggregatedUpdate(
             weighted_delta_sum=unflatten(decoded.delta_sum, like),
             total_weight=float(len(result.survivors)),
             num_updates=len(result.survivors),
         ),
-        trained=tuple(trained[n] for n in result.survivors),
+        trained=tuple(replies.trained[n] for n in result.survivors),
         declined=tuple(declined.values()),
-        dropped={
-            n: exchange.dropped.get(n, "dropped") for n in result.dropped if n not in declined
-        },
+        dropped={n: dropped.get(n, "dropped") for n in result.dropped if n not in declined},
         clip_fraction=decoded.clip_fraction,
         error=None,
         receipts=tuple(replies.receipts[n] for n in result.survivors if n in replies.receipts),
@@ -119,36 +148,88 @@ def _stages(
 ) -> SecureSum:
     cohort, params = aggregation.cohort, aggregation.params
     train_content, like, train_timeout = training
-    trained, declined = replies.trained, replies.declined
     setup = {f"param.{k}": v for k, v in params.to_record().items()}
-    for node, reply in exchange.run(
+    for node, cfg in exchange.run(
         Stage.SETUP, dict.fromkeys(cohort, setup), config.setup_timeout
     ).items():
-        cfg = reply.content.config_records[m.SECAGG]
         with exchange.guard(node):
-            keys = PublicKeys(m.field(cfg, "cipher_pk", bytes), m.field(cfg, "mask_pk", bytes))
-            aggregation.receive_keys(node, keys)
+            announcement = Announcement.from_bytes(m.field(cfg, "announcement", bytes))
+            aggregation.receive_announcement(node, announcement)
 
+    roster = aggregation.close_setup()
+    roster_request: dict[str, object] = {"roster": encode_roster(roster)}
+    for node, cfg in exchange.run(
+        Stage.ROSTER, dict.fromkeys(roster.nodes, roster_request), config.setup_timeout
+    ).items():
+        with exchange.guard(node):
+            aggregation.receive_nonce(node, m.field(cfg, "nonce", bytes))
+
+    nonces = aggregation.close_roster()
+    nonce_request: dict[str, object] = {
+        "nonce_nodes": list(nonces),
+        "nonces": list(nonces.values()),
+    }
+    for node, cfg in exchange.run(
+        Stage.SHARE_KEYS, dict.fromkeys(roster.nodes, nonce_request), config.share_timeout
+    ).items():
+        with exchange.guard(node):
+            aggregation.receive_shares(node, _share_upload(cfg))
+
+    dealers, inboxes = aggregation.close_share_keys()
     requests = {
         node: {
-            "peers": list(keys),
-            "peer_cipher": [k.cipher for k in keys.values()],
-            "peer_mask": [k.mask for k in keys.values()],
+            "dealers": list(dealers),
+            "sources": list(inbox),
+            "ciphertexts": list(inbox.values()),
         }
-        for node, keys in aggregation.close_setup().items()
+        for node, inbox in inboxes.items()
     }
-    for node, reply in exchange.run(Stage.SHARE_KEYS, requests, config.share_timeout).items():
-        cfg = reply.content.config_records[m.SECAGG]
-        with exchange.guard(node):
-            ciphertexts = m.mapping(cfg, "destinations", "ciphertexts", bytes)
-            aggregation.receive_shares(node, ciphertexts, m.field(cfg, "commitment", bytes))
+    _mask_stage(aggregation, exchange, requests, train_content, like, train_timeout, replies)
 
-    requests = {
-        node: {"sources": list(inbox), "ciphertexts": list(inbox.values())}
-        for node, inbox in aggregation.close_share_keys().items()
+    survivors = aggregation.close_masking()
+    survivor_request: dict[str, object] = {"survivors": list(survivors)}
+    for node, cfg in exchange.run(
+        Stage.CONSISTENCY, dict.fromkeys(survivors, survivor_request), config.unmask_timeout
+    ).items():
+        with exchange.guard(node):
+            aggregation.receive_signature(node, m.field(cfg, "signature", bytes))
+
+    unmask_requests = {
+        node: {
+            "signers": list(signatures),
+            "signatures": list(signatures.values()),
+            "vouchers": list(vouches),
+            "vouches": list(vouches.values()),
+        }
+        for node, (signatures, vouches) in aggregation.close_consistency().items()
     }
+    receipts = {n: replies.receipts[n] for n in unmask_requests if n in replies.receipts}
+    acks = _acks(acknowledge, receipts)
+    for node, cfg in exchange.run(
+        Stage.UNMASK, unmask_requests, config.unmask_timeout, extra=acks
+    ).items():
+        with exchange.guard(node):
+            shares = UnmaskShares(
+                seed=m.mapping(cfg, "seed_owners", "seed_shares", bytes),
+                mask_key=m.mapping(cfg, "key_owners", "key_shares", bytes),
+                pair=m.mapping(cfg, "pair_owners", "pair_keys", bytes),
+            )
+            aggregation.receive_unmask(node, shares)
+
+    return aggregation.finish()
+
+
+def _mask_stage(
+    aggregation: Aggregation,
+    exchange: _Exchange,
+    requests: Mapping[int, Mapping[str, object]],
+    train_content: RecordDict,
+    like: Weights,
+    train_timeout: float,
+    replies: _Replies,
+) -> None:
     terms = RoundTerms.from_content(train_content)
-    for node, reply in exchange.run(
+    for node, reply in exchange.run_messages(
         Stage.MASK, requests, train_timeout, base=train_content
     ).items():
         try:
@@ -157,35 +238,32 @@ def _stages(
             exchange.reject(node, str(exc))
             continue
         if parsed.outcome == "declined":
-            declined[node] = parsed
+            replies.declined[node] = parsed
             continue
         cfg = reply.content.config_records[m.SECAGG]
         with exchange.guard(node):
             vector = _masked_vector(reply)
-            aggregation.receive_masked(node, vector, m.items(cfg, "mask_peers", int))
-            trained[node] = parsed
+            complaints = m.mapping(cfg, "complaint_nodes", "complaints", str)
+            aggregation.receive_masked(node, vector, m.field(cfg, "masked_with", bytes), complaints)
+            replies.trained[node] = parsed
+            for dealer, reason in complaints.items():
+                log.warning("secagg: node %d says node %d's shares: %s", node, dealer, reason)
         receipt = reply.content.config_records.get(RECEIPT)
-        if terms is not None and receipt is not None and node in trained:
+        if terms is not None and receipt is not None and node in replies.trained:
             try:  # a bad receipt costs the device its reward, not its place in the sum
                 replies.receipts[node] = read_receipt(receipt, terms, vector)
             except (ProtocolViolation, InvalidInput) as exc:
                 log.warning("node %d: unusable receipt: %s", node, exc)
 
-    requests = {
-        node: {"survivors": list(r.survivors), "dropped": list(r.dropped)}
-        for node, r in aggregation.close_masking().items()
-    }
-    acks = _acks(acknowledge, {n: replies.receipts[n] for n in requests if n in replies.receipts})
-    for node, reply in exchange.run(
-        Stage.UNMASK, requests, config.unmask_timeout, extra=acks
-    ).items():
-        cfg = reply.content.config_records[m.SECAGG]
-        with exchange.guard(node):
-            seed_shares = m.mapping(cfg, "seed_owners", "seed_shares", bytes)
-            key_shares = m.mapping(cfg, "key_owners", "key_shares", bytes)
-            aggregation.receive_unmask(node, seed_shares, key_shares)
 
-    return aggregation.finish()
+def _share_upload(cfg: ConfigRecord) -> ShareUpload:
+    return ShareUpload(
+        ciphertexts=m.mapping(cfg, "destinations", "ciphertexts", bytes),
+        seed_commitments=m.field(cfg, "seed_commitments", bytes),
+        key_commitments=m.field(cfg, "key_commitments", bytes),
+        seed_digests=m.mapping(cfg, "digest_holders", "seed_digests", bytes),
+        key_digests=m.mapping(cfg, "digest_holders", "key_digests", bytes),
+    )
 
 
 def _acks(
@@ -221,6 +299,18 @@ class _Exchange:
         self.dropped: dict[int, str] = {}
 
     def run(
+        self,
+        stage: Stage,
+        requests: Mapping[int, Mapping[str, object]],
+        timeout: float,
+        *,
+        extra: Mapping[int, Mapping[str, ConfigRecord]] | None = None,
+    ) -> dict[int, ConfigRecord]:
+        """Each valid reply's ``secagg`` record, by node."""
+        replies = self.run_messages(stage, requests, timeout, extra=extra)
+        return {node: reply.content.config_records[m.SECAGG] for node, reply in replies.items()}
+
+    def run_messages(
         self,
         stage: Stage,
         requests: Mapping[int, Mapping[str, object]],

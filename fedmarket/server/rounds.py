@@ -100,7 +100,6 @@ def run_rounds(
                 plan.secagg,
                 train_timeout=plan.round_timeout,
                 group_id=str(server_round),
-                rng=rng,
                 acknowledge=acknowledge,
             )
         if outcome.update is not None:
