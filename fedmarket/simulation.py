@@ -105,6 +105,7 @@ class SimulatedFleet:
             accountant=self.accountant,
             private=self.private,
             account=account,
+            secagg_policy=self.secagg_policy,
         )
 
     def prepare_ledgers(self) -> None:
@@ -185,7 +186,6 @@ def run_federation(
     client_app = make_client_app(
         fleet.resolve,
         require_secagg=fleet.require_secagg,
-        secagg_policy=fleet.secagg_policy,
         mods=client_mods,
     )
     _run_flower(server_app, client_app, fleet.num_devices, verbose=verbose)

@@ -106,6 +106,9 @@ class Device:
             str(self.node_key),
             "--name",
             self.name,
+            # four devices cannot resist a colluder; the test operator assumes none (README)
+            "--colluding-fraction",
+            "0",
             # the owner's first run on this key creates its privacy ledger; later runs use it
             *(() if self.ledger().exists() else ("--new-ledger",)),
             *extra,

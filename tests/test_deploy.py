@@ -29,6 +29,7 @@ def task_toml(rounds: int, devices: int = 4) -> str:
     return f"""
 [federation]
 devices = {devices}
+colluding_fraction = 0.0
 rounds = {rounds}
 round_timeout = 60
 stage_timeout = 20

@@ -51,10 +51,16 @@ def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_mask_stage_the_device_must_refuse_is_refused_before_training_at_no_cost(
     tmp_path: Path, terms: MarketTerms | None, refusal: str
 ) -> None:
-    fleet = SimulatedFleet(num_devices=3, home=tmp_path, epsilon_cap=8.0, payout_seed="t")
+    fleet = SimulatedFleet(
+        num_devices=3,
+        home=tmp_path,
+        epsilon_cap=8.0,
+        payout_seed="t",
+        secagg_policy=NO_COLLUSION,
+    )
     fleet.prepare_ledgers()
     device = fleet.profile(0)
-    app = make_client_app(lambda context: device, secagg_policy=NO_COLLUSION)
+    app = make_client_app(lambda context: device)
     context = Context(run_id=1, node_id=NODE, node_config={}, state=RecordDict(), run_config={})
     global_model = get_weights(build_model("mlp", device.data.feature_shape, 10, seed=0))
 

@@ -47,6 +47,7 @@ from fedmarket.market.amounts import to_tokens
 from fedmarket.market.claims import rewards_of
 from fedmarket.market.watch import watch as watch_roots
 from fedmarket.privacy.ledger import PrivacyLedger
+from fedmarket.secagg.parameters import DEFAULT_ASSUMPTIONS
 from fedmarket.store.base import ContentStore
 from fedmarket.types import TaskId
 
@@ -101,6 +102,13 @@ def join(
     memory_budget_mb: Annotated[
         int, typer.Option(help="Train only while this much memory (MB) is available.")
     ] = 512,
+    colluding_fraction: Annotated[
+        float,
+        typer.Option(
+            help="SecAgg+: join only rounds sized for at least this share of devices colluding "
+            "with the server (0 accepts operators who assume no collusion)."
+        ),
+    ] = DEFAULT_ASSUMPTIONS.corrupt_fraction,
     cold: Annotated[
         bool, typer.Option(help="Start every message's ClientApp as a fresh process (slow).")
     ] = False,
@@ -143,6 +151,7 @@ def join(
         account=account,
         delta=delta,
         policy=policy,
+        colluding_fraction=colluding_fraction,
     )
     ledger = prepare_ledger(
         role.home,

@@ -10,6 +10,7 @@ owner's, read on the device; no server message can change them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -35,6 +36,7 @@ from fedmarket.keys import PASSPHRASE_ENV, load_keystore
 from fedmarket.privacy.accounting import check_delta
 from fedmarket.privacy.config import AccountantKind
 from fedmarket.processes import free_port
+from fedmarket.secagg.parameters import DEFAULT_ASSUMPTIONS, Assumptions
 from fedmarket.types import DeviceId
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,17 @@ class DeviceRole:
     delta: float = 1e-5
     accountant: AccountantKind = "prv"
     policy: EligibilityPolicy = field(default_factory=EligibilityPolicy)
+    colluding_fraction: float = DEFAULT_ASSUMPTIONS.corrupt_fraction  # SecAgg+ floor
 
     def __post_init__(self) -> None:
         if not self.epsilon_cap > 0:
             raise InvalidInput(f"epsilon cap must be > 0, got {self.epsilon_cap}")
         check_delta(self.delta)
+        self.secagg_policy()  # validates the fraction
+
+    def secagg_policy(self) -> Assumptions:
+        """The weakest SecAgg+ round this device joins."""
+        return dataclasses.replace(DEFAULT_ASSUMPTIONS, corrupt_fraction=self.colluding_fraction)
 
     def node_config(self) -> dict[str, str | int | float | bool]:
         """What the SuperNode carries: everything but the key itself."""
@@ -75,6 +83,7 @@ class DeviceRole:
             "require-power": self.policy.require_power,
             "max-cpu-busy": self.policy.max_cpu_busy or 0.0,
             "memory-budget-mb": self.policy.memory_budget_mb,
+            "colluding-fraction": self.colluding_fraction,
         }
 
 
@@ -106,6 +115,12 @@ def resolve(context: Context) -> DeviceProfile:
             require_power=bool(config["require-power"]),
             max_cpu_busy=max_cpu or None,
             memory_budget_mb=int(config["memory-budget-mb"]),
+        ),
+        secagg_policy=dataclasses.replace(
+            DEFAULT_ASSUMPTIONS,
+            corrupt_fraction=float(
+                config.get("colluding-fraction", DEFAULT_ASSUMPTIONS.corrupt_fraction)
+            ),
         ),
     )
 

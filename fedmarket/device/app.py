@@ -32,7 +32,7 @@ from fedmarket.privacy.training import LocalTrainResult, plan_spend, train_plain
 from fedmarket.protocol import CONFIG, GLOBAL, TrainReply, weights_from_record
 from fedmarket.secagg.keys import node_key_from_identity
 from fedmarket.secagg.mod import make_secagg_mod
-from fedmarket.secagg.parameters import DEFAULT_ASSUMPTIONS, Assumptions
+from fedmarket.secagg.parameters import Assumptions
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,11 @@ def make_client_app(
     resolve: DeviceResolver,
     *,
     require_secagg: bool = True,
-    secagg_policy: Assumptions = DEFAULT_ASSUMPTIONS,
     mods: Sequence[Mod] = (),
 ) -> ClientApp:
     """A ClientApp whose train handler runs on the device ``resolve`` finds for the node.
 
     ``mods`` wrap everything else (outermost first): policies or fault injection.
-    ``secagg_policy`` is the weakest SecAgg+ round the device joins (the share of colluding
-    devices the round must assume, its security bits, draws per completed round).
 
     Updates leave the device masked under SecAgg+ when the server runs it; with
     ``require_secagg`` (the default) the device refuses rounds that do not. A device with a
@@ -66,7 +63,9 @@ def make_client_app(
         profile = resolve(context)
         return None if profile.account is None else AckBook(profile.home, profile.account.address)
 
-    policy = secagg_policy
+    def policy(context: Context) -> Assumptions:
+        return resolve(context).secagg_policy
+
     app = ClientApp(
         mods=[
             *mods,

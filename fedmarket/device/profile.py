@@ -14,6 +14,7 @@ from fedmarket.device.eligibility import EligibilityPolicy
 from fedmarket.exceptions import InvalidInput
 from fedmarket.privacy.config import AccountantKind
 from fedmarket.privacy.ledger import PrivacyLedger
+from fedmarket.secagg.parameters import DEFAULT_ASSUMPTIONS, Assumptions
 from fedmarket.types import DeviceId
 
 
@@ -24,6 +25,8 @@ class DeviceProfile:
     ``identity`` is the device's key: its privacy ledger belongs to it (not to ``device``, a
     display name, nor to the data). With a payout key (``account``) the two are the same key,
     so the ε the device signs into its receipts is the ε of the ledger of the signing key.
+    ``secagg_policy`` is the weakest SecAgg+ round the owner allows: the round must assume at
+    least this share of colluding devices and this security level.
     """
 
     device: DeviceId
@@ -36,6 +39,7 @@ class DeviceProfile:
     private: bool = True
     account: LocalAccount | None = None  # payout key: signs receipts, receives rewards
     eligibility: EligibilityPolicy | None = None  # the owner's conditions (None: always)
+    secagg_policy: Assumptions = DEFAULT_ASSUMPTIONS  # the weakest SecAgg+ round it joins
 
     def __post_init__(self) -> None:
         if self.account is not None and self.account.address != self.identity.address:

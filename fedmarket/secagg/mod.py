@@ -46,13 +46,16 @@ SignerResolver = Callable[[Context], LocalAccount | None]
 NodeKeyResolver = Callable[[Context], SigningKey]
 """The device's Ed25519 node key (:func:`fedmarket.secagg.keys.node_key_from_identity`)."""
 
+PolicyResolver = Callable[[Context], Assumptions]
+"""The weakest round the device's owner allows."""
+
 
 def make_secagg_mod(
     *,
     node_key: NodeKeyResolver,
     required: bool = True,
     signer: SignerResolver | None = None,
-    policy: Assumptions = DEFAULT_ASSUMPTIONS,
+    policy: PolicyResolver = lambda context: DEFAULT_ASSUMPTIONS,
 ) -> Mod:
     """The mod; with ``required`` the device refuses to train in rounds without SecAgg+.
 
@@ -75,7 +78,7 @@ def make_secagg_mod(
         try:
             if not isinstance(session, bytes):
                 raise ProtocolViolation("secagg message without a session")
-            device = _Device(msg, context, node_key(context), signer, policy)
+            device = _Device(msg, context, node_key(context), signer, policy(context))
             content = device.handle(config, call_next)
         except FedmarketError as exc:
             log.warning("secagg %s refused: %s", stage, exc)
