@@ -100,6 +100,18 @@ def secagg(doc: dict) -> str:
             + ("-" if overhead is None else f"{overhead:.2f}x ({r['round_s']:.1f} s)")
             + " |"
         )
+    stages = ("setup", "roster", "share_keys", "check_shares", "consistency", "unmask")
+    lines += [
+        "",
+        "| n | params | ms per device: " + " / ".join(stages) + " | server ms: same stages |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        if "device_setup_ms" not in r:
+            continue
+        device = " / ".join(f"{r[f'device_{s}_ms']:.1f}" for s in stages)
+        server = " / ".join(f"{r[f'server_{s}_ms']:.0f}" for s in stages)
+        lines.append(f"| {r['n']} | {r['params']:,} | {device} | {server} |")
     lines += [
         "",
         "| devices per round | k / t | dropped | all devices + server, one process | per device |",

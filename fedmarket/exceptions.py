@@ -21,6 +21,7 @@ EXIT_CODES: dict[int, str] = {
     20: "A federated round failed: too few devices trained or replies were invalid.",
     21: "Secure aggregation aborted: too few devices survived a stage to unmask the sum.",
     22: "A secure-aggregation message broke the protocol and was rejected.",
+    23: "A committed round's SecAgg+ transcript does not show this device's upload in its sum.",
     30: "Stored content failed verification: a block does not match its CID.",
     31: "The content store has no object with this CID.",
     32: "The content store cannot be reached (IPFS daemon down or wrong address).",
@@ -127,6 +128,12 @@ class ProtocolViolation(FedmarketError):
     """A secure-aggregation message was malformed, out of order or inconsistent."""
 
     exit_code: ClassVar[int] = 22
+
+
+class NotInTranscript(FedmarketError):
+    """A committed round paid this device but its signed transcript does not hold its upload."""
+
+    exit_code: ClassVar[int] = 23
 
 
 class StoreError(FedmarketError):

@@ -21,6 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from fedmarket.exceptions import InvalidInput
 from fedmarket.market.bundle import SignedReceipt
 from fedmarket.models.weights import Weights
+from fedmarket.secagg.transcript import Transcript
 from strategies import AggregatedUpdate
 
 GLOBAL, CONFIG, STATUS, METRICS, DELTA = "global", "config", "status", "metrics", "delta"
@@ -117,6 +118,7 @@ class RoundOutcome:
     clip_fraction: float | None  # secure aggregation: mean share of clipped coordinates
     error: str | None
     receipts: tuple[SignedReceipt, ...] = ()  # survivors' receipts for their masked uploads
+    transcript: Transcript | None = None  # secure rounds: what was summed, as signed
 
 
 def _scalar(metrics: MetricRecord, key: str) -> float:

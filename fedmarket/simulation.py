@@ -166,6 +166,16 @@ def run_federation(
     ``resume=(round, weights)`` starts at ``round`` from ``weights`` (the last committed model)
     instead of round 1 from a fresh model. ``client_mods`` wrap every device's ClientApp.
     """
+    if plan.secagg is not None:  # a cohort SecAgg+ cannot protect fails now, not every round
+        cohort = max(plan.min_devices, round(plan.fraction * fleet.num_devices))
+        try:
+            plan.secagg.for_cohort(cohort)
+        except InvalidInput as exc:
+            raise InvalidInput(
+                f"{exc}. State SecAggConfig(assumptions=Assumptions(corrupt_fraction=0)) for a "
+                "few devices that do not collude (and give the fleet the same secagg_policy), "
+                "or add devices"
+            ) from None
     _, held_out = fleet.split()
     if fleet.private:
         fleet.prepare_ledgers()

@@ -28,16 +28,39 @@ TRAIN = TrainConfig(learning_rate=2.5, momentum=0.5, sample_rate=0.3, local_step
 DP = DpConfig(noise_multiplier=1.5, max_grad_norm=0.5)
 # Whatever a device may send, by stage: record name -> the fields it may hold.
 ALLOWED = {
-    "setup": {"secagg": {"stage", "session", "cipher_pk", "mask_pk"}},
-    "share_keys": {"secagg": {"stage", "session", "destinations", "ciphertexts", "commitment"}},
+    "setup": {"secagg": {"stage", "session", "announcement"}},
+    "roster": {"secagg": {"stage", "session", "nonce"}},
+    "share_keys": {
+        "secagg": {
+            "stage",
+            "session",
+            "destinations",
+            "ciphertexts",
+            "seed_commitments",
+            "key_commitments",
+            "digest_holders",
+            "seed_digests",
+            "key_digests",
+        }
+    },
     "mask": {
         "status": {"device", "outcome", "reason"},
         "metrics": {"epsilon", "delta"},
-        "secagg": {"stage", "session", "mask_peers", "rejected"},
+        "secagg": {"stage", "session", "masked_with", "complaint_nodes", "complaints"},
         "masked": {"vector"},
     },
+    "consistency": {"secagg": {"stage", "session", "signature"}},
     "unmask": {
-        "secagg": {"stage", "session", "seed_owners", "seed_shares", "key_owners", "key_shares"}
+        "secagg": {
+            "stage",
+            "session",
+            "seed_owners",
+            "seed_shares",
+            "key_owners",
+            "key_shares",
+            "pair_owners",
+            "pair_keys",
+        }
     },
 }
 
@@ -123,11 +146,9 @@ def test_a_device_sends_only_the_masked_vector_and_data_independent_fields(
         assert mask["masked"]["vector"] == ["uint32", [parameters + 1]]
         assert mask["status"] == {"device": device, "outcome": "trained", "reason": ""}
         assert mask["metrics"] == {"epsilon": pytest.approx(charged), "delta": 1e-5}
-        assert mask["secagg"]["rejected"] == []
-        # the mask peers are the neighbours the server assigned, nothing the device chose
-        assert set(mask["secagg"]["mask_peers"]) <= set(
-            stages["share_keys"]["got"]["secagg"]["peers"]
-        )
+        assert mask["secagg"]["complaint_nodes"] == []
+        # it dealt to the neighbours the graph seed fixed, nothing the device chose
+        assert len(stages["share_keys"]["sent"]["secagg"]["destinations"]) == 2  # k = 2
 
         # Differential: the same device on other data sends the same fields, but for the
         # round's session (random), its keys and shares (random) and its mask peers (the
@@ -139,10 +160,11 @@ def test_a_device_sends_only_the_masked_vector_and_data_independent_fields(
                 for field, value in fields.items():
                     if field in (
                         "session",
-                        "mask_peers",
                         "destinations",
+                        "digest_holders",
                         "seed_owners",
                         "key_owners",
+                        "pair_owners",
                     ):
                         continue
                     assert theirs[name][field] == value, (device, stage, name, field)

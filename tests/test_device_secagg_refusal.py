@@ -17,9 +17,10 @@ from flwr.supercore.task_identity import TaskIdentity
 from nacl.signing import SigningKey
 
 from fedmarket.device.app import make_client_app
+from fedmarket.market.sealed_models import model_commitment
 from fedmarket.market.terms import MARKET, MarketTerms, RoundTerms
 from fedmarket.models.registry import build_model
-from fedmarket.models.weights import get_weights
+from fedmarket.models.weights import get_weights, weights_to_bytes
 from fedmarket.privacy import DpConfig, TrainConfig
 from fedmarket.privacy.config import to_record
 from fedmarket.protocol import CONFIG, GLOBAL, weights_to_record
@@ -45,8 +46,10 @@ def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
         # terms that parse but cannot carry a receipt: it used to train, fail to sign, refuse
         (MarketTerms(-1, 31337, "0x" + "ab" * 20, "0x" + "cd" * 20), "receipt task"),
         (MarketTerms(7, 31337, "junk", "0x" + "cd" * 20), "cannot carry a receipt"),
+        # a commitment to some other model than the one sent: the device signs nothing for it
+        (MarketTerms(8, 31337, "0x" + "ab" * 20, "0x" + "cd" * 20), "does not commit"),
     ],
-    ids=["not-a-dealer", "task-minus-one", "junk-market"],
+    ids=["not-a-dealer", "task-minus-one", "junk-market", "another-model"],
 )
 def test_a_mask_stage_the_device_must_refuse_is_refused_before_training_at_no_cost(
     tmp_path: Path, terms: MarketTerms | None, refusal: str
@@ -107,9 +110,33 @@ def test_a_mask_stage_the_device_must_refuse_is_refused_before_training_at_no_co
             }
         )
         if terms is not None:
-            content[MARKET] = RoundTerms(terms, server_round, bytes(32)).to_record()
+            salt = os.urandom(32)
+            sent = weights_to_bytes(global_model)
+            model = sent + b"x" if terms.task == 8 else sent
+            trained_from = model_commitment(salt, model)
+            content[MARKET] = RoundTerms(terms, server_round, trained_from, salt).to_record()
         refused = send(content)
 
         assert refusal in str(refused["refused"])
         assert device.ledger().epsilon() == 0.0
         assert device.ledger().history == ()
+
+
+def test_a_device_joins_at_most_three_draws_that_never_reach_training(tmp_path: Path) -> None:
+    """Graph grinding: a server that restarts the draw until it likes the graph gets at most
+    three draws per device before the device trains again (log2 3 bits, in the parameters)."""
+    fleet = SimulatedFleet(
+        num_devices=3, home=tmp_path, epsilon_cap=8.0, secagg_policy=NO_COLLUSION
+    )
+    device = fleet.profile(0)
+    app = make_client_app(lambda context: device)
+    context = Context(run_id=1, node_id=NODE, node_config={}, state=RecordDict(), run_config={})
+    answers = []
+    for _ in range(4):
+        params = FEW_DEVICES.for_cohort(3, session=os.urandom(16))
+        setup = {f"param.{k}": v for k, v in params.to_record().items()}
+        content = RecordDict({m.SECAGG: m.record(Stage.SETUP, params.session, setup)})
+        reply = app(Message(content, dst_node_id=NODE, message_type=MessageType.TRAIN), context)
+        answers.append(reply.content.config_records[m.SECAGG])
+    assert all("announcement" in a for a in answers[:3])
+    assert "grinding" in str(answers[3]["refused"])

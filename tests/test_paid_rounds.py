@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 from chain_helpers import CLOSE_GRACE, MODEL_CID, Chain, open_publisher
 from cohorts import FEW_DEVICES, NO_COLLUSION
+from nacl.signing import SigningKey
 
 from fedmarket import FederationPlan, SimulatedFleet, run_federation
 from fedmarket.acks import verify_ack
 from fedmarket.device.acks import AckBook
+from fedmarket.device.inclusion import transcript_problems
 from fedmarket.market.bundle import ReceiptsBundle
 from fedmarket.market.claims import rewards_of
 from fedmarket.market.lineage import verify_lineage
@@ -28,6 +30,7 @@ from fedmarket.market.publisher import RoundPublisher
 from fedmarket.models.weights import Weights, weights_to_bytes
 from fedmarket.privacy import DpConfig, TrainConfig
 from fedmarket.receipts import verify_receipt
+from fedmarket.secagg.keys import node_key_from_identity
 from fedmarket.server.results import RoundResult
 from fedmarket.store import LocalStore
 from fedmarket.types import TaskId
@@ -96,6 +99,7 @@ def paid(anvil_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             survivors={s.receipt.device for s in result.receipts},
             receipts=result.receipts,
             evidence={"accuracy": result.accuracy, "trained": list(result.trained)},
+            transcript=result.transcript.to_json() if result.transcript else None,
         )
         published.append(result)
         models.append({name: np.array(tensor, copy=True) for name, tensor in weights.items()})
@@ -144,6 +148,22 @@ def test_paid_rounds_store_commit_and_pay_each_contributed_update(paid: PaidRun)
         amount, proof = publisher.claim_for(address)
         assert chain.ledger(0).claim(task, 2, address, amount, proof) == 2 * REWARD
         assert sponsor.balance(address) == 2 * REWARD
+
+
+def test_each_paid_device_finds_its_upload_in_every_committed_transcript(paid: PaidRun) -> None:
+    """Issue 16: the committed bundle carries the round's SecAgg+ transcript; each device checks
+    that its receipt's upload is in the sum, under its node key and signature."""
+    ledger = paid.chain.ledger(0)
+    for index in range(paid.fleet.num_devices):
+        account = paid.fleet.profile(index).account
+        assert account is not None
+        node_key = bytes(node_key_from_identity(bytes(account.key)).verify_key)
+        assert transcript_problems(ledger, paid.store, account.address, node_key) == (2, [])
+        stranger = bytes(SigningKey.generate().verify_key)  # not its key: not its upload
+        checked, problems = transcript_problems(ledger, paid.store, account.address, stranger)
+        assert checked == 2
+        assert len(problems) == 2
+        assert "not in the transcript" in problems[0]
 
 
 def test_every_paid_device_keeps_an_ack_for_every_round_it_was_paid_in(paid: PaidRun) -> None:

@@ -22,7 +22,7 @@ from fedmarket.secagg.config import RoundParams, SecAggConfig
 from fedmarket.secagg.device import DeviceSession, ShareUpload, Stage
 from fedmarket.secagg.graph import Graph, ring_order
 from fedmarket.secagg.keys import PublicKeys, mask_public, pair_secret
-from fedmarket.secagg.local import Dropouts, aggregate_locally
+from fedmarket.secagg.local import Dropouts, LocalDevices, aggregate_locally
 from fedmarket.secagg.masks import apply_masks, stream
 from fedmarket.secagg.parameters import Assumptions
 from fedmarket.secagg.roster import Announcement, Roster
@@ -149,11 +149,16 @@ def test_dropouts_at_every_stage_leave_the_exact_sum_of_survivors_or_abort(
     assert np.array_equal(result.total, exact(encoded, result.survivors))
 
 
-def test_too_many_dropouts_abort_cleanly() -> None:
-    params = params_for(10)
-    encoded = encodings(10, 32, params)
-    with pytest.raises(SecAggAborted, match="dropout allowance"):
-        aggregate_locally(params, encoded, drops=Dropouts(mask=sorted(encoded)[:3]))
+def test_dropouts_that_could_split_the_ring_abort_cleanly_and_fewer_do_not() -> None:
+    """The privacy bound is rechecked with the dropouts seen: with k = 8 at n = 20, 3 gone keep
+    2^-40 (two gaps of 4 cannot form), 8 gone do not, and the round stops before unmasking."""
+    params = params_for(20)
+    encoded = encodings(20, 32, params)
+    nodes = sorted(encoded)
+    few = aggregate_locally(params, encoded, drops=Dropouts(mask=nodes[:3])).result
+    assert len(few.survivors) == 17
+    with pytest.raises(SecAggAborted, match="privacy failure bound"):
+        aggregate_locally(params, encoded, drops=Dropouts(mask=nodes[:8]))
 
 
 # --- attacks (issue 16) ---------------------------------------------------------------------
@@ -246,7 +251,8 @@ def test_different_survivor_sets_for_different_devices_release_nothing() -> None
     for n, s in sessions.items():  # node 1 hears it dropped; 2, 3 hear it survived
         view = everyone if n in (1, 2, 3) else without_1
         try:
-            signatures[n] = (view, s.consistency(view, keys[n]))
+            digests = [sessions[m].upload for m in view]
+            signatures[n] = (view, s.consistency(view, digests, keys[n]))
         except ProtocolViolation:
             continue
     for n, s in sessions.items():
@@ -353,3 +359,107 @@ def test_devices_refuse_rounds_weaker_than_their_policy() -> None:
     params = params_for(6, assumptions=Assumptions(corrupt_fraction=0.0))
     with pytest.raises(ProtocolViolation, match="collude"):
         DeviceSession.setup(1, params, SigningKey.generate(), Assumptions())
+
+
+def test_a_receipt_that_is_not_an_address_or_not_its_signers_is_refused_not_fatal() -> None:
+    """It used to stop the paid federation: the server now reads each receipt on arrival and a
+    bad one costs only its sender's reward."""
+    from eth_account import Account
+    from flwr.app import ConfigRecord
+
+    from fedmarket.market.terms import MarketTerms, RoundTerms, read_receipt, sign_upload
+
+    terms = RoundTerms(
+        MarketTerms(7, 31337, "0x" + "ab" * 20, "0x" + "cd" * 20), 1, bytes(32), bytes(32)
+    )
+    upload = np.arange(8, dtype=np.uint32)
+    device, other = Account.create(), Account.create()
+    good = sign_upload(terms, device, upload, weight=1, epsilon=1.0, delta=1e-5)
+    assert read_receipt(good, terms, upload).receipt.device == device.address
+    forged = {**dict(good), "device": other.address}
+    for bad, why in [
+        ({**dict(good), "device": "not an address"}, "unusable receipt"),
+        (forged, "signed by"),
+        ({**dict(good), "weight": 2**32}, "weight must be 1"),
+        ({**dict(good), "signature": b"\x00" * 65}, "unusable receipt"),
+    ]:
+        with pytest.raises(ProtocolViolation, match=why):
+            read_receipt(ConfigRecord(bad), terms, upload)
+    with pytest.raises(ProtocolViolation, match="unusable receipt"):
+        read_receipt(good, terms, upload + 1)  # not the bytes the device signed
+
+
+def test_plain_rounds_clip_each_update_so_one_device_cannot_blow_up_the_model() -> None:
+    from fedmarket.protocol import TrainReply
+    from fedmarket.server.rounds import _clipped
+
+    huge = TrainReply("device-0", "trained", "", 1.0, 1e-5, {"w": np.full(3, 1e30, np.float32)})
+    assert np.array_equal(_clipped(huge, 4.0).update["w"], np.full(3, 4.0, np.float32))
+
+
+def test_the_transcript_holds_every_survivor_and_a_doctored_one_does_not_verify() -> None:
+    from fedmarket.market.bundle import ReceiptsBundle
+    from fedmarket.secagg.transcript import Transcript, upload_digest
+
+    params = params_for(8)
+    encoded = encodings(8, 32, params)
+    keys = LocalDevices()
+    round_ = aggregate_locally(params, encoded, devices=keys)
+    transcript = round_.result.transcript
+    assert transcript.problems() == []
+    assert transcript.aggregate == upload_digest(round_.result.total)
+    for node in round_.result.survivors:
+        mine = bytes(keys.key(node).verify_key)
+        assert transcript.includes(mine, upload_digest(round_.server.vectors[node]))
+    again = Transcript.from_json(transcript.to_json())
+    assert again == transcript
+    bundle = ReceiptsBundle(1, 1, 31337, "0x" + "ab" * 20, (), transcript.to_json())
+    assert ReceiptsBundle.from_bytes(bundle.to_bytes()).transcript == transcript.to_json()
+    doctored = dataclasses.replace(transcript, uploads=(bytes(32), *transcript.uploads[1:]))
+    assert doctored.problems()  # every signature covers every upload digest
+    first = transcript.survivors[0]
+    assert not doctored.includes(bytes(keys.key(first).verify_key), transcript.uploads[0])
+
+
+def test_a_device_refuses_to_sign_survivors_whose_digest_for_it_is_not_its_upload() -> None:
+    params = params_for(6)
+    keys = {n: SigningKey.generate() for n in range(1, 7)}
+    sessions = {n: DeviceSession.setup(n, params, keys[n], params.assumptions)[0] for n in keys}
+    roster = Roster.of(s.announce(keys[n]) for n, s in sessions.items())
+    nonces = {n: s.reveal(roster) for n, s in sessions.items()}
+    uploads = {n: s.share_keys(nonces) for n, s in sessions.items()}
+    digests = []
+    for n, s in sessions.items():
+        s.accept_shares(sorted(keys), {d: u.ciphertexts[n] for d, u in uploads.items() if d != n})
+        s.mask_update(Encoded(np.zeros(4, np.uint32), 0.0), keys[n])
+        digests.append(s.upload)
+    swapped = [digests[1], digests[0], *digests[2:]]  # the server shows node 1 another upload
+    with pytest.raises(ProtocolViolation, match="not the one in the sum"):
+        sessions[1].consistency(sorted(keys), swapped, keys[1])
+    assert len(sessions[2].consistency(sorted(keys), digests, keys[2])) == 64
+
+
+def test_a_round_whose_clip_fraction_is_not_finite_still_publishes() -> None:
+    """It used to stop the paid federation on every resume: canonical JSON has no NaN."""
+    from fedmarket.market.bundle import canonical_json
+    from fedmarket.server.paid import round_evidence
+    from fedmarket.server.results import RoundResult
+
+    result = RoundResult(
+        round=1,
+        accuracy=float("nan"),
+        loss=float("inf"),
+        trained=(),
+        declined={},
+        failed=(),
+        epsilon={},
+        total_weight=0.0,
+        seconds=1.0,
+        clip_fraction=float("nan"),
+    )
+    evidence = round_evidence(result)
+    assert evidence["clip_fraction"] is None
+    assert canonical_json(evidence)
+    params = params_for(6)
+    honest = decode(np.full(5, params.levels * 6, np.uint32), 6, params)  # the most it can be
+    assert honest.clip_fraction == 1.0

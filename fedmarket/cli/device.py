@@ -32,6 +32,7 @@ from fedmarket.deploy.tls import make_node_key
 from fedmarket.device.acks import AckBook
 from fedmarket.device.budget import prepare_ledger
 from fedmarket.device.eligibility import EligibilityPolicy
+from fedmarket.device.inclusion import transcript_problems
 from fedmarket.device.signed_epsilon import check_signed_epsilon, published_epsilons
 from fedmarket.exceptions import (
     DataError,
@@ -40,6 +41,7 @@ from fedmarket.exceptions import (
     InvalidInput,
     LedgerCorrupted,
     LedgerMissing,
+    NotInTranscript,
 )
 from fedmarket.keys import load_keystore
 from fedmarket.ledger.base import Ledger
@@ -47,6 +49,7 @@ from fedmarket.market.amounts import to_tokens
 from fedmarket.market.claims import rewards_of
 from fedmarket.market.watch import watch as watch_roots
 from fedmarket.privacy.ledger import PrivacyLedger
+from fedmarket.secagg.keys import node_key_from_identity
 from fedmarket.secagg.parameters import DEFAULT_ASSUMPTIONS
 from fedmarket.store.base import ContentStore
 from fedmarket.types import TaskId
@@ -260,6 +263,11 @@ def status(
                 }
             )
         receipts = _check_receipts(home, market.ledger, store, address, failures)
+        node_key = bytes(node_key_from_identity(bytes(market.account.key)).verify_key)
+        rounds, problems = transcript_problems(market.ledger, store, address, node_key)
+        receipts["transcripts_checked"], receipts["transcript_problems"] = rounds, problems
+        if problems:
+            failures.append(NotInTranscript("; ".join(problems)))
     if as_json:
         emit({"ledgers": ledgers, "rewards": rewards, "receipts": receipts}, True, "")
     else:
@@ -328,6 +336,13 @@ def _print_status(
             console.print(
                 f"{receipts['receipts']} published receipts of {receipts['identity']}: their ε "
                 "agrees with the ledger and never goes down"
+            )
+        for problem in receipts.get("transcript_problems", []):
+            console.print(f"[red]NOT IN THE SUM[/red] {problem}")
+        if receipts.get("transcripts_checked") and not receipts.get("transcript_problems"):
+            console.print(
+                f"{receipts['transcripts_checked']} paid round(s): each SecAgg+ transcript "
+                "holds my upload under my signature"
             )
     if rewards is not None:
         table = Table(title="Rewards (tokens)")

@@ -1,7 +1,10 @@
-"""The receipts bundle of a round: every survivor's signed receipt, as canonical JSON (RFC 8785).
+"""The receipts bundle of a round: every survivor's signed receipt, as canonical JSON (RFC 8785),
+and the round's SecAgg+ transcript (:mod:`fedmarket.secagg.transcript`).
 
-Canonical bytes give one CID per bundle, so anyone holding the receipts can rebuild the bundle,
-its CID and the round's rewards and compare them with what was committed on chain.
+Canonical bytes give one CID per bundle, so anyone holding the receipts and the transcript can
+rebuild the bundle, its CID and the round's rewards and compare them with what was committed on
+chain; the aggregator commits the bundle, and with it the transcript, in its round's
+transaction.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import rfc8785
 from fedmarket.exceptions import DataError
 from fedmarket.receipts import Receipt
 
-BUNDLE_FORMAT = "fedmarket.receipts/2"
+BUNDLE_FORMAT = "fedmarket.receipts/3"
+_READABLE = ("fedmarket.receipts/2", BUNDLE_FORMAT)  # /2: no transcript
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class ReceiptsBundle:
     chain_id: int
     market: str
     receipts: tuple[SignedReceipt, ...]
+    transcript: dict[str, Any] | None = None  # Transcript.to_json() of a secure round
 
     def to_bytes(self) -> bytes:
         document: dict[str, Any] = {
@@ -72,6 +77,7 @@ class ReceiptsBundle:
             "receipts": [
                 s.to_json() for s in sorted(self.receipts, key=lambda s: s.receipt.device)
             ],
+            "transcript": self.transcript,
         }
         return rfc8785.dumps(document)
 
@@ -79,14 +85,18 @@ class ReceiptsBundle:
     def from_bytes(cls, data: bytes) -> ReceiptsBundle:
         try:
             document = json.loads(data)
-            if document.get("format") != BUNDLE_FORMAT:
+            if document.get("format") not in _READABLE:
                 raise ValueError(f"format is {document.get('format')!r}, not {BUNDLE_FORMAT}")
+            transcript = document.get("transcript")
+            if transcript is not None and not isinstance(transcript, dict):
+                raise ValueError("transcript must be an object")
             return cls(
                 task=document["task"],
                 round=document["round"],
                 chain_id=document["chain_id"],
                 market=document["market"],
                 receipts=tuple(SignedReceipt.from_json(i) for i in document["receipts"]),
+                transcript=transcript,
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"not a receipts bundle: {exc}") from None

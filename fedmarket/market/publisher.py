@@ -209,6 +209,11 @@ class RoundPublisher:
         self._state.offered[str(round)] = commitment.hex()
         return commitment
 
+    def model_salt(self, round: int) -> bytes:
+        """The salt of :meth:`trained_from`'s commitment, sent to the round's devices so that
+        they can check it against the model they receive (they hold that model anyway)."""
+        return self.secret.salt(round - 1)
+
     def sealed_model(self, round: int) -> SealedModel:
         """The decrypted model of committed ``round``, with its commitment's salt."""
         return _open_round(self._state, self.secret, self.store, round)
@@ -282,11 +287,13 @@ class RoundPublisher:
         survivors: Iterable[str],
         receipts: Iterable[SignedReceipt],
         evidence: Mapping[str, Any],
+        transcript: Mapping[str, Any] | None = None,
     ) -> PublishedRound:
         """Store and commit one round; return what was committed.
 
         Pays every device acknowledged for ``round`` plus the valid ``receipts`` of
-        ``survivors``; ``model`` is the global model after the round (safetensors)."""
+        ``survivors``; ``model`` is the global model after the round (safetensors);
+        ``transcript`` (SecAgg+, JSON) goes into the committed receipts bundle."""
         if round < self.next_round:
             raise InvalidInput(
                 f"round {round} of task {self._state.task} is already committed; "
@@ -317,7 +324,12 @@ class RoundPublisher:
                 f"above the escrow {escrow}; the sponsor must fund the task first"
             )
         bundle = ReceiptsBundle(
-            self._state.task, round, self._state.chain_id, self._state.market, tuple(paid)
+            self._state.task,
+            round,
+            self._state.chain_id,
+            self._state.market,
+            tuple(paid),
+            dict(transcript) if transcript is not None else None,
         )
         ciphertext, commitment = self.secret.encrypt(round, model)
         model_cid = self.store.put_bytes(ciphertext)

@@ -11,7 +11,6 @@ verifies for the bytes the device really sent. For each upload it accepts, the s
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +18,12 @@ from eth_account.signers.local import LocalAccount
 from flwr.app import ConfigRecord, RecordDict
 
 from fedmarket.acks import Ack
-from fedmarket.exceptions import ProtocolViolation
+from fedmarket.exceptions import FedmarketError, ProtocolViolation
 from fedmarket.market.bundle import SignedReceipt
-from fedmarket.receipts import Receipt, sign_receipt
+from fedmarket.market.sealed_models import SALT_BYTES, model_commitment
+from fedmarket.protocol import UPDATE_WEIGHT
+from fedmarket.receipts import Receipt, sign_receipt, verify_receipt
+from fedmarket.secagg.transcript import upload_digest
 
 MARKET = "market"
 RECEIPT = "receipt"
@@ -45,6 +47,7 @@ class RoundTerms:
     terms: MarketTerms
     round: int
     trained_from: bytes  # commitment of the global model the devices train from
+    model_salt: bytes  # its salt: devices check the commitment against the weights they got
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -55,8 +58,18 @@ class RoundTerms:
                 "aggregator": self.terms.aggregator,
                 "round": self.round,
                 "trained_from": self.trained_from,
+                "model_salt": self.model_salt,
             }
         )
+
+    def check_model(self, model: bytes) -> None:
+        """Raise ProtocolViolation unless ``trained_from`` commits to ``model`` (the global
+        model's bytes, as the device received them): a device signs nothing for a model
+        commitment it cannot check."""
+        if model_commitment(self.model_salt, model) != self.trained_from:
+            raise ProtocolViolation(
+                "market terms: trained_from does not commit to the global model I was sent"
+            )
 
     @classmethod
     def from_content(cls, content: RecordDict) -> RoundTerms | None:
@@ -71,10 +84,12 @@ class RoundTerms:
             _str(record, "market"),
             _str(record, "aggregator"),
         )
-        trained_from = record.get("trained_from")
+        trained_from, salt = record.get("trained_from"), record.get("model_salt")
         if not isinstance(trained_from, bytes) or len(trained_from) != 32:
             raise ProtocolViolation("market terms: trained_from must be 32 bytes")
-        return cls(terms, _int(record, "round"), trained_from)
+        if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
+            raise ProtocolViolation(f"market terms: model_salt must be {SALT_BYTES} bytes")
+        return cls(terms, _int(record, "round"), trained_from, salt)
 
     def receipt(
         self, device: str, upload: np.ndarray, *, weight: int, epsilon_micros: int, delta_e18: int
@@ -89,11 +104,6 @@ class RoundTerms:
             epsilon_micros=epsilon_micros,
             delta_e18=delta_e18,
         )
-
-
-def upload_digest(upload: np.ndarray) -> bytes:
-    """sha256 of a masked upload, as uint32 little-endian words."""
-    return hashlib.sha256(np.ascontiguousarray(upload, dtype="<u4").tobytes()).digest()
 
 
 def sign_upload(
@@ -131,18 +141,30 @@ def sign_upload(
 
 
 def read_receipt(record: ConfigRecord, terms: RoundTerms, upload: np.ndarray) -> SignedReceipt:
-    """The server's side: the receipt for the upload it received (verified later, by the
-    publisher, against the chain and market)."""
+    """The server's side: the receipt for the upload it received, checked on arrival (its
+    fields, its weight, and that its device signed it for these terms and this upload).
+
+    Raises
+    ------
+    ProtocolViolation
+        naming what is wrong; the caller drops the receipt, never the round.
+    """
     signature = record.get("signature")
     if not isinstance(signature, bytes):
         raise ProtocolViolation("receipt has no signature bytes")
     weight, epsilon_micros, delta_e18 = (
         _int(record, key) for key in ("weight", "epsilon_micros", "delta_e18")
     )
+    if weight != UPDATE_WEIGHT:
+        raise ProtocolViolation(f"receipt weight must be {UPDATE_WEIGHT}, got {weight}")
     device = _str(record, "device")
-    receipt = terms.receipt(
-        device, upload, weight=weight, epsilon_micros=epsilon_micros, delta_e18=delta_e18
-    )
+    try:
+        receipt = terms.receipt(
+            device, upload, weight=weight, epsilon_micros=epsilon_micros, delta_e18=delta_e18
+        )
+        verify_receipt(receipt, signature, chain_id=terms.terms.chain_id, market=terms.terms.market)
+    except (FedmarketError, ValueError, TypeError) as exc:
+        raise ProtocolViolation(f"unusable receipt: {exc}") from None
     return SignedReceipt(receipt, signature)
 
 

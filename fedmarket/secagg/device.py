@@ -53,7 +53,7 @@ from fedmarket.secagg.keys import (
     verify,
 )
 from fedmarket.secagg.masks import apply_masks, mask_key
-from fedmarket.secagg.parameters import Assumptions, check
+from fedmarket.secagg.parameters import Assumptions, bounds
 from fedmarket.secagg.roster import (
     ANNOUNCE,
     NONCE_BYTES,
@@ -64,10 +64,15 @@ from fedmarket.secagg.roster import (
     encode_roster,
     nonce_commitment,
 )
+from fedmarket.secagg.transcript import (
+    SURVIVORS,
+    dealers_payload,
+    survivors_payload,
+    upload_digest,
+)
 
 T = TypeVar("T")
 
-SURVIVORS = b"fedmarket-secagg-survivors-v1"
 MASKED_WITH = b"fedmarket-secagg-masked-with-v1"
 # src node (8) | dst node (8) | session (16) | seed share | mask-key share
 SHARE_PLAINTEXT_BYTES = 8 + 8 + 16 + 2 * vss.SCALAR_BYTES
@@ -115,18 +120,6 @@ class UnmaskShares:
     pair: dict[int, bytes]  # dropped dealing neighbour -> our pair mask's stream key
 
 
-def dealers_payload(session: bytes, roster_digest: bytes, dealers: Sequence[int]) -> bytes:
-    """What a device signs with its masked vector: the dealers it masked with."""
-    ids = b"".join(n.to_bytes(8, "big") for n in sorted(dealers))
-    return session + roster_digest + digest(ids, person=b"fedmarket-dealt")
-
-
-def survivors_payload(dealers: bytes, survivors: Sequence[int]) -> bytes:
-    """What every survivor signs in the consistency stage (after the dealers' payload)."""
-    ids = b"".join(n.to_bytes(8, "big") for n in sorted(survivors))
-    return dealers + digest(ids, person=b"fedmarket-alive")
-
-
 def holder_index(graph: Graph, owner: int, holder: int) -> int:
     """The Shamir index of ``holder``'s share of ``owner``'s secrets (1-based)."""
     return graph.holders(owner).index(holder) + 1
@@ -136,24 +129,33 @@ def graph_for(roster: Roster, seed: bytes, params: RoundParams) -> Graph:
     return Graph(ring_order(roster.nodes, seed), min(params.neighbours, len(roster.nodes) - 1))
 
 
-def roster_assumptions(params: RoundParams, members: int) -> Assumptions:
-    """The assumptions over the roster actually formed: the colluders the cohort may hold are
-    all assumed to be in it, and the devices already missing use up the dropout allowance."""
-    a, n = params.assumptions, params.cohort_size
-    colluders = a.corrupt_fraction * n
-    budget = a.dropout_fraction * n - (n - members)
-    if budget < 0:
-        raise ProtocolViolation(
-            f"roster of {members} of {n} devices: more missing than the round's dropout "
-            f"allowance {a.dropout_fraction:g}"
+def privacy_shortfall(params: RoundParams, members: int, missing: int) -> str:
+    """Why a graph over ``members`` roster members, ``missing`` of them gone, misses the round's
+    privacy target under Bell et al.'s bounds, or ''.
+
+    Every colluder the cohort may hold is assumed to be in the roster, and the missing count
+    as removed nodes (they can split the ring). Availability is not judged here: a round that
+    is still private goes on, whatever its odds of completing.
+    """
+    a = params.assumptions
+    colluders = a.corrupt(params.cohort_size)
+    k = min(params.neighbours, members - 1)
+    try:
+        seen = Assumptions(
+            corrupt_fraction=colluders / members,
+            dropout_fraction=missing / members,
+            security_bits=a.security_bits,
+            draws=a.draws,
         )
-    return Assumptions(
-        corrupt_fraction=min(colluders / members, 0.999),
-        dropout_fraction=budget / members,
-        security_bits=a.security_bits,
-        correctness_bits=a.correctness_bits,
-        draws=a.draws,
-    )
+        bits = bounds(members, k, params.threshold, seen).privacy_bits
+    except InvalidInput as exc:
+        return str(exc)
+    if bits < a.privacy_target_bits:
+        return (
+            f"with {missing} of {members} devices gone, k={k}, t={params.threshold} leave a "
+            f"2^-{bits:.1f} privacy failure bound; the round needs 2^-{a.privacy_target_bits:.1f}"
+        )
+    return ""
 
 
 @dataclass
@@ -173,7 +175,9 @@ class DeviceSession:
     seed_shares: dict[int, bytes] = field(default_factory=dict)  # owner -> my share
     key_shares: dict[int, bytes] = field(default_factory=dict)
     dealers: tuple[int, ...] = ()  # who dealt shares (the server's list, checked)
+    upload: bytes = b""  # the digest of my masked vector
     survivors: tuple[int, ...] = ()
+    uploads: tuple[bytes, ...] = ()  # the survivors' upload digests, as I signed them
     shares_accepted: bool = False  # within the mask stage only
 
     @classmethod
@@ -230,15 +234,9 @@ class DeviceSession:
             raise ProtocolViolation(f"roster: {members} members, the round has {n}")
         if any(a.session != self.params.session for a in roster.members):
             raise ProtocolViolation("roster: an announcement of another round")
-        try:
-            check(
-                members,
-                min(self.params.neighbours, members - 1),
-                self.params.threshold,
-                roster_assumptions(self.params, members),
-            )
-        except InvalidInput as exc:
-            raise ProtocolViolation(f"roster: {exc}") from None
+        expected = self.params.assumptions.dropped(members)
+        if why := privacy_shortfall(self.params, members, expected):
+            raise ProtocolViolation(f"roster: {why}")
         self.roster = roster
         return self.nonce
 
@@ -320,32 +318,35 @@ class DeviceSession:
             + [k for j, k in peers.items() if self.node < j],
             subtract=[k for j, k in peers.items() if self.node > j],
         )
+        self.upload = upload_digest(vector)
         return vector, sign(node_key, MASKED_WITH, self._dealers_payload())
 
-    def consistency(self, survivors: Sequence[int], node_key: SigningKey) -> bytes:
-        """Stage 5: check the survivor set and sign it."""
+    def consistency(
+        self, survivors: Sequence[int], uploads: Sequence[bytes], node_key: SigningKey
+    ) -> bytes:
+        """Stage 5: check the survivor set and the digests of their uploads, and sign them."""
         self._advance(Stage.CONSISTENCY)
         alive, graph = set(survivors), self._graph()
-        if len(alive) != len(survivors):
-            raise ProtocolViolation("consistency: a survivor is listed twice")
+        if list(survivors) != sorted(alive):
+            raise ProtocolViolation("consistency: survivors must be sorted and distinct")
         if self.node not in alive:
             raise ProtocolViolation("consistency: I sent my vector but am not a survivor")
+        if len(uploads) != len(survivors) or any(len(u) != 32 for u in uploads):
+            raise ProtocolViolation("consistency: one 32-byte upload digest per survivor")
+        if uploads[list(survivors).index(self.node)] != self.upload:
+            raise ProtocolViolation("consistency: my upload is not the one in the sum")
         if not alive <= set(self.dealers):
             raise ProtocolViolation("consistency: survivors that did not deal their shares")
-        n = self.params.cohort_size
-        budget = self.params.assumptions.dropout_fraction * n
-        if n - len(alive) > budget:
-            raise ProtocolViolation(
-                f"consistency: {n - len(alive)} of {n} devices missing, beyond the round's "
-                f"dropout allowance {self.params.assumptions.dropout_fraction:g}"
-            )
+        members = len(self._roster().members)
+        if why := privacy_shortfall(self.params, members, members - len(alive)):
+            raise ProtocolViolation(f"consistency: {why}")
         if len(graph.neighbours(self.node) & alive) + 1 < self.params.threshold:
             raise ProtocolViolation("consistency: too few of my holders survive to unmask me")
         if not graph.connected(alive):
             raise ProtocolViolation(
                 "consistency: the survivors' graph is disconnected (its parts' sums would leak)"
             )
-        self.survivors = tuple(sorted(alive))
+        self.survivors, self.uploads = tuple(survivors), tuple(uploads)
         return sign(node_key, SURVIVORS, self._survivors_payload())
 
     def unmask(
@@ -389,7 +390,7 @@ class DeviceSession:
         return dealers_payload(self.params.session, self._roster().digest, self.dealers)
 
     def _survivors_payload(self) -> bytes:
-        return survivors_payload(self._dealers_payload(), self.survivors)
+        return survivors_payload(self._dealers_payload(), self.survivors, self.uploads)
 
     def _receive(self, dealer: int, ciphertext: bytes) -> str:
         """Store the shares ``dealer`` sent me; return why they are unusable, or ''.
@@ -448,7 +449,9 @@ class DeviceSession:
             "seed_shares": [self.seed_shares[o] for o in owners],
             "key_shares": [self.key_shares[o] for o in owners],
             "dealers": list(self.dealers),
+            "upload": self.upload,
             "survivors": list(self.survivors),
+            "uploads": list(self.uploads),
         }
 
     @classmethod
@@ -481,7 +484,9 @@ class DeviceSession:
                 seed_shares=dict(zip(owners, _list(record, "seed_shares", bytes), strict=True)),
                 key_shares=dict(zip(owners, _list(record, "key_shares", bytes), strict=True)),
                 dealers=tuple(_list(record, "dealers", int)),
+                upload=_one(record, "upload", bytes),
                 survivors=tuple(_list(record, "survivors", int)),
+                uploads=tuple(_list(record, "uploads", bytes)),
             )
         except (KeyError, TypeError, ValueError, FedmarketError) as exc:
             raise ProtocolViolation(f"stored secagg session is unreadable: {exc}") from None

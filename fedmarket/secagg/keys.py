@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 
 from nacl import bindings
-from nacl.exceptions import BadSignatureError
+from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.exceptions import ValueError as NaclValueError
 from nacl.public import Box, PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
@@ -41,6 +41,18 @@ def agree(private_key: bytes, peer_public: bytes) -> bytes:
     ``SecretBox(agree(a, B))`` encrypts exactly as ``Box(a, B)`` does.
     """
     return bytes(Box(PrivateKey(private_key), PublicKey(peer_public)).shared_key())
+
+
+def valid_cipher_key(public: bytes) -> bool:
+    """An X25519 public key that :func:`agree` accepts: 32 bytes and not of small order
+    (libsodium refuses those: the shared secret would not depend on the private key)."""
+    if len(public) != KEY_BYTES:
+        return False
+    try:
+        bindings.crypto_scalarmult(bytes([9]) * KEY_BYTES, public)
+    except CryptoError:
+        return False
+    return True
 
 
 def node_key_from_identity(identity_key: bytes) -> SigningKey:

@@ -18,10 +18,11 @@ from typing import Any, TypeVar
 
 from nacl.signing import SigningKey
 
-from fedmarket.exceptions import ProtocolViolation, SecAggAborted
+from fedmarket.exceptions import InvalidInput, ProtocolViolation, SecAggAborted
 from fedmarket.secagg.codec import Encoded
 from fedmarket.secagg.config import SESSION_BYTES, RoundParams
 from fedmarket.secagg.device import DeviceSession, Stage
+from fedmarket.secagg.parameters import choose
 from fedmarket.secagg.roster import Roster
 from fedmarket.secagg.server import Aggregation, Redraw, SecureSum
 
@@ -86,12 +87,25 @@ def aggregate_locally(
         except Redraw as void:
             log.warning("secagg: draw %d void: %s", draw, void)
             cohort = [n for n in cohort if n not in void.missing]
-            params = dataclasses.replace(
-                params, session=os.urandom(SESSION_BYTES), cohort_size=len(cohort)
-            )
+            params = _redrawn(params, len(cohort))
             continue
         return LocalRound(result, rejected, server, draw)
     raise SecAggAborted(f"no complete draw in {params.assumptions.draws} tries")
+
+
+def _redrawn(params: RoundParams, cohort_size: int) -> RoundParams:
+    """The parameters of a new draw over the smaller cohort (aborts if none are safe)."""
+    try:
+        k, t = choose(cohort_size, params.assumptions)
+        return dataclasses.replace(
+            params,
+            session=os.urandom(SESSION_BYTES),
+            cohort_size=cohort_size,
+            neighbours=k,
+            threshold=t,
+        )
+    except InvalidInput as exc:
+        raise SecAggAborted(f"no safe redraw: {exc}") from None
 
 
 def _draw(
@@ -145,10 +159,10 @@ def _draw(
             vector, vouch = sessions[node].mask_update(encoded[node], devices.key(node))
             vector, vouch, complaints = sent(Stage.MASK, node, (vector, vouch, complaints))
             server.receive_masked(node, vector, vouch, complaints)
-    survivors = server.close_masking()
+    survivors, uploads = server.close_masking()
     for node in live(Stage.CONSISTENCY, survivors):
         with guard(node):
-            signature = sessions[node].consistency(survivors, devices.key(node))
+            signature = sessions[node].consistency(survivors, uploads, devices.key(node))
             server.receive_signature(node, sent(Stage.CONSISTENCY, node, signature))
     for node, (signatures, vouches) in server.close_consistency().items():
         if node in drops.at(Stage.UNMASK):

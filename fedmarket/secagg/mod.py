@@ -27,7 +27,8 @@ from nacl.signing import SigningKey
 
 from fedmarket.exceptions import FedmarketError, ProtocolViolation
 from fedmarket.market.terms import RECEIPT, RoundTerms, sign_upload
-from fedmarket.protocol import DELTA, METRICS, UPDATE_WEIGHT, weights_from_record
+from fedmarket.models.weights import weights_to_bytes
+from fedmarket.protocol import DELTA, GLOBAL, METRICS, UPDATE_WEIGHT, weights_from_record
 from fedmarket.secagg import messages as m
 from fedmarket.secagg.codec import encode, flatten
 from fedmarket.secagg.config import RoundParams
@@ -132,7 +133,9 @@ class _Device:
                 "key_digests": [upload.key_digests[h] for h in holders],
             }
         elif stage == Stage.CONSISTENCY:
-            signature = session.consistency(m.items(config, "survivors", int), self.node_key)
+            signature = session.consistency(
+                m.items(config, "survivors", int), m.items(config, "uploads", bytes), self.node_key
+            )
             fields = {"signature": signature}
         else:
             shares = session.unmask(
@@ -160,8 +163,8 @@ class _Device:
         draws = _draws(self.context)
         if draws >= self.policy.draws:
             raise ProtocolViolation(
-                f"{draws} graph draws since my last completed round: the server may be "
-                "grinding the graph; I take part again after a round completes"
+                f"{draws} graph draws abandoned before training: the server may be grinding "
+                "the graph; I take part again when a draw reaches training"
             )
         node = self.msg.metadata.dst_node_id
         session, announcement = DeviceSession.setup(node, params, self.node_key, self.policy)
@@ -210,14 +213,20 @@ class _Device:
 
 
 def _check_terms(msg: Message, context: Context, signer: SignerResolver | None) -> None:
-    """Sign a throw-away receipt under the round's market terms before training: terms that
-    cannot carry a receipt refuse the round while it costs the device nothing."""
+    """Before training: check that the round's model commitment names the weights I was sent,
+    and sign a throw-away receipt under the round's market terms: terms I must refuse then
+    cost the device nothing."""
+    terms = RoundTerms.from_content(msg.content)
+    account = signer(context) if signer is not None and terms is not None else None
+    if terms is None or account is None:
+        return
+    global_model = msg.content.array_records.get(GLOBAL)
+    if global_model is None:
+        raise ProtocolViolation("a paid round without a global model to check it against")
+    terms.check_model(weights_to_bytes(weights_from_record(global_model)))
     try:
-        terms = RoundTerms.from_content(msg.content)
-        account = signer(context) if signer is not None and terms is not None else None
-        if terms is not None and account is not None:
-            blank = np.zeros(1, dtype=np.uint32)
-            sign_upload(terms, account, blank, weight=UPDATE_WEIGHT, epsilon=0.0, delta=0.5)
+        blank = np.zeros(1, dtype=np.uint32)
+        sign_upload(terms, account, blank, weight=UPDATE_WEIGHT, epsilon=0.0, delta=0.5)
     except (FedmarketError, ValueError, TypeError) as exc:
         raise ProtocolViolation(f"the round's market terms cannot carry a receipt: {exc}") from None
 
@@ -252,7 +261,7 @@ def _load(context: Context) -> DeviceSession:
 
 def _store(context: Context, session: DeviceSession) -> None:
     context.state.config_records[_STATE] = ConfigRecord(session.to_record())
-    if session.stage == Stage.UNMASK:  # a completed round: new draws are welcome again
+    if session.stage == Stage.MASK:  # the draw reached training: the next round may redraw
         context.state.config_records[_DRAWS] = ConfigRecord({"draws": 0})
 
 

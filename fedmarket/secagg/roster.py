@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from fedmarket.exceptions import ProtocolViolation
-from fedmarket.secagg.keys import KEY_BYTES, NODE_ID_LIMIT, SIGNATURE_BYTES, PublicKeys, verify
+from fedmarket.secagg.keys import (
+    KEY_BYTES,
+    NODE_ID_LIMIT,
+    SIGNATURE_BYTES,
+    PublicKeys,
+    valid_cipher_key,
+    verify,
+)
 
 NONCE_BYTES = 32
 ANNOUNCE = b"fedmarket-secagg-announce-v1"
@@ -69,6 +76,8 @@ class Announcement:
             return "announcement fields have the wrong sizes"
         if self.keys.cipher == self.keys.mask:
             return "cipher and mask keys are the same"
+        if not valid_cipher_key(self.keys.cipher):
+            return "cipher key is a small-order X25519 point"
         if not verify(self.node_key, ANNOUNCE, self.payload(), self.signature):
             return "announcement signature does not verify under its node key"
         return ""

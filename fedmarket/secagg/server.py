@@ -17,29 +17,32 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedmarket.exceptions import InvalidInput, ProtocolViolation, SecAggAborted
+from fedmarket.exceptions import ProtocolViolation, SecAggAborted
 from fedmarket.secagg import vss
 from fedmarket.secagg.codec import Vector
 from fedmarket.secagg.config import RoundParams
 from fedmarket.secagg.device import (
     CIPHERTEXT_BYTES,
     MASKED_WITH,
-    SURVIVORS,
     ShareUpload,
     Stage,
     UnmaskShares,
-    dealers_payload,
     graph_for,
     holder_index,
-    roster_assumptions,
+    privacy_shortfall,
     share_digest,
-    survivors_payload,
 )
 from fedmarket.secagg.graph import Graph
 from fedmarket.secagg.keys import mask_public, pair_secret, valid_point, verify
 from fedmarket.secagg.masks import apply_masks, mask_key
-from fedmarket.secagg.parameters import check
 from fedmarket.secagg.roster import Announcement, Roster, nonce_commitment
+from fedmarket.secagg.transcript import (
+    SURVIVORS,
+    Transcript,
+    dealers_payload,
+    survivors_payload,
+    upload_digest,
+)
 
 
 class Redraw(Exception):
@@ -57,6 +60,7 @@ class SecureSum:
     total: Vector
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]  # cohort members not in the sum
+    transcript: Transcript
     liars: dict[int, str] = field(default_factory=dict)  # node -> what it lied about
 
 
@@ -82,6 +86,7 @@ class Aggregation:
         self.masked_with: dict[int, bytes] = {}
         self.complaints: dict[int, dict[int, str]] = {}
         self.survivors: tuple[int, ...] = ()
+        self.upload_digests: tuple[bytes, ...] = ()
         self.signatures: dict[int, bytes] = {}
         self.unmasked: dict[int, UnmaskShares] = {}
 
@@ -106,11 +111,8 @@ class Aggregation:
         self._require(len(self.announcements), "announced their keys")
         roster = Roster.of(self.announcements.values())
         members = len(roster.members)
-        try:
-            k = min(self.params.neighbours, members - 1)
-            check(members, k, self.params.threshold, roster_assumptions(self.params, members))
-        except (InvalidInput, ProtocolViolation) as exc:
-            raise SecAggAborted(f"the roster of {members} devices is too small: {exc}") from None
+        if why := privacy_shortfall(self.params, members, self.params.assumptions.dropped(members)):
+            raise SecAggAborted(f"the roster of {members} devices is too small: {why}")
         self.roster = roster
         return roster
 
@@ -183,21 +185,21 @@ class Aggregation:
         self.masked_with[node] = masked_with
         self.complaints[node] = dict(complaints)
 
-    def close_masking(self) -> tuple[int, ...]:
-        """The survivor set each survivor is asked to sign; aborts if it would be unsafe."""
+    def close_masking(self) -> tuple[tuple[int, ...], tuple[bytes, ...]]:
+        """The survivor set each survivor is asked to sign, with their uploads' digests;
+        aborts if it would be unsafe."""
         self.stage = Stage.CONSISTENCY
-        graph, n = self._graph(), self.params.cohort_size
+        graph = self._graph()
         survivors = tuple(sorted(self.vectors))
         self._require(len(survivors), "sent a masked vector")
-        if n - len(survivors) > self.params.assumptions.dropout_fraction * n:
-            raise SecAggAborted(
-                f"{n - len(survivors)} of {n} devices dropped, beyond the dropout allowance "
-                f"{self.params.assumptions.dropout_fraction:g} the parameters were sized for"
-            )
+        members = len(self._roster().members)
+        if why := privacy_shortfall(self.params, members, members - len(survivors)):
+            raise SecAggAborted(why)
         if not graph.connected(survivors):
             raise SecAggAborted("the survivors' graph is disconnected: its parts' sums would leak")
         self.survivors = survivors
-        return survivors
+        self.upload_digests = tuple(upload_digest(self.vectors[n]) for n in survivors)
+        return survivors, self.upload_digests
 
     # Stage 5: signatures on the survivor set
     def receive_signature(self, node: int, signature: bytes) -> None:
@@ -260,7 +262,18 @@ class Aggregation:
                 (subtract if i < gone else add).append(keys[i])
         apply_masks(total, add=add, subtract=subtract)
         not_summed = tuple(n for n in self.cohort if n not in alive)
-        return SecureSum(total, self.survivors, not_summed, liars)
+        roster = self._roster()
+        transcript = Transcript(
+            session=session,
+            roster_digest=roster.digest,
+            dealers=self.dealers,
+            survivors=self.survivors,
+            uploads=self.upload_digests,
+            node_keys={n: roster.member(n).node_key for n in self.survivors},
+            signatures=dict(self.signatures),
+            aggregate=upload_digest(total),
+        )
+        return SecureSum(total, self.survivors, not_summed, transcript, liars)
 
     def _pair_keys(
         self, gone: int, peers: Sequence[int], liars: dict[int, str]
@@ -313,7 +326,7 @@ class Aggregation:
 
     def _survivors_payload(self) -> bytes:
         dealt = dealers_payload(self.params.session, self._roster().digest, self.dealers)
-        return survivors_payload(dealt, self.survivors)
+        return survivors_payload(dealt, self.survivors, self.upload_digests)
 
     def _key(self, node: int) -> bytes:
         return self._roster().member(node).node_key

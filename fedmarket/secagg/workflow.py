@@ -126,6 +126,7 @@ def secure_round(
         clip_fraction=decoded.clip_fraction,
         error=None,
         receipts=tuple(replies.receipts[n] for n in result.survivors if n in replies.receipts),
+        transcript=result.transcript,
     )
 
 
@@ -186,8 +187,8 @@ def _stages(
     }
     _mask_stage(aggregation, exchange, requests, train_content, like, train_timeout, replies)
 
-    survivors = aggregation.close_masking()
-    survivor_request: dict[str, object] = {"survivors": list(survivors)}
+    survivors, uploads = aggregation.close_masking()
+    survivor_request: dict[str, object] = {"survivors": list(survivors), "uploads": list(uploads)}
     for node, cfg in exchange.run(
         Stage.CONSISTENCY, dict.fromkeys(survivors, survivor_request), config.unmask_timeout
     ).items():

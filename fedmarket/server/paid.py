@@ -74,6 +74,7 @@ def publishing(publisher: RoundPublisher) -> ModelObserver:
             survivors={s.receipt.device for s in result.receipts},
             receipts=result.receipts,
             evidence=round_evidence(result),
+            transcript=result.transcript.to_json() if result.transcript else None,
         )
 
     return publish
@@ -90,12 +91,12 @@ def round_evidence(result: RoundResult) -> dict[str, Any]:
         "survivors": sorted(result.trained),
         "dropped": {str(node): why for node, why in sorted(result.dropped.items())},
         "declined": dict(sorted(result.declined.items())),
-        "clip_fraction": result.clip_fraction,
+        "clip_fraction": _finite(result.clip_fraction),
         "epsilon": {device: _finite(e) for device, e in sorted(result.epsilon.items())},
         "total_weight": result.total_weight,
         "error": result.error,
     }
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from fedmarket.config import TaskConfig
@@ -19,7 +20,8 @@ class FederationPlan:
     ``fraction`` of connected devices is sampled each round, at least ``min_devices``.
     ``round_timeout`` bounds how long a round waits for replies; late devices are skipped.
     Updates are summed under SecAgg+ (``secagg``), so the server sees only their sum;
-    ``secagg=None`` sums them in the clear.
+    ``secagg=None`` sums them in the clear, each clipped to ±``plain_clip_range`` per
+    coordinate first (the bound SecAgg+ enforces on the device).
     Round ``r`` trains with learning rate ``train.learning_rate * lr_decay ** (r - 1)``:
     decaying it shrinks the DP noise that the last rounds add to the final model.
     """
@@ -35,6 +37,7 @@ class FederationPlan:
     connect_timeout: float = 120.0
     seed: int = 0
     secagg: SecAggConfig | None = field(default_factory=SecAggConfig)
+    plain_clip_range: float = SecAggConfig().clip_range
     market: MarketTerms | None = None  # paid rounds: devices sign receipts for their uploads
 
     def __post_init__(self) -> None:
@@ -46,6 +49,8 @@ class FederationPlan:
             raise InvalidInput(f"fraction must be in (0, 1], got {self.fraction}")
         if self.min_devices < 1:
             raise InvalidInput(f"min_devices must be >= 1, got {self.min_devices}")
+        if not (math.isfinite(self.plain_clip_range) and self.plain_clip_range > 0):
+            raise InvalidInput(f"plain_clip_range must be > 0, got {self.plain_clip_range}")
         if self.round_timeout <= 0 or self.connect_timeout <= 0:
             raise InvalidInput("round_timeout and connect_timeout must be > 0 seconds")
         if self.market is not None and self.secagg is None:
@@ -74,6 +79,7 @@ class FederationPlan:
             seed=config.federation.seed,
             min_devices=MIN_COHORT if secagg else 1,
             secagg=secagg,
+            plain_clip_range=config.federation.clip_range,
             market=market,
             round_timeout=config.federation.round_timeout,
             connect_timeout=connect_timeout,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedmarket.market.bundle import SignedReceipt
+from fedmarket.secagg.transcript import Transcript
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class RoundResult:
     error: str | None = None
     trained_from: bytes | None = None  # paid rounds: commitment of the model trained from
     receipts: tuple[SignedReceipt, ...] = ()  # paid rounds: survivors' signed receipts
+    transcript: Transcript | None = None  # secure rounds: what was summed, as signed
 
 
 @dataclass

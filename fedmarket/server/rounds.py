@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -47,6 +48,10 @@ class RoundPayer(Protocol):
         """The commitment devices sign for ``model``, the global model they train from."""
         ...
 
+    def model_salt(self, round: int) -> bytes:
+        """The salt of that commitment, which devices use to check it."""
+        ...
+
     def acknowledge(
         self, round: int, receipts: Iterable[SignedReceipt]
     ) -> Mapping[str, tuple[Ack, bytes]]:
@@ -87,7 +92,9 @@ def run_rounds(
         acknowledge = None
         if plan.market is not None and payer is not None:
             trained_from = payer.trained_from(server_round, weights_to_bytes(weights))
-            content[MARKET] = RoundTerms(plan.market, server_round, trained_from).to_record()
+            salt = payer.model_salt(server_round)
+            terms = RoundTerms(plan.market, server_round, trained_from, salt)
+            content[MARKET] = terms.to_record()
             acknowledge = _bind_round(payer, server_round)
         if plan.secagg is None:
             outcome = _plain_round(grid, plan, cohort, content, weights, server_round)
@@ -103,7 +110,18 @@ def run_rounds(
                 acknowledge=acknowledge,
             )
         if outcome.update is not None:
-            weights = strategy.apply(weights, outcome.update)
+            candidate = strategy.apply(weights, outcome.update)
+            if all(np.isfinite(w).all() for w in candidate.values()):
+                weights = candidate
+            else:  # cannot come from clipped updates; never becomes the global model
+                outcome = dataclasses.replace(
+                    outcome,
+                    update=None,
+                    trained=(),
+                    receipts=(),
+                    error="the aggregate made the model non-finite; the global model is unchanged",
+                )
+                log.error("round %d: %s", server_round, outcome.error)
         evaluation = evaluate(weights)
         round_result = RoundResult(
             round=server_round,
@@ -121,6 +139,7 @@ def run_rounds(
             error=outcome.error,
             trained_from=trained_from,
             receipts=outcome.receipts,
+            transcript=outcome.transcript,
         )
         result.rounds.append(round_result)
         log.info(
@@ -162,6 +181,7 @@ def _plain_round(
     ]
     replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout))
     updates, declined, dropped = _read_replies(replies, weights)
+    updates = [_clipped(u, plan.plain_clip_range) for u in updates]
     dropped.update(dict.fromkeys(_missing(cohort, replies), "no reply in time"))
     return RoundOutcome(
         update=_sum(updates, weights) if updates else None,
@@ -224,6 +244,14 @@ def _read_replies(
     for node, reason in failed.items():
         log.warning("rejected reply from node %d: %s", node, reason)
     return updates, declined, failed
+
+
+def _clipped(reply: TrainReply, bound: float) -> TrainReply:
+    """``reply`` with each coordinate of its update clipped to ±``bound``: one device moves
+    the plain sum by at most ``bound`` per coordinate, as under SecAgg+."""
+    assert reply.update is not None  # trained replies carry one (TrainReply.from_content)
+    clipped = {k: np.clip(v, -bound, bound) for k, v in reply.update.items()}
+    return dataclasses.replace(reply, update=clipped)
 
 
 def _missing(cohort: list[int], replies: Iterable[Message]) -> list[int]:
