@@ -97,7 +97,9 @@ def test_a_paid_round_is_recorded_with_its_market_round(tmp_path: Path) -> None:
     matches published receipts to ledger rounds by them)."""
     device = profile(tmp_path, cap=50.0)
     content = round_content()
-    terms = RoundTerms(MarketTerms(7, 31337, "0x" + "ab" * 20, "0x" + "cd" * 20), 3, bytes(32), bytes(32))
+    terms = RoundTerms(
+        MarketTerms(7, 31337, "0x" + "ab" * 20, "0x" + "cd" * 20), 3, bytes(32), bytes(32)
+    )
     content[MARKET] = terms.to_record()
 
     reply = handle_train(content, device, run="1")
