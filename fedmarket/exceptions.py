@@ -124,6 +124,15 @@ class SecAggAborted(RoundFailed):
     exit_code: ClassVar[int] = 21
 
 
+class DealerCheated(SecAggAborted):
+    """A device dealt shares off its own commitments, so its secret cannot be rebuilt; the
+    round ends and ``culprits`` (node ids) are named so that they are left out from now on."""
+
+    def __init__(self, message: str, culprits: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.culprits = culprits
+
+
 class ProtocolViolation(FedmarketError):
     """A secure-aggregation message was malformed, out of order or inconsistent."""
 

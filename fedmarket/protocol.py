@@ -119,6 +119,7 @@ class RoundOutcome:
     error: str | None
     receipts: tuple[SignedReceipt, ...] = ()  # survivors' receipts for their masked uploads
     transcript: Transcript | None = None  # secure rounds: what was summed, as signed
+    culprits: tuple[int, ...] = ()  # nodes that provably broke the round: left out from now on
 
 
 def _scalar(metrics: MetricRecord, key: str) -> float:

@@ -95,6 +95,8 @@ def test_a_mask_stage_the_device_must_refuse_is_refused_before_training_at_no_co
             "dealers": [2, 3] if terms is None else [NODE, 2, 3],
             "sources": list(uploads),
             "ciphertexts": [u.ciphertexts[NODE] for u in uploads.values()],
+            "seed_digests": [u.seed_digests[NODE] for u in uploads.values()],
+            "key_digests": [u.key_digests[NODE] for u in uploads.values()],
         }
         config = {
             "round": server_round,

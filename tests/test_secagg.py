@@ -19,7 +19,7 @@ from nacl.signing import SigningKey
 from fedmarket.exceptions import InvalidInput, ProtocolViolation, SecAggAborted
 from fedmarket.secagg.codec import Encoded, decode, encode, flatten, unflatten
 from fedmarket.secagg.config import RoundParams, SecAggConfig
-from fedmarket.secagg.device import DeviceSession, ShareUpload, Stage
+from fedmarket.secagg.device import Dealt, DeviceSession, ShareUpload, Stage, privacy_shortfall
 from fedmarket.secagg.graph import Graph, ring_order
 from fedmarket.secagg.keys import PublicKeys, mask_public, pair_secret
 from fedmarket.secagg.local import Dropouts, LocalDevices, aggregate_locally
@@ -41,6 +41,13 @@ def encodings(n: int, length: int, params: RoundParams, seed: int = 0) -> dict[i
     return {
         i: Encoded(rng.integers(0, params.levels // 2, length, dtype=np.uint32), 0.0) for i in nodes
     }
+
+
+def dealt(upload: ShareUpload, holder: int) -> Dealt:
+    """What the server forwards to ``holder`` of ``upload``."""
+    return Dealt(
+        upload.ciphertexts[holder], upload.seed_digests[holder], upload.key_digests[holder]
+    )
 
 
 def exact(encoded: dict[int, Encoded], nodes: Any) -> np.ndarray:
@@ -157,7 +164,9 @@ def test_dropouts_that_could_split_the_ring_abort_cleanly_and_fewer_do_not() -> 
     nodes = sorted(encoded)
     few = aggregate_locally(params, encoded, drops=Dropouts(mask=nodes[:3])).result
     assert len(few.survivors) == 17
-    with pytest.raises(SecAggAborted, match="privacy failure bound"):
+    assert privacy_shortfall(params, 20, 3) == ""
+    assert "privacy failure bound" in privacy_shortfall(params, 20, 8)
+    with pytest.raises(SecAggAborted):
         aggregate_locally(params, encoded, drops=Dropouts(mask=nodes[:8]))
 
 
@@ -244,7 +253,7 @@ def test_different_survivor_sets_for_different_devices_release_nothing() -> None
     dealers = sorted(sessions)
     vouches = {}
     for n, s in sessions.items():
-        s.accept_shares(dealers, {d: u.ciphertexts[n] for d, u in uploads.items() if d != n})
+        s.accept_shares(dealers, {d: dealt(u, n) for d, u in uploads.items() if d != n})
         _, vouches[n] = s.mask_update(Encoded(np.zeros(4, np.uint32), 0.0), keys[n])
     everyone, without_1 = dealers, dealers[1:]
     signatures = {}
@@ -430,7 +439,7 @@ def test_a_device_refuses_to_sign_survivors_whose_digest_for_it_is_not_its_uploa
     uploads = {n: s.share_keys(nonces) for n, s in sessions.items()}
     digests = []
     for n, s in sessions.items():
-        s.accept_shares(sorted(keys), {d: u.ciphertexts[n] for d, u in uploads.items() if d != n})
+        s.accept_shares(sorted(keys), {d: dealt(u, n) for d, u in uploads.items() if d != n})
         s.mask_update(Encoded(np.zeros(4, np.uint32), 0.0), keys[n])
         digests.append(s.upload)
     swapped = [digests[1], digests[0], *digests[2:]]  # the server shows node 1 another upload
@@ -463,3 +472,24 @@ def test_a_round_whose_clip_fraction_is_not_finite_still_publishes() -> None:
     params = params_for(6)
     honest = decode(np.full(5, params.levels * 6, np.uint32), 6, params)  # the most it can be
     assert honest.clip_fraction == 1.0
+
+
+def test_a_dealing_off_its_commitments_aborts_once_naming_the_dealer() -> None:
+    """Its holders cannot tell (that would cost a Feldman check per share on every device), so
+    the round aborts cleanly; the server names the dealer, and rounds leave it out from then."""
+    from fedmarket.exceptions import DealerCheated
+    from fedmarket.secagg import vss
+
+    params = params_for(10)
+    encoded = encodings(10, 16, params)
+    cheat = sorted(encoded)[4]
+
+    def commit_to_another_seed(stage: Stage, node: int, upload: Any) -> Any:
+        if stage == Stage.SHARE_KEYS and node == cheat:
+            other = vss.deal(vss.random_scalar(), params.threshold, params.neighbours + 1)
+            return dataclasses.replace(upload, seed_commitments=other.commitments)
+        return upload
+
+    with pytest.raises(DealerCheated) as caught:
+        aggregate_locally(params, encoded, tamper=commit_to_another_seed)
+    assert caught.value.culprits == (cheat,)

@@ -103,6 +103,15 @@ class ShareUpload:
     key_digests: dict[int, bytes]  # holder -> digest of its mask-key share
 
 
+@dataclass(frozen=True)
+class Dealt:
+    """What one dealer sent me: my encrypted shares and the dealer's digests of them."""
+
+    ciphertext: bytes
+    seed_digest: bytes
+    key_digest: bytes
+
+
 def share_digest(session: bytes, owner: int, holder: int, share: bytes) -> bytes:
     return digest(
         session,
@@ -279,7 +288,7 @@ class DeviceSession:
             ciphertexts, seeds.commitments, keys_dealt.commitments, seed_digests, key_digests
         )
 
-    def accept_shares(self, dealers: Sequence[int], dealt: Mapping[int, bytes]) -> dict[int, str]:
+    def accept_shares(self, dealers: Sequence[int], dealt: Mapping[int, Dealt]) -> dict[int, str]:
         """Stage 4, first half: ``dealers`` lists every roster member whose shares the server
         accepted; keep the valid shares dealt to me and return complaints (dealer -> why) for
         the rest. A device checks this before it trains."""
@@ -392,11 +401,14 @@ class DeviceSession:
     def _survivors_payload(self) -> bytes:
         return survivors_payload(self._dealers_payload(), self.survivors, self.uploads)
 
-    def _receive(self, dealer: int, ciphertext: bytes) -> str:
+    def _receive(self, dealer: int, dealt: Dealt) -> str:
         """Store the shares ``dealer`` sent me; return why they are unusable, or ''.
 
-        Whether they lie on the dealer's committed polynomial is checked by the server if
-        they are ever needed (a Feldman check per share costs t scalar multiplications)."""
+        Shares that miss the dealer's digests are not kept, so that I never reveal a share
+        the server would blame on me. Whether they lie on the dealer's committed polynomial
+        is checked by the server if they are ever needed (a Feldman check per share costs t
+        scalar multiplications)."""
+        ciphertext = dealt.ciphertext
         if dealer in self.seed_shares:
             return "dealt twice"
         if len(ciphertext) != CIPHERTEXT_BYTES:
@@ -405,9 +417,16 @@ class DeviceSession:
             plaintext = SecretBox(self.box_keys[dealer]).decrypt(ciphertext)
         except CryptoError:
             return "ciphertext failed authentication"
-        if plaintext[:32] != _pack(dealer, self.node, self.params.session):
+        session = self.params.session
+        if plaintext[:32] != _pack(dealer, self.node, session):
             return "addressed to another node or round"
-        self.seed_shares[dealer], self.key_shares[dealer] = plaintext[32:64], plaintext[64:]
+        seed_share, key_share = plaintext[32:64], plaintext[64:]
+        if (
+            share_digest(session, dealer, self.node, seed_share) != dealt.seed_digest
+            or share_digest(session, dealer, self.node, key_share) != dealt.key_digest
+        ):
+            return "shares do not match the dealer's digests"
+        self.seed_shares[dealer], self.key_shares[dealer] = seed_share, key_share
         return ""
 
     def _advance(self, stage: Stage) -> None:

@@ -32,7 +32,7 @@ from fedmarket.protocol import DELTA, GLOBAL, METRICS, UPDATE_WEIGHT, weights_fr
 from fedmarket.secagg import messages as m
 from fedmarket.secagg.codec import encode, flatten
 from fedmarket.secagg.config import RoundParams
-from fedmarket.secagg.device import DeviceSession, Stage
+from fedmarket.secagg.device import Dealt, DeviceSession, Stage
 from fedmarket.secagg.parameters import DEFAULT_ASSUMPTIONS, Assumptions
 from fedmarket.secagg.roster import decode_roster
 
@@ -177,7 +177,10 @@ class _Device:
         self, config: ConfigRecord, session: DeviceSession, call_next: ClientAppCallable
     ) -> RecordDict:
         msg, context = self.msg, self.context
-        dealt = m.mapping(config, "sources", "ciphertexts", bytes)
+        ciphertexts = m.mapping(config, "sources", "ciphertexts", bytes)
+        seed_digests = m.mapping(config, "sources", "seed_digests", bytes)
+        key_digests = m.mapping(config, "sources", "key_digests", bytes)
+        dealt = {d: Dealt(c, seed_digests[d], key_digests[d]) for d, c in ciphertexts.items()}
         # Refuse before training if the round cannot carry a masked upload: a round the
         # device must refuse anyway then costs it no privacy.
         complaints = session.accept_shares(m.items(config, "dealers", int), dealt)

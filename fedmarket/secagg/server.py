@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedmarket.exceptions import ProtocolViolation, SecAggAborted
+from fedmarket.exceptions import DealerCheated, ProtocolViolation, SecAggAborted
 from fedmarket.secagg import vss
 from fedmarket.secagg.codec import Vector
 from fedmarket.secagg.config import RoundParams
 from fedmarket.secagg.device import (
     CIPHERTEXT_BYTES,
     MASKED_WITH,
+    Dealt,
     ShareUpload,
     Stage,
     UnmaskShares,
@@ -85,6 +86,7 @@ class Aggregation:
         self.vectors: dict[int, Vector] = {}
         self.masked_with: dict[int, bytes] = {}
         self.complaints: dict[int, dict[int, str]] = {}
+        self.excluded: dict[int, str] = {}  # uploaded, but left out of the sum: why
         self.survivors: tuple[int, ...] = ()
         self.upload_digests: tuple[bytes, ...] = ()
         self.signatures: dict[int, bytes] = {}
@@ -154,16 +156,18 @@ class Aggregation:
                 raise ProtocolViolation(f"node {node}: one 32-byte share digest per holder")
         self.uploads[node] = upload
 
-    def close_share_keys(self) -> tuple[tuple[int, ...], dict[int, dict[int, bytes]]]:
-        """The dealers, and for each dealer: the ciphertexts addressed to it."""
+    def close_share_keys(self) -> tuple[tuple[int, ...], dict[int, dict[int, Dealt]]]:
+        """The dealers, and for each holder: the shares addressed to it with their digests."""
         self.stage = Stage.MASK
         self._require(len(self.uploads), "dealt their shares")
         self.dealers = tuple(sorted(self.uploads))
-        inboxes: dict[int, dict[int, bytes]] = {node: {} for node in self.dealers}
+        inboxes: dict[int, dict[int, Dealt]] = {node: {} for node in self.dealers}
         for dealer, upload in self.uploads.items():
             for holder, ciphertext in upload.ciphertexts.items():
                 if holder in inboxes:
-                    inboxes[holder][dealer] = ciphertext
+                    inboxes[holder][dealer] = Dealt(
+                        ciphertext, upload.seed_digests[holder], upload.key_digests[holder]
+                    )
         return self.dealers, inboxes
 
     # Stage 4: masked vectors
@@ -190,7 +194,13 @@ class Aggregation:
         aborts if it would be unsafe."""
         self.stage = Stage.CONSISTENCY
         graph = self._graph()
-        survivors = tuple(sorted(self.vectors))
+        for dealer, holding in self._holding().items():
+            if holding < self.params.threshold and dealer in self.vectors:
+                self.excluded[dealer] = (
+                    f"only {holding} of its holders kept usable shares of its secrets "
+                    f"(threshold {self.params.threshold}): left out of the sum"
+                )
+        survivors = tuple(sorted(set(self.vectors) - set(self.excluded)))
         self._require(len(survivors), "sent a masked vector")
         members = len(self._roster().members)
         if why := privacy_shortfall(self.params, members, members - len(survivors)):
@@ -200,6 +210,22 @@ class Aggregation:
         self.survivors = survivors
         self.upload_digests = tuple(upload_digest(self.vectors[n]) for n in survivors)
         return survivors, self.upload_digests
+
+    def _holding(self) -> dict[int, int]:
+        """For each dealer: how many of its holders that uploaded did not complain about it.
+
+        Honest holders never complain about an honest dealer, and under the parameters at
+        least t of them survive, so false complaints cannot leave an honest dealer out (but
+        with the correctness bound's probability)."""
+        graph, uploaded = self._graph(), set(self.vectors)
+        return {
+            dealer: sum(
+                1
+                for h in graph.holders(dealer)
+                if h in uploaded and (h == dealer or dealer not in self.complaints.get(h, {}))
+            )
+            for dealer in self.dealers
+        }
 
     # Stage 5: signatures on the survivor set
     def receive_signature(self, node: int, signature: bytes) -> None:
@@ -319,7 +345,11 @@ class Aggregation:
         try:
             rebuilt = vss.rebuild(commitments, shares, self.params.threshold)
         except ProtocolViolation as exc:
-            raise SecAggAborted(f"node {owner}'s {which} cannot be rebuilt: {exc}") from None
+            message = f"node {owner}'s {which} cannot be rebuilt: {exc}"
+            bad = [i for i, s in shares.items() if not vss.verify_share(commitments, i, s)]
+            if bad:  # shares its holders kept as dealt (digests match) are off its commitments
+                raise DealerCheated(f"{message}; it dealt them", (owner,)) from None
+            raise SecAggAborted(message) from None
         if rebuilt.liars:
             liars[owner] = f"dealt {len(rebuilt.liars)} share(s) off its committed {which}"
         return rebuilt.secret

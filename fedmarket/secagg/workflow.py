@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedmarket.acks import Ack
-from fedmarket.exceptions import InvalidInput, ProtocolViolation, SecAggAborted
+from fedmarket.exceptions import DealerCheated, InvalidInput, ProtocolViolation, SecAggAborted
 from fedmarket.market.bundle import SignedReceipt
 from fedmarket.market.terms import ACK, RECEIPT, RoundTerms, ack_record, read_receipt
 from fedmarket.models.weights import Weights
@@ -59,6 +59,7 @@ def secure_round(
     replies = _Replies()
     dropped: dict[int, str] = {}
     error = f"no complete draw in {config.assumptions.draws} tries"
+    culprits: tuple[int, ...] = ()
     result: SecureSum | None = None
     for draw in range(1, config.assumptions.draws + 1):
         try:
@@ -85,9 +86,13 @@ def secure_round(
             continue
         except SecAggAborted as exc:
             dropped.update(exchange.dropped)
+            dropped.update(aggregation.excluded)
             error = str(exc)
+            if isinstance(exc, DealerCheated):
+                culprits = exc.culprits
             break
         dropped.update(exchange.dropped)
+        dropped.update(aggregation.excluded)
         break
     declined = replies.declined
     if result is None:
@@ -99,6 +104,7 @@ def secure_round(
             dropped={n: r for n, r in dropped.items() if n not in declined},
             clip_fraction=None,
             error=error,
+            culprits=culprits,
         )
     try:
         decoded = decode(result.total, len(result.survivors), params)
@@ -181,7 +187,9 @@ def _stages(
         node: {
             "dealers": list(dealers),
             "sources": list(inbox),
-            "ciphertexts": list(inbox.values()),
+            "ciphertexts": [d.ciphertext for d in inbox.values()],
+            "seed_digests": [d.seed_digest for d in inbox.values()],
+            "key_digests": [d.key_digest for d in inbox.values()],
         }
         for node, inbox in inboxes.items()
     }
