@@ -13,10 +13,11 @@ a function of the device's round configs alone). Every update weighs ``UPDATE_WE
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from numpy.typing import NDArray
 
 from fedmarket.exceptions import InvalidInput
 from fedmarket.market.bundle import SignedReceipt
@@ -34,7 +35,23 @@ def weights_to_record(weights: Weights) -> ArrayRecord:
 
 
 def weights_from_record(record: ArrayRecord) -> Weights:
-    return {name: np.asarray(array.numpy(), dtype=np.float32) for name, array in record.items()}
+    """Named float32 tensors; InvalidInput if an array's bytes do not decode to one."""
+    return {
+        name: np.asarray(read_array(array, name), dtype=np.float32)
+        for name, array in record.items()
+    }
+
+
+def read_array(array: Array, name: str) -> NDArray[Any]:
+    """One array from untrusted bytes: anything that does not decode to a plain ndarray (empty,
+    truncated, a zip archive, an object array) raises InvalidInput naming it."""
+    try:
+        value = array.numpy()
+    except Exception as exc:  # numpy raises many types for hostile bytes (EOFError, BadZipFile)
+        raise InvalidInput(f"array {name!r} does not decode ({type(exc).__name__})") from None
+    if not isinstance(value, np.ndarray) or value.dtype.hasobject:
+        raise InvalidInput(f"array {name!r} is not a plain numeric array")
+    return value
 
 
 @dataclass(frozen=True)
@@ -119,7 +136,7 @@ class RoundOutcome:
     error: str | None
     receipts: tuple[SignedReceipt, ...] = ()  # survivors' receipts for their masked uploads
     transcript: Transcript | None = None  # secure rounds: what was summed, as signed
-    culprits: tuple[int, ...] = ()  # nodes that provably broke the round: left out from now on
+    culprits: tuple[bytes, ...] = ()  # node keys that provably broke the round: refused after
 
 
 def _scalar(metrics: MetricRecord, key: str) -> float:

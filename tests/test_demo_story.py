@@ -129,6 +129,10 @@ def test_demo_story_leaves_matching_chain_and_store(
             "receipts": 2,
             "checked": True,
             "problems": [],
+            # both paid rounds' SecAgg+ transcripts hold its upload under its signature
+            "transcripts_checked": 2,
+            "transcripts_missing": 0,
+            "transcript_problems": [],
         }
         path = PrivacyLedger.path_for(out, account.address)
         path.unlink()

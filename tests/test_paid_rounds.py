@@ -158,12 +158,13 @@ def test_each_paid_device_finds_its_upload_in_every_committed_transcript(paid: P
         account = paid.fleet.profile(index).account
         assert account is not None
         node_key = bytes(node_key_from_identity(bytes(account.key)).verify_key)
-        assert transcript_problems(ledger, paid.store, account.address, node_key) == (2, [])
+        mine = transcript_problems(ledger, paid.store, account.address, node_key)
+        assert (mine.checked, mine.missing, mine.problems) == (2, 0, [])
         stranger = bytes(SigningKey.generate().verify_key)  # not its key: not its upload
-        checked, problems = transcript_problems(ledger, paid.store, account.address, stranger)
-        assert checked == 2
-        assert len(problems) == 2
-        assert "not in the transcript" in problems[0]
+        theirs = transcript_problems(ledger, paid.store, account.address, stranger)
+        assert theirs.checked == 2
+        assert len(theirs.problems) == 2
+        assert "not in the transcript" in theirs.problems[0]
 
 
 def test_every_paid_device_keeps_an_ack_for_every_round_it_was_paid_in(paid: PaidRun) -> None:

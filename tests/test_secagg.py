@@ -21,7 +21,7 @@ from fedmarket.secagg.codec import Encoded, decode, encode, flatten, unflatten
 from fedmarket.secagg.config import RoundParams, SecAggConfig
 from fedmarket.secagg.device import Dealt, DeviceSession, ShareUpload, Stage, privacy_shortfall
 from fedmarket.secagg.graph import Graph, ring_order
-from fedmarket.secagg.keys import PublicKeys, mask_public, pair_secret
+from fedmarket.secagg.keys import PublicKeys, mask_public, pair_secret, sign
 from fedmarket.secagg.local import Dropouts, LocalDevices, aggregate_locally
 from fedmarket.secagg.masks import apply_masks, stream
 from fedmarket.secagg.parameters import Assumptions
@@ -493,3 +493,90 @@ def test_a_dealing_off_its_commitments_aborts_once_naming_the_dealer() -> None:
     with pytest.raises(DealerCheated) as caught:
         aggregate_locally(params, encoded, tamper=commit_to_another_seed)
     assert caught.value.culprits == (cheat,)
+
+
+@pytest.mark.parametrize("slot", ["cipher", "mask"])
+def test_a_device_announcing_its_node_key_as_a_round_key_drops_only_itself(slot: str) -> None:
+    """Red team: Roster.of raised on it and the whole federation stopped."""
+    from fedmarket.secagg.roster import ANNOUNCE
+
+    params = params_for(10)
+    devices = LocalDevices()
+    cheat = sorted(encodings(10, 8, params))[3]
+
+    def tamper(stage: Stage, node: int, upload: Any) -> Any:
+        if stage == Stage.SETUP and node == cheat:
+            own = upload.node_key
+            keys = (
+                PublicKeys(own, upload.keys.mask)
+                if slot == "cipher"
+                else PublicKeys(upload.keys.cipher, own)
+            )
+            copied = dataclasses.replace(upload, keys=keys)
+            signature = sign(devices.key(node), ANNOUNCE, copied.payload())
+            return dataclasses.replace(copied, signature=signature)
+        return upload
+
+    round_ = aggregate_locally(params, encodings(10, 8, params), tamper=tamper, devices=devices)
+    assert cheat not in round_.result.survivors
+    assert len(round_.result.survivors) == 9
+
+
+def test_a_device_cannot_squat_an_honest_node_key_to_evict_it() -> None:
+    """Node keys are public (rosters, transcripts): a round key equal to one is a copy, and the
+    copier goes, whoever announced first."""
+    from fedmarket.secagg.roster import ANNOUNCE
+
+    params = params_for(10)
+    encoded = encodings(10, 8, params)
+    attacker, victim = sorted(encoded)[0], sorted(encoded)[7]
+    devices = LocalDevices()
+    victim_key = bytes(devices.key(victim).verify_key)
+
+    def squat(stage: Stage, node: int, upload: Any) -> Any:
+        if stage == Stage.SETUP and node == attacker:
+            copied = dataclasses.replace(upload, keys=PublicKeys(victim_key, upload.keys.mask))
+            signature = sign(devices.key(node), ANNOUNCE, copied.payload())
+            return dataclasses.replace(copied, signature=signature)
+        return upload
+
+    result = aggregate_locally(params, encoded, tamper=squat, devices=devices).result
+    assert victim in result.survivors
+    assert attacker not in result.survivors
+
+
+@pytest.mark.parametrize("data", [b"", b"PK\x03\x04" + bytes(26), "npz"])
+def test_an_unreadable_array_is_refused_not_fatal(data: Any) -> None:
+    """Red team: EOFError, BadZipFile and an NpzFile escaped and stopped the server."""
+    import io
+
+    from flwr.app import Array
+
+    from fedmarket.exceptions import InvalidInput
+    from fedmarket.protocol import read_array
+
+    good = Array(np.zeros(4, np.uint32))
+    if data == "npz":
+        buffer = io.BytesIO()
+        np.savez(buffer, a=np.zeros(4, np.uint32))
+        data = buffer.getvalue()
+    bad = Array(dtype=good.dtype, shape=good.shape, stype=good.stype, data=data)
+    with pytest.raises(InvalidInput, match="masked vector"):
+        read_array(bad, "masked vector")
+
+
+@pytest.mark.parametrize("node", [str(2**64), "-1", 1.9, True, " 1_0 ", "01"])
+def test_a_transcript_with_a_bad_node_id_is_refused_cleanly(node: Any) -> None:
+    from fedmarket.exceptions import DataError
+    from fedmarket.secagg.transcript import Transcript
+
+    row = {"node": node, "node_key": "00" * 32, "upload": "00" * 32, "signature": None}
+    data = {
+        "session": "00" * 16,
+        "roster_digest": "00" * 32,
+        "dealers": [node],
+        "aggregate": "00" * 32,
+        "survivors": [row],
+    }
+    with pytest.raises(DataError):
+        Transcript.from_json(data)

@@ -264,10 +264,12 @@ def status(
             )
         receipts = _check_receipts(home, market.ledger, store, address, failures)
         node_key = bytes(node_key_from_identity(bytes(market.account.key)).verify_key)
-        rounds, problems = transcript_problems(market.ledger, store, address, node_key)
-        receipts["transcripts_checked"], receipts["transcript_problems"] = rounds, problems
-        if problems:
-            failures.append(NotInTranscript("; ".join(problems)))
+        inclusion = transcript_problems(market.ledger, store, address, node_key)
+        receipts["transcripts_checked"] = inclusion.checked
+        receipts["transcripts_missing"] = inclusion.missing
+        receipts["transcript_problems"] = inclusion.problems
+        if inclusion.problems:
+            failures.append(NotInTranscript("; ".join(inclusion.problems)))
     if as_json:
         emit({"ledgers": ledgers, "rewards": rewards, "receipts": receipts}, True, "")
     else:
@@ -343,6 +345,11 @@ def _print_status(
             console.print(
                 f"{receipts['transcripts_checked']} paid round(s): each SecAgg+ transcript "
                 "holds my upload under my signature"
+            )
+        if receipts.get("transcripts_missing"):
+            console.print(
+                f"{receipts['transcripts_missing']} paid round(s) published no SecAgg+ "
+                "transcript: my inclusion in them is not checked"
             )
     if rewards is not None:
         table = Table(title="Rewards (tokens)")

@@ -9,6 +9,8 @@ not list that upload under the device's own node key and signature.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from eth_utils.address import to_checksum_address
 
 from fedmarket.exceptions import DataError
@@ -19,13 +21,20 @@ from fedmarket.secagg.transcript import Transcript
 from fedmarket.store.base import ContentStore
 
 
+@dataclass(frozen=True)
+class InclusionCheck:
+    checked: int  # paid rounds whose transcript was checked
+    missing: int  # paid rounds that published none (not SecAgg+ rounds, or an old bundle)
+    problems: list[str]  # transcripts that do not verify or do not hold the device's upload
+
+
 def transcript_problems(
     chain: Ledger, store: ContentStore, account: str, node_key: bytes
-) -> tuple[int, list[str]]:
-    """(rounds checked, problems) over every verified committed round with a receipt of
-    ``account``; ``node_key`` is the device's Ed25519 node key (32 bytes)."""
+) -> InclusionCheck:
+    """Check every verified committed round with a receipt of ``account`` against its
+    transcript; ``node_key`` is the device's Ed25519 node key (32 bytes)."""
     account = to_checksum_address(account)
-    checked, problems = 0, []
+    checked, missing, problems = 0, 0, []
     for task in sorted({c.task for c in chain.round_commits()}):
         lineage, _ = verified_prefix(
             chain, store, task, chain_id=chain.chain_id, market=chain.market_address
@@ -35,11 +44,13 @@ def transcript_problems(
             mine = [s.receipt for s in bundle.receipts if s.receipt.device == account]
             if not mine:
                 continue
-            checked += 1
             where = f"task {bundle.task} round {bundle.round}"
             if bundle.transcript is None:
-                problems.append(f"{where}: paid me but published no SecAgg+ transcript")
+                missing += 1  # a plain round, or a bundle from before transcripts
                 continue
+            if set(bundle.transcript) == {"aborted"}:
+                continue  # no sum was made: nothing to be left out of (and it paid me)
+            checked += 1
             try:
                 transcript = Transcript.from_json(bundle.transcript)
             except DataError as exc:
@@ -52,4 +63,4 @@ def transcript_problems(
                     f"{where}: my upload 0x{mine[0].upload_digest.hex()[:16]}… is not in the "
                     "transcript's sum under my node key and signature"
                 )
-    return checked, problems
+    return InclusionCheck(checked, missing, problems)

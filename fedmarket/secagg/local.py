@@ -84,6 +84,8 @@ def aggregate_locally(
     for draw in range(1, params.assumptions.draws + 1):
         try:
             result, server = _draw(params, cohort, encoded, drops, tamper, devices, rejected)
+        except ProtocolViolation as exc:  # a stage could not close: a clean abort, as on Flower
+            raise SecAggAborted(f"secure aggregation aborted: {exc}") from None
         except Redraw as void:
             log.warning("secagg: draw %d void: %s", draw, void)
             cohort = [n for n in cohort if n not in void.missing]

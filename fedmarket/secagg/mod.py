@@ -8,6 +8,7 @@ the masked vector, so the update never leaves the device unmasked.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -39,6 +40,10 @@ from fedmarket.secagg.roster import decode_roster
 log = logging.getLogger(__name__)
 _STATE = "secagg.session"
 _DRAWS = "secagg.draws"
+DRAW_WINDOW_S = 600.0
+"""A device joins at most ``policy.draws`` draws that end without its masked upload within any
+such window: a server restarting draws to pick a graph gains log2(draws) bits per window, and
+devices that withhold nonces (to void draws) lock an honest device out for one window at most."""
 
 
 SignerResolver = Callable[[Context], LocalAccount | None]
@@ -160,15 +165,16 @@ class _Device:
         stored = self.context.state.config_records.get(_STATE)
         if stored is not None and stored.get("param.session") == params.session:
             raise ProtocolViolation("setup replayed for a round already under way")
-        draws = _draws(self.context)
-        if draws >= self.policy.draws:
+        now = time.time()
+        recent = [t for t in _draws(self.context) if now - t < DRAW_WINDOW_S]
+        if len(recent) >= self.policy.draws:
             raise ProtocolViolation(
-                f"{draws} graph draws abandoned before training: the server may be grinding "
-                "the graph; I take part again when a draw reaches training"
+                f"{len(recent)} graph draws in the last {DRAW_WINDOW_S:.0f} s ended without my "
+                "masked upload: the server may be grinding the graph; I take part again later"
             )
         node = self.msg.metadata.dst_node_id
         session, announcement = DeviceSession.setup(node, params, self.node_key, self.policy)
-        self.context.state.config_records[_DRAWS] = ConfigRecord({"draws": draws + 1})
+        self.context.state.config_records[_DRAWS] = ConfigRecord({"times": [*recent, now]})
         _store(self.context, session)
         fields: dict[str, ConfigRecordValues] = {"announcement": announcement.to_bytes()}
         return RecordDict({m.SECAGG: m.record(Stage.SETUP, params.session, fields)})
@@ -199,6 +205,7 @@ class _Device:
         encoded = encode(delta, session.params)
         vector, masked_with = session.mask_update(encoded, self.node_key)
         _store(context, session)
+        context.state.config_records[_DRAWS] = ConfigRecord({"times": []})  # this draw counted
         content[m.MASKED] = ArrayRecord({"vector": Array(vector)})
         content[m.SECAGG] = m.record(
             Stage.MASK,
@@ -264,11 +271,10 @@ def _load(context: Context) -> DeviceSession:
 
 def _store(context: Context, session: DeviceSession) -> None:
     context.state.config_records[_STATE] = ConfigRecord(session.to_record())
-    if session.stage == Stage.MASK:  # the draw reached training: the next round may redraw
-        context.state.config_records[_DRAWS] = ConfigRecord({"draws": 0})
 
 
-def _draws(context: Context) -> int:
+def _draws(context: Context) -> list[float]:
+    """When this device joined draws that have not ended in its masked upload."""
     record = context.state.config_records.get(_DRAWS)
-    draws = record.get("draws") if record is not None else 0
-    return draws if isinstance(draws, int) else 0
+    times = record.get("times") if record is not None else []
+    return [t for t in times if isinstance(t, float)] if isinstance(times, list) else []

@@ -59,8 +59,9 @@ class Assumptions:
     ``dropout_fraction`` (delta, in [0, 1)) drops out; both are rounded up to whole devices, with
     ``fraction * n`` first rounded to 9 decimals so that 0.07 * 100 counts 7 devices, not 8.
     Their sum must be below 1. Privacy must fail with probability at most
-    2^-(``security_bits`` + log2(``draws``)): a device accepts up to ``draws`` neighbour graphs
-    per completed round, and a server grinding over them gains log2(draws) bits. A round may
+    2^-(``security_bits`` + log2(``draws``)): a device joins up to ``draws`` neighbour graphs that
+    end without its masked upload per window (:data:`fedmarket.secagg.mod.DRAW_WINDOW_S`), and a
+    server grinding over them gains log2(draws) bits. A round may
     abort with probability at most 2^-``correctness_bits``. Invalid values raise
     :class:`InvalidInput` at construction.
     """
@@ -202,7 +203,7 @@ def choose(n: int, assumptions: Assumptions) -> tuple[int, int]:
     raise InvalidInput(
         f"at n={n} with {_describe(assumptions)} no k, t reach both 2^-{privacy_target:.1f} "
         f"privacy and 2^-{assumptions.correctness_bits:g} correctness failure: lower the "
-        "fractions or the bits, or grow the cohort"
+        "fractions ([federation] colluding_fraction, dropout_fraction), or grow the cohort"
     )
 
 

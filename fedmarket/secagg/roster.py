@@ -74,8 +74,8 @@ class Announcement:
         sizes = (self.node_key, self.keys.cipher, self.keys.mask, self.nonce_commitment)
         if any(len(b) != KEY_BYTES for b in sizes) or len(self.signature) != SIGNATURE_BYTES:
             return "announcement fields have the wrong sizes"
-        if self.keys.cipher == self.keys.mask:
-            return "cipher and mask keys are the same"
+        if len({self.node_key, self.keys.cipher, self.keys.mask}) != 3:
+            return "node, cipher and mask keys must be three different keys"
         if not valid_cipher_key(self.keys.cipher):
             return "cipher key is a small-order X25519 point"
         if not verify(self.node_key, ANNOUNCE, self.payload(), self.signature):

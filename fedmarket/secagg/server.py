@@ -12,6 +12,7 @@ nonce: the caller starts a new draw without it.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -68,8 +69,15 @@ class SecureSum:
 class Aggregation:
     """One round of SecAgg+ over ``cohort`` with vectors of ``length`` uint32 words."""
 
-    def __init__(self, params: RoundParams, cohort: Sequence[int], length: int) -> None:
+    def __init__(
+        self,
+        params: RoundParams,
+        cohort: Sequence[int],
+        length: int,
+        banned: Collection[bytes] = (),
+    ) -> None:
         self.params = params
+        self.banned = frozenset(banned)  # node keys that provably broke an earlier round
         self.cohort = tuple(sorted(cohort))
         if len(self.cohort) != params.cohort_size or len(set(self.cohort)) != len(cohort):
             raise ProtocolViolation(
@@ -87,6 +95,7 @@ class Aggregation:
         self.masked_with: dict[int, bytes] = {}
         self.complaints: dict[int, dict[int, str]] = {}
         self.excluded: dict[int, str] = {}  # uploaded, but left out of the sum: why
+        self.dropped_at_setup: dict[int, str] = {}  # announcements refused in close_setup
         self.survivors: tuple[int, ...] = ()
         self.upload_digests: tuple[bytes, ...] = ()
         self.signatures: dict[int, bytes] = {}
@@ -100,16 +109,23 @@ class Aggregation:
         problem = announcement.problem(self.params.session)
         if not problem and not valid_point(announcement.keys.mask):
             problem = "mask key is not a valid Ed25519 point"
+        if not problem and announcement.node_key in self.banned:
+            problem = "its node key broke an earlier round (it dealt shares off its commitments)"
         if problem:
             raise ProtocolViolation(f"node {node}: {problem}")
-        seen = {k for a in self.announcements.values() for k in _keys(a)}
-        if seen & set(_keys(announcement)):
-            raise ProtocolViolation(f"node {node}: reuses a key another node announced")
         self.announcements[node] = announcement
 
     def close_setup(self) -> Roster:
-        """The roster every member gets (and checks) before it reveals its nonce."""
+        """The roster every member gets (and checks) before it reveals its nonce.
+
+        Keys must be unique across the roster. Node keys are long-term and public, so a round
+        key equal to someone's node key was copied: its announcer is dropped, whoever came
+        first. Two equal node keys, or two equal round keys, drop both announcers (an honest
+        device's round keys are fresh and seen by nobody before the roster)."""
         self.stage = Stage.ROSTER
+        self.dropped_at_setup = _key_collisions(self.announcements)
+        for node in self.dropped_at_setup:
+            del self.announcements[node]
         self._require(len(self.announcements), "announced their keys")
         roster = Roster.of(self.announcements.values())
         members = len(roster.members)
@@ -194,12 +210,7 @@ class Aggregation:
         aborts if it would be unsafe."""
         self.stage = Stage.CONSISTENCY
         graph = self._graph()
-        for dealer, holding in self._holding().items():
-            if holding < self.params.threshold and dealer in self.vectors:
-                self.excluded[dealer] = (
-                    f"only {holding} of its holders kept usable shares of its secrets "
-                    f"(threshold {self.params.threshold}): left out of the sum"
-                )
+        self.excluded = self._proven_bad_dealers()
         survivors = tuple(sorted(set(self.vectors) - set(self.excluded)))
         self._require(len(survivors), "sent a masked vector")
         members = len(self._roster().members)
@@ -211,21 +222,26 @@ class Aggregation:
         self.upload_digests = tuple(upload_digest(self.vectors[n]) for n in survivors)
         return survivors, self.upload_digests
 
-    def _holding(self) -> dict[int, int]:
-        """For each dealer: how many of its holders that uploaded did not complain about it.
-
-        Honest holders never complain about an honest dealer, and under the parameters at
-        least t of them survive, so false complaints cannot leave an honest dealer out (but
-        with the correctness bound's probability)."""
-        graph, uploaded = self._graph(), set(self.vectors)
-        return {
-            dealer: sum(
-                1
-                for h in graph.holders(dealer)
-                if h in uploaded and (h == dealer or dealer not in self.complaints.get(h, {}))
-            )
-            for dealer in self.dealers
-        }
+    def _proven_bad_dealers(self) -> dict[int, str]:
+        """Uploaders to leave out of the sum, and why: dealers whose secrets too few holders
+        can help rebuild (fewer than t kept usable shares) *and* that more holders complain
+        about than can collude under the parameters (2t - k - 1 or more, so at least one
+        complainer is honest). Complaints alone never leave an honest dealer out; a bad
+        dealing that fewer holders report may still abort the round at unmask."""
+        graph, uploaded, t = self._graph(), set(self.vectors), self.params.threshold
+        k = min(self.params.neighbours, len(self._roster().members) - 1)
+        proof = max(1, 2 * t - k - 1)
+        out = {}
+        for dealer in sorted(uploaded):
+            holders = [h for h in graph.holders(dealer) if h in uploaded and h != dealer]
+            accusers = [h for h in holders if dealer in self.complaints.get(h, {})]
+            holding = 1 + len(holders) - len(accusers)  # the dealer holds its own shares
+            if holding < t and len(accusers) >= proof:
+                out[dealer] = (
+                    f"{len(accusers)} of its holders could not use its shares, more than can "
+                    f"collude, and only {holding} hold usable ones (threshold {t}): left out"
+                )
+        return out
 
     # Stage 5: signatures on the survivor set
     def receive_signature(self, node: int, signature: bytes) -> None:
@@ -390,5 +406,22 @@ class Aggregation:
             )
 
 
-def _keys(a: Announcement) -> tuple[bytes, bytes, bytes]:
-    return a.node_key, a.keys.cipher, a.keys.mask
+def _key_collisions(announcements: Mapping[int, Announcement]) -> dict[int, str]:
+    """Announcers (in arrival order) whose keys collide with another announcement's, and why.
+
+    Node keys are long-term and public: a round key equal to one was copied, so its announcer
+    goes, whoever came first. Fresh round keys are seen by nobody before the roster, so a
+    repeated one is the later announcer's copy."""
+    node_keys = Counter(a.node_key for a in announcements.values())
+    out: dict[int, str] = {}
+    seen: set[bytes] = set()
+    for node, a in announcements.items():
+        mine = {a.keys.cipher, a.keys.mask}
+        if node_keys[a.node_key] > 1:
+            out[node] = "its node key is another announcer's too"
+        elif mine & node_keys.keys():
+            out[node] = "a round key of it is someone's node key (copied)"
+        elif mine & seen:
+            out[node] = "a round key of it was announced before by another node"
+        seen |= mine
+    return out

@@ -24,6 +24,16 @@ from fedmarket.secagg.roster import digest
 SURVIVORS = b"fedmarket-secagg-survivors-v2"
 
 
+def _node_id(text: object) -> int:
+    """A node id as transcripts write it: canonical decimal text of an unsigned 64-bit int."""
+    if not isinstance(text, str) or not text.isdigit() or str(int(text)) != text:
+        raise ValueError(f"node id {text!r} is not canonical decimal text")
+    value = int(text)
+    if value >= 1 << 64:
+        raise ValueError(f"node id {text} is not an unsigned 64-bit integer")
+    return value
+
+
 def upload_digest(upload: NDArray[np.uint32]) -> bytes:
     """sha256 of a masked upload, as uint32 little-endian words (what receipts sign too)."""
     return hashlib.sha256(np.ascontiguousarray(upload, dtype="<u4").tobytes()).digest()
@@ -103,11 +113,11 @@ class Transcript:
     def from_json(cls, data: dict[str, Any]) -> Transcript:
         try:
             rows = data["survivors"]
-            survivors = tuple(int(r["node"]) for r in rows)
+            survivors = tuple(_node_id(r["node"]) for r in rows)
             return cls(
                 session=bytes.fromhex(data["session"]),
                 roster_digest=bytes.fromhex(data["roster_digest"]),
-                dealers=tuple(int(n) for n in data["dealers"]),
+                dealers=tuple(_node_id(n) for n in data["dealers"]),
                 survivors=survivors,
                 uploads=tuple(bytes.fromhex(r["upload"]) for r in rows),
                 node_keys={

@@ -8,7 +8,7 @@ the caller keeps the old global model.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -21,7 +21,7 @@ from fedmarket.exceptions import DealerCheated, InvalidInput, ProtocolViolation,
 from fedmarket.market.bundle import SignedReceipt
 from fedmarket.market.terms import ACK, RECEIPT, RoundTerms, ack_record, read_receipt
 from fedmarket.models.weights import Weights
-from fedmarket.protocol import RoundOutcome, TrainReply
+from fedmarket.protocol import RoundOutcome, TrainReply, read_array
 from fedmarket.secagg import messages as m
 from fedmarket.secagg.codec import decode, unflatten
 from fedmarket.secagg.config import SecAggConfig
@@ -46,6 +46,7 @@ def secure_round(
     train_timeout: float,
     group_id: str,
     acknowledge: Acknowledger | None = None,
+    banned: Collection[bytes] = (),
 ) -> RoundOutcome:
     """Train ``cohort`` on ``train_content`` and return the securely aggregated sum.
 
@@ -53,13 +54,13 @@ def secure_round(
     ``error``. A draw voided by withheld nonces is redrawn without the withholders (at most
     ``config.assumptions.draws`` draws). With ``acknowledge``, every device whose masked upload
     and receipt were accepted gets the aggregator's signed acknowledgement with its unmask
-    request.
+    request. Devices whose node key is in ``banned`` are refused at setup.
     """
     length = sum(a.size for a in like.values()) + 1
     replies = _Replies()
     dropped: dict[int, str] = {}
     error = f"no complete draw in {config.assumptions.draws} tries"
-    culprits: tuple[int, ...] = ()
+    culprits: tuple[bytes, ...] = ()
     result: SecureSum | None = None
     for draw in range(1, config.assumptions.draws + 1):
         try:
@@ -67,7 +68,7 @@ def secure_round(
         except InvalidInput as exc:
             error = str(exc)
             break
-        aggregation = Aggregation(params, cohort, length)
+        aggregation = Aggregation(params, cohort, length, banned)
         exchange = _Exchange(grid, params.session, f"{group_id}.{draw}")
         try:
             result = _stages(
@@ -84,14 +85,21 @@ def secure_round(
             dropped.update(dict.fromkeys(void.missing, "withheld its nonce"))
             cohort = [n for n in cohort if n not in void.missing]
             continue
+        except ProtocolViolation as exc:  # a stage could not close: never the server's crash
+            dropped.update(exchange.dropped)
+            error = f"secure aggregation aborted: {exc}"
+            break
         except SecAggAborted as exc:
             dropped.update(exchange.dropped)
+            dropped.update(aggregation.dropped_at_setup)
             dropped.update(aggregation.excluded)
             error = str(exc)
-            if isinstance(exc, DealerCheated):
-                culprits = exc.culprits
+            if isinstance(exc, DealerCheated) and aggregation.roster is not None:
+                culprits = tuple(aggregation.roster.member(n).node_key for n in exc.culprits)
+                dropped.update(dict.fromkeys(exc.culprits, "dealt shares off its commitments"))
             break
         dropped.update(exchange.dropped)
+        dropped.update(aggregation.dropped_at_setup)
         dropped.update(aggregation.excluded)
         break
     declined = replies.declined
@@ -295,9 +303,9 @@ def _masked_vector(reply: Message) -> np.ndarray:
     if record is None or list(record) != ["vector"]:
         raise ProtocolViolation("trained but sent no masked vector")
     try:
-        return record["vector"].numpy()
-    except (TypeError, ValueError) as exc:
-        raise ProtocolViolation(f"masked vector is unreadable: {exc}") from None
+        return read_array(record["vector"], "masked vector")
+    except InvalidInput as exc:
+        raise ProtocolViolation(str(exc)) from None
 
 
 class _Exchange:

@@ -74,10 +74,18 @@ def publishing(publisher: RoundPublisher) -> ModelObserver:
             survivors={s.receipt.device for s in result.receipts},
             receipts=result.receipts,
             evidence=round_evidence(result),
-            transcript=result.transcript.to_json() if result.transcript else None,
+            transcript=_transcript(result),
         )
 
     return publish
+
+
+def _transcript(result: RoundResult) -> dict[str, Any] | None:
+    """The round's SecAgg+ transcript for its bundle; an aborted round says so (it may still pay
+    the devices acknowledged in it, whose check then knows there was no sum)."""
+    if result.transcript is not None:
+        return result.transcript.to_json()
+    return {"aborted": result.error} if result.error else None
 
 
 def round_evidence(result: RoundResult) -> dict[str, Any]:

@@ -82,12 +82,12 @@ def run_rounds(
     # A resumed run draws fresh cohorts and rings rather than replaying round 1's.
     rng = random.Random(plan.seed if first_round == 1 else f"{plan.seed}/{first_round}")
     weights = initial
-    banned: set[int] = set()  # nodes that provably broke a secure round (DealerCheated)
+    banned: set[bytes] = set()  # node keys that provably broke a secure round (DealerCheated)
     start = evaluate(weights)
     result = FederationResult(initial_accuracy=start.accuracy, initial_loss=start.loss)
     for server_round in range(first_round, plan.rounds + 1):
         began = time.monotonic()
-        cohort = _sample(grid, plan, rng, banned)
+        cohort = _sample(grid, plan, rng)
         content = _train_content(plan, strategy, weights, server_round)
         trained_from = None
         acknowledge = None
@@ -109,10 +109,13 @@ def run_rounds(
                 train_timeout=plan.round_timeout,
                 group_id=str(server_round),
                 acknowledge=acknowledge,
+                banned=banned,
             )
         if outcome.culprits:
             log.warning(
-                "round %d: leaving out nodes %s from now on", server_round, outcome.culprits
+                "round %d: refusing %d node key(s) from now on: they dealt off their commitments",
+                server_round,
+                len(outcome.culprits),
             )
             banned.update(outcome.culprits)
         if outcome.update is not None:
@@ -199,9 +202,9 @@ def _plain_round(
     )
 
 
-def _sample(grid: Grid, plan: FederationPlan, rng: random.Random, banned: set[int]) -> list[int]:
+def _sample(grid: Grid, plan: FederationPlan, rng: random.Random) -> list[int]:
     deadline = time.monotonic() + plan.connect_timeout
-    while len(nodes := sorted(set(grid.get_node_ids()) - banned)) < plan.min_devices:
+    while len(nodes := sorted(grid.get_node_ids())) < plan.min_devices:
         if time.monotonic() > deadline:
             raise RoundFailed(
                 f"only {len(nodes)} device(s) connected within {plan.connect_timeout:.0f} s; "
