@@ -9,16 +9,20 @@ Stages run in order, each at most once per round; anything else raises
 3. ``share_keys``: check every member's nonce, derive the graph from the seed they fix, check
    my neighbours' signatures, and Feldman-share my self-mask seed and mask key among my
    holders (share index = position in the holder list), each share encrypted to its holder.
-4. ``mask``: check the shares dealt to me against their dealers' commitments (before training,
-   so that a round I must refuse costs no privacy), then mask my update with my self mask and
-   a pairwise mask with *every* neighbour: nothing the server or a neighbour says removes a
-   pair, so nobody can peel masks off an honest device. Invalid dealings become complaints.
-5. ``consistency``: check that I am a survivor, that the survivors are roster members, that
-   their graph is connected and that no more dropped than the parameters allow; sign them.
+4. ``mask``: keep the shares dealt to me that decrypt and match their dealers' digests (before
+   training, so that a round I must refuse costs no privacy), then mask my update with my self
+   mask and a pairwise mask with every dealing neighbour: nothing the server or a neighbour
+   says about shares removes a pair, so nobody can peel masks off an honest device. I sign the
+   dealer list I masked with. Unusable dealings become complaints.
+5. ``consistency``: check that I am a survivor, that the survivors dealt, that the privacy
+   bound still holds with the devices that dropped, that enough of my holders survive, that
+   the survivors' graph is connected, and that my upload's digest is the one listed; sign the
+   survivors and all their uploads' digests (the round's transcript).
 6. ``unmask``: for each secret I hold, reveal one share, and only when at least t of its
-   holders signed the survivor set I signed: the self-mask seed of a survivor, the mask key
-   of a dropped device. Two different survivor sets cannot both gather t signatures from one
-   holder group, since 2t > k + 1 + (colluding holders) under the parameters.
+   holders signed the survivor set I signed: the self-mask seed of a survivor (that signed the
+   dealer list I know), the mask key of a dropped dealer (and our pair key, if a neighbour).
+   Two different survivor sets cannot both gather t signatures from one holder group, since
+   2t > k + 1 + (colluding holders) under the parameters.
 
 Source: Bell et al. 2020 (SecAgg+), Bonawitz et al. 2017 §4 (consistency check), Feldman 1987.
 """

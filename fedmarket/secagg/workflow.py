@@ -264,7 +264,7 @@ def _mask_stage(
             aggregation.receive_masked(node, vector, m.field(cfg, "masked_with", bytes), complaints)
             replies.trained[node] = parsed
             for dealer, reason in complaints.items():
-                log.warning("secagg: node %d says node %d's shares: %s", node, dealer, reason)
+                log.warning("secagg: node %d says node %d's shares: %.120r", node, dealer, reason)
         receipt = reply.content.config_records.get(RECEIPT)
         if terms is not None and receipt is not None and node in replies.trained:
             try:  # a bad receipt costs the device its reward, not its place in the sum
