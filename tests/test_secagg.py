@@ -580,3 +580,20 @@ def test_a_transcript_with_a_bad_node_id_is_refused_cleanly(node: Any) -> None:
     }
     with pytest.raises(DataError):
         Transcript.from_json(data)
+
+
+def test_a_survivor_that_dropped_before_signing_is_still_found_in_the_transcript() -> None:
+    """Red team: it is summed and paid, so its inclusion check must not fail (exit 23)."""
+    from fedmarket.secagg.transcript import upload_digest
+
+    params = params_for(10)
+    encoded = encodings(10, 16, params)
+    late = sorted(encoded)[2]
+    keys = LocalDevices()
+    round_ = aggregate_locally(params, encoded, drops=Dropouts(consistency=[late]), devices=keys)
+    transcript = round_.result.transcript
+    assert late in round_.result.survivors
+    assert late not in transcript.signatures
+    mine = bytes(keys.key(late).verify_key)
+    assert transcript.includes(mine, upload_digest(round_.server.vectors[late]))
+    assert not transcript.includes(mine, bytes(32))

@@ -6,8 +6,9 @@ node) to every member; only then do members reveal their nonces. The graph seed 
 roster and every member's nonce, so it is fixed only after the roster is, and any honest
 member's nonce makes it uniformly random: neither the server nor its colluders can grind it.
 A member whose nonce is missing voids the draw; a device takes part in at most
-``MAX_DRAWS`` draws per completed round (see :mod:`fedmarket.secagg.parameters`), so
-restarting buys a dishonest server at most log2(MAX_DRAWS) bits.
+``Assumptions.draws`` draws that end without its masked upload per window
+(:data:`fedmarket.secagg.mod.DRAW_WINDOW_S`), so restarting buys a dishonest server at most
+log2(draws) bits per window.
 """
 
 from __future__ import annotations

@@ -120,8 +120,8 @@ class Aggregation:
 
         Keys must be unique across the roster. Node keys are long-term and public, so a round
         key equal to someone's node key was copied: its announcer is dropped, whoever came
-        first. Two equal node keys, or two equal round keys, drop both announcers (an honest
-        device's round keys are fresh and seen by nobody before the roster)."""
+        first. Two equal node keys drop both announcers; a repeated round key drops the later
+        one (an honest device's round keys are fresh and seen by nobody before the roster)."""
         self.stage = Stage.ROSTER
         self.dropped_at_setup = _key_collisions(self.announcements)
         for node in self.dropped_at_setup:
@@ -235,7 +235,7 @@ class Aggregation:
         for dealer in sorted(uploaded):
             holders = [h for h in graph.holders(dealer) if h in uploaded and h != dealer]
             accusers = [h for h in holders if dealer in self.complaints.get(h, {})]
-            holding = 1 + len(holders) - len(accusers)  # the dealer holds its own shares
+            holding = len(holders) - len(accusers)  # not its own share: it may withhold it
             if holding < t and len(accusers) >= proof:
                 out[dealer] = (
                     f"{len(accusers)} of its holders could not use its shares, more than can "

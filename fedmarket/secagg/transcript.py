@@ -86,9 +86,10 @@ class Transcript:
         return found
 
     def includes(self, node_key: bytes, upload: bytes) -> bool:
-        """Whether the device with ``node_key`` signed this round with ``upload`` in it."""
+        """Whether this (verifying) transcript sums ``upload`` as the device with ``node_key``'s
+        (a survivor that dropped before signing is summed, and paid, all the same)."""
         nodes = [n for n, k in self.node_keys.items() if k == node_key]
-        if len(nodes) != 1 or nodes[0] not in self.signatures or self.problems():
+        if len(nodes) != 1 or self.problems():
             return False
         return self.uploads[self.survivors.index(nodes[0])] == upload
 
