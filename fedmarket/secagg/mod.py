@@ -43,7 +43,8 @@ _DRAWS = "secagg.draws"
 DRAW_WINDOW_S = 600.0
 """A device joins at most ``policy.draws`` draws that end without its masked upload within any
 such window: a server restarting draws to pick a graph gains log2(draws) bits per window, and
-devices that withhold nonces (to void draws) lock an honest device out for one window at most."""
+devices that withhold nonces (to void draws) lock an honest device out for a window each time.
+The count lives in the run's ``Context.state``, so it starts again with each Flower run."""
 
 
 SignerResolver = Callable[[Context], LocalAccount | None]

@@ -81,51 +81,39 @@ def secure_round(
             )
         except Redraw as void:
             log.warning("secure aggregation draw %d void: %s; redrawing without them", draw, void)
-            dropped.update(exchange.dropped)
             dropped.update(dict.fromkeys(void.missing, "withheld its nonce"))
             cohort = [n for n in cohort if n not in void.missing]
             continue
         except ProtocolViolation as exc:  # a stage could not close: never the server's crash
-            dropped.update(exchange.dropped)
             error = f"secure aggregation aborted: {exc}"
-            break
         except SecAggAborted as exc:
-            dropped.update(exchange.dropped)
-            dropped.update(aggregation.dropped_at_setup)
-            dropped.update(aggregation.excluded)
             error = str(exc)
             if isinstance(exc, DealerCheated) and aggregation.roster is not None:
                 culprits = tuple(aggregation.roster.member(n).node_key for n in exc.culprits)
                 dropped.update(dict.fromkeys(exc.culprits, "dealt shares off its commitments"))
-            break
-        dropped.update(exchange.dropped)
-        dropped.update(aggregation.dropped_at_setup)
-        dropped.update(aggregation.excluded)
+        finally:
+            for why in (exchange.dropped, aggregation.dropped_at_setup, aggregation.excluded):
+                dropped.update((n, r) for n, r in why.items() if n not in dropped)
         break
-    declined = replies.declined
-    if result is None:
+
+    def aborted(error: str) -> RoundOutcome:
         log.error("secure aggregation aborted, global model unchanged: %s", error)
         return RoundOutcome(
             update=None,
             trained=(),
-            declined=tuple(declined.values()),
-            dropped={n: r for n, r in dropped.items() if n not in declined},
+            declined=tuple(replies.declined.values()),
+            dropped={n: r for n, r in dropped.items() if n not in replies.declined},
             clip_fraction=None,
             error=error,
             culprits=culprits,
         )
+
+    if result is None:
+        return aborted(error)
     try:
         decoded = decode(result.total, len(result.survivors), params)
     except SecAggAborted as exc:
-        log.error("secure aggregation aborted, global model unchanged: %s", exc)
-        return RoundOutcome(
-            update=None,
-            trained=(),
-            declined=tuple(declined.values()),
-            dropped={n: r for n, r in dropped.items() if n not in declined},
-            clip_fraction=None,
-            error=str(exc),
-        )
+        return aborted(str(exc))
     for node, what in result.liars.items():
         log.warning("secagg: node %d %s", node, what)
     return RoundOutcome(
@@ -135,8 +123,8 @@ def secure_round(
             num_updates=len(result.survivors),
         ),
         trained=tuple(replies.trained[n] for n in result.survivors),
-        declined=tuple(declined.values()),
-        dropped={n: dropped.get(n, "dropped") for n in result.dropped if n not in declined},
+        declined=tuple(replies.declined.values()),
+        dropped={n: dropped.get(n, "dropped") for n in result.dropped if n not in replies.declined},
         clip_fraction=decoded.clip_fraction,
         error=None,
         receipts=tuple(replies.receipts[n] for n in result.survivors if n in replies.receipts),
