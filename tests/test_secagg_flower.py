@@ -10,14 +10,31 @@ from pathlib import Path
 import numpy as np
 from cohorts import FEW_DEVICES, NO_COLLUSION
 from flwr.app import Array, ArrayRecord, Context, Message
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from fedmarket.privacy import DpConfig, TrainConfig
 from fedmarket.protocol import CONFIG
 from fedmarket.secagg import messages, vss
 from fedmarket.server.plan import FederationPlan
+from fedmarket.server.results import FederationResult
 from fedmarket.simulation import SimulatedFleet, run_federation
 from strategies import FedAvg
+
+
+def two_rounds(home: Path, *, devices: int, mod: Mod) -> FederationResult:
+    """Two secure rounds of a few devices (stated not to collude), one of them hostile."""
+    fleet = SimulatedFleet(
+        num_devices=devices, home=home, epsilon_cap=20.0, secagg_policy=NO_COLLUSION
+    )
+    plan = FederationPlan(
+        rounds=2,
+        train=TrainConfig(
+            learning_rate=2.5, momentum=0.5, sample_rate=0.33, local_steps=3, batch_size=64
+        ),
+        dp=DpConfig(noise_multiplier=1.5, max_grad_norm=0.5),
+        secagg=FEW_DEVICES,
+    )
+    return run_federation(fleet, plan, FedAvg(), client_mods=[mod])
 
 
 def poison_upload(partition: int, round_: int) -> Callable[..., Message]:
@@ -43,18 +60,7 @@ def poison_upload(partition: int, round_: int) -> Callable[..., Message]:
 def test_a_poisoned_upload_fails_its_round_cleanly_and_the_next_round_completes(
     tmp_path: Path,
 ) -> None:
-    fleet = SimulatedFleet(
-        num_devices=3, home=tmp_path, epsilon_cap=20.0, secagg_policy=NO_COLLUSION
-    )
-    plan = FederationPlan(
-        rounds=2,
-        train=TrainConfig(
-            learning_rate=2.5, momentum=0.5, sample_rate=0.33, local_steps=3, batch_size=64
-        ),
-        dp=DpConfig(noise_multiplier=1.5, max_grad_norm=0.5),
-        secagg=FEW_DEVICES,
-    )
-    result = run_federation(fleet, plan, FedAvg(), client_mods=[poison_upload(0, round_=1)])
+    result = two_rounds(tmp_path, devices=3, mod=poison_upload(0, round_=1))
     first, second = result.rounds
     assert first.error is not None
     assert "out-of-range" in first.error
@@ -88,18 +94,7 @@ def deal_off_commitments(partition: int) -> Callable[..., Message]:
 def test_a_dealer_off_its_commitments_aborts_one_round_and_is_refused_after(
     tmp_path: Path,
 ) -> None:
-    fleet = SimulatedFleet(
-        num_devices=4, home=tmp_path, epsilon_cap=20.0, secagg_policy=NO_COLLUSION
-    )
-    plan = FederationPlan(
-        rounds=2,
-        train=TrainConfig(
-            learning_rate=2.5, momentum=0.5, sample_rate=0.33, local_steps=3, batch_size=64
-        ),
-        dp=DpConfig(noise_multiplier=1.5, max_grad_norm=0.5),
-        secagg=FEW_DEVICES,
-    )
-    result = run_federation(fleet, plan, FedAvg(), client_mods=[deal_off_commitments(0)])
+    result = two_rounds(tmp_path, devices=4, mod=deal_off_commitments(0))
     first, second = result.rounds
     assert first.error is not None
     assert "dealt them" in first.error
